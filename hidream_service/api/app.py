@@ -1,0 +1,142 @@
+"""create_app(): the whole server (API, worker pool, webhook delivery) from one Settings object."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from hidream_service.api import fal, files
+from hidream_service.api.auth import ApiKeys
+from hidream_service.api.events import JobEvents
+from hidream_service.api.state import AppState, app_state
+from hidream_service.config import Settings
+from hidream_service.inference.weights import resolve_weights
+from hidream_service.jobs.pool import WorkerPool
+from hidream_service.jobs.service import build_service
+from hidream_service.jobs.store import SqliteJobStore
+from hidream_service.models.registry import served_endpoints
+from hidream_service.storage import LocalOutputStorage
+from hidream_service.webhook_payloads import FAL_SIGNER
+from hidream_service.webhook_secret import load_webhook_secret
+from webhooks.delivery import Deliverer, RetrySchedule, Signer
+from webhooks.outbox import Delivery, SqliteOutbox
+from webhooks.signing import sign_headers
+
+log = logging.getLogger("hidream_service")
+
+
+class DataDirInUse(Exception):
+    """Another server already runs on this data directory."""
+
+
+@contextlib.contextmanager
+def _data_dir_lock(settings: Settings) -> Any:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    with open(settings.data_dir / "server.lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DataDirInUse(f"another hidream server is using {settings.data_dir}") from None
+        yield
+
+
+def webhook_signers(secret: str) -> Mapping[str, Signer]:
+    def standard(delivery: Delivery, timestamp: int) -> Mapping[str, str]:
+        return sign_headers([secret], delivery.id, timestamp, delivery.body)
+
+    return {FAL_SIGNER: standard}
+
+
+def create_app(settings: Settings, *, start_workers: bool = True) -> FastAPI:
+    """Build the app. Its lifespan starts the worker pool and the webhook delivery loop."""
+    layout = resolve_weights(settings.weights, settings.data_dir)
+    endpoints = served_endpoints(layout.available_variants() if layout else set())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        with _data_dir_lock(settings):
+            secret = load_webhook_secret(settings)
+            store = SqliteJobStore(settings.database_path, synchronous=settings.sqlite_synchronous)
+            outbox = SqliteOutbox(settings.database_path, synchronous=settings.sqlite_synchronous)
+            client = httpx.AsyncClient(follow_redirects=False, trust_env=False)
+            deliverer = Deliverer(
+                outbox,
+                webhook_signers(secret),
+                RetrySchedule(settings.webhook_retry_schedule),
+                client,
+                timeout=settings.webhook_timeout_seconds,
+                max_concurrency=settings.webhook_max_concurrency,
+            )
+            events = JobEvents(asyncio.get_running_loop(), on_change=deliverer.wake)
+            pool: WorkerPool | None = None
+            service = build_service(
+                settings,
+                store,
+                on_submitted=lambda: pool.wake() if pool else None,
+                on_changed=events.notify_threadsafe,
+            )
+            recovered = service.recover_all_in_progress()
+            if recovered:
+                log.warning("recovered %d job(s) left running by a previous server", recovered)
+            if start_workers:
+                pool = WorkerPool(settings, service, on_job_changed=events.notify_threadsafe)
+                pool.start()
+            app.state.hidream = AppState(
+                settings=settings,
+                service=service,
+                endpoints=endpoints,
+                api_keys=ApiKeys(settings.api_keys),
+                storage=LocalOutputStorage(settings.outputs_dir),
+                events=events,
+                pool=pool,
+            )
+            delivery_task = asyncio.create_task(deliverer.run_forever(), name="webhook-delivery")
+            _log_start(settings, endpoints)
+            try:
+                yield
+            finally:
+                delivery_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await delivery_task
+                await deliverer.drain()
+                if pool is not None:
+                    await asyncio.to_thread(pool.stop)
+                await client.aclose()
+                outbox.close()
+                store.close()
+
+    app = FastAPI(title="HiDream service", version="0.1.0", lifespan=lifespan)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse({"detail": "internal server error"}, status_code=500)
+
+    @app.get("/health")
+    async def health(request: Request) -> dict[str, Any]:
+        state = app_state(request)
+        return {
+            "status": "ok",
+            "workers": state.pool.alive() if state.pool else 0,
+            "endpoints": sorted(state.endpoints),
+        }
+
+    app.include_router(files.router)
+    app.include_router(fal.router)  # last: its submit route takes any POST path
+    return app
+
+
+def _log_start(settings: Settings, endpoints: Mapping[str, Any]) -> None:
+    if settings.api_keys:
+        log.info("API keys required (%d configured)", len(settings.api_keys))
+    else:
+        log.warning("no API keys set (HIDREAM_API_KEYS): the API is open to anyone who can reach %s", settings.host)
+    log.info("data dir %s; serving %s", settings.data_dir, ", ".join(sorted(endpoints)))

@@ -1,0 +1,250 @@
+"""fal queue protocol at the server root, as the official fal-client needs it.
+
+    POST /{app_id}[?fal_webhook=URL]                     submit -> request_id and the URLs below
+    GET  /{owner}/{app}/requests/{id}/status[?logs=1]    202 while queued/running, 200 when done
+    GET  /{owner}/{app}/requests/{id}/status/stream      the same as server-sent events
+    GET  /{owner}/{app}/requests/{id}                    the result (or the job's error)
+    PUT  /{owner}/{app}/requests/{id}/cancel
+
+Status, result and cancel URLs name only owner/app, never a sub-path (as fal does).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import ValidationError
+
+from hidream_service.api.state import AppState, app_state
+from hidream_service.jobs.model import Job, JobRequest, JobStatus
+from hidream_service.jobs.service import CancelOutcome, IdempotencyKeyReused
+from hidream_service.webhook_payloads import fal_error_payload
+
+MAX_BODY_BYTES = 1 << 20  # JSON inputs only; images arrive as URLs
+MAX_URL_LENGTH = 2048
+MAX_IDEMPOTENCY_KEY_LENGTH = 255
+SSE_KEEPALIVE_SECONDS = 15.0
+TRUE_WORDS = {"1", "true", "yes"}
+FALSE_WORDS = {"0", "false", "no", ""}
+
+router = APIRouter()
+
+
+def _json(body: Any, status_code: int = 200, request_id: str | None = None) -> JSONResponse:
+    headers = {"X-Fal-Request-Id": request_id} if request_id else None
+    return JSONResponse(body, status_code=status_code, headers=headers)
+
+
+def _detail(loc: list[str], msg: str, type_: str) -> list[dict[str, Any]]:
+    return [{"loc": loc, "msg": msg, "type": type_}]
+
+
+def _app_of(endpoint: str) -> str:
+    return "/".join(endpoint.split("/")[:2])
+
+
+def _urls(job: Job) -> dict[str, str]:
+    base = f"{job.base_url}/{_app_of(job.endpoint)}/requests/{job.id}"
+    return {"response_url": base, "status_url": f"{base}/status", "cancel_url": f"{base}/cancel"}
+
+
+def _logs(job: Job) -> list[dict[str, Any]]:
+    return [
+        {
+            "message": line.message,
+            "level": line.level,
+            "source": "USER",
+            "timestamp": datetime.fromtimestamp(line.timestamp, UTC).isoformat(),
+        }
+        for line in job.logs
+    ]
+
+
+def render_status(job: Job, *, with_logs: bool) -> dict[str, Any]:
+    """fal's status object. Failed and cancelled jobs are COMPLETED with `error` (fal-client knows
+    no other status strings); `logs` is always present, null unless asked for."""
+    body: dict[str, Any] = {"request_id": job.id, **_urls(job), "logs": _logs(job) if with_logs else None}
+    if job.status is JobStatus.IN_QUEUE:
+        body.update(status="IN_QUEUE", queue_position=job.queue_position or 0)
+    elif job.status is JobStatus.IN_PROGRESS:
+        body.update(status="IN_PROGRESS")
+    else:
+        body.update(status="COMPLETED", metrics={"inference_time": job.inference_time})
+        if not job.succeeded:
+            body.update(error=job.error, error_type=job.error_type.value if job.error_type else None)
+    return body
+
+
+def _parse_flag(value: str | None, name: str) -> bool:
+    if value is None:
+        return False
+    lowered = value.strip().lower()
+    if lowered in TRUE_WORDS:
+        return True
+    if lowered in FALSE_WORDS:
+        return False
+    raise HTTPException(422, _detail(["query", name], "must be one of 1, 0, true, false", "bool_parsing"))
+
+
+async def _read_json_object(request: Request) -> dict[str, Any]:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise HTTPException(413, f"request body is larger than {MAX_BODY_BYTES} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise HTTPException(413, f"request body is larger than {MAX_BODY_BYTES} bytes")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw.strip():
+        payload: Any = {}
+    else:
+        try:
+            payload = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise HTTPException(422, _detail(["body"], f"body is not valid JSON: {exc}", "json_invalid")) from None
+    if not isinstance(payload, dict):
+        raise HTTPException(422, _detail(["body"], "body must be a JSON object", "model_attributes_type"))
+    return payload
+
+
+def _check_webhook_url(url: str | None) -> None:
+    if url is None:
+        return
+    parts = urlsplit(url)
+    if len(url) > MAX_URL_LENGTH or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise HTTPException(422, _detail(["query", "fal_webhook"], "must be an absolute http(s) URL", "url_parsing"))
+
+
+def _base_url(state: AppState, request: Request) -> str:
+    return (state.settings.public_url or str(request.base_url)).rstrip("/")
+
+
+def _owned_job(state: AppState, request: Request, owner: str, app: str, request_id: str, logs: bool) -> Job:
+    caller = state.api_keys.owner(request)
+    job = state.service.get(request_id, caller, with_logs=logs)
+    if job is None or _app_of(job.endpoint) != f"{owner}/{app}":
+        raise HTTPException(404, f"request {request_id} not found")
+    return job
+
+
+@router.get("/{owner}/{app}/requests/{request_id}/status")
+async def status(request: Request, owner: str, app: str, request_id: str, logs: str | None = Query(None)) -> Any:
+    state = app_state(request)
+    job = _owned_job(state, request, owner, app, request_id, _parse_flag(logs, "logs"))
+    body = render_status(job, with_logs=_parse_flag(logs, "logs"))
+    return _json(body, 200 if job.status.is_terminal() else 202, job.id)
+
+
+@router.get("/{owner}/{app}/requests/{request_id}/status/stream")
+async def status_stream(
+    request: Request, owner: str, app: str, request_id: str, logs: str | None = Query(None)
+) -> StreamingResponse:
+    state = app_state(request)
+    with_logs = _parse_flag(logs, "logs")
+    _owned_job(state, request, owner, app, request_id, with_logs)  # 404 before the stream starts
+    caller = state.api_keys.owner(request)
+
+    async def events() -> AsyncIterator[str]:
+        last_sent = None
+        while True:
+            version = state.events.version
+            job = state.service.get(request_id, caller, with_logs=with_logs)
+            if job is None:
+                return
+            body = render_status(job, with_logs=with_logs)
+            if body != last_sent:
+                yield f"data: {json.dumps(body)}\n\n"
+                last_sent = body
+            if job.status.is_terminal():
+                return
+            if not await state.events.wait_past(version, SSE_KEEPALIVE_SECONDS):
+                yield ": keep-alive\n\n"
+
+    return StreamingResponse(
+        events(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Fal-Request-Id": request_id},
+    )
+
+
+@router.get("/{owner}/{app}/requests/{request_id}")
+async def result(request: Request, owner: str, app: str, request_id: str) -> Any:
+    state = app_state(request)
+    job = _owned_job(state, request, owner, app, request_id, False)
+    if not job.status.is_terminal():
+        return _json({"detail": "Request is still in progress"}, 400, job.id)
+    if job.succeeded:
+        return _json(job.result, 200, job.id)
+    body = {**fal_error_payload(job), "error_type": job.error_type.value if job.error_type else None}
+    response = _json(body, job.error_http_status, job.id)
+    if job.error_type is not None:
+        response.headers["X-Fal-Error-Type"] = job.error_type.value
+    return response
+
+
+@router.put("/{owner}/{app}/requests/{request_id}/cancel")
+async def cancel(request: Request, owner: str, app: str, request_id: str) -> Any:
+    state = app_state(request)
+    job = _owned_job(state, request, owner, app, request_id, False)
+    outcome = state.service.cancel(job.id, job.owner)
+    if outcome is CancelOutcome.ALREADY_COMPLETED:
+        return _json({"status": "ALREADY_COMPLETED", "detail": "Request already completed"}, 400, job.id)
+    if outcome is CancelOutcome.NOT_FOUND:
+        return _json({"status": "NOT_FOUND", "detail": f"request {request_id} not found"}, 404, job.id)
+    return _json({"status": "CANCELLATION_REQUESTED"}, 202, job.id)
+
+
+@router.post("/{endpoint_path:path}")
+async def submit(request: Request, endpoint_path: str, fal_webhook: str | None = Query(None)) -> Any:
+    state = app_state(request)
+    owner = state.api_keys.owner(request)
+    endpoint = state.endpoints.get(endpoint_path.strip("/"))
+    if endpoint is None:
+        served = ", ".join(sorted(state.endpoints))
+        raise HTTPException(404, f"application '{endpoint_path}' not found; this server serves: {served}")
+    payload = await _read_json_object(request)
+    try:
+        validated = endpoint.input_model.model_validate(payload)
+    except ValidationError as exc:
+        detail = [{**error, "loc": ["body", *error["loc"]]} for error in exc.errors(include_url=False)]
+        raise HTTPException(422, json.loads(json.dumps(detail, default=str))) from None
+    _check_webhook_url(fal_webhook)
+    key = request.headers.get("idempotency-key")
+    if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY_LENGTH:
+        raise HTTPException(
+            422, _detail(["header", "Idempotency-Key"], "must be 1 to 255 characters", "string_too_long")
+        )
+    job_request = JobRequest(
+        endpoint=endpoint.id,
+        input=validated.model_dump(mode="json"),
+        owner=owner,
+        dialect="fal",
+        webhook_url=fal_webhook,
+        base_url=_base_url(state, request),
+        idempotency_key=key,
+    )
+    try:
+        job, _created = state.service.submit(job_request)
+    except IdempotencyKeyReused:
+        raise HTTPException(
+            422,
+            _detail(
+                ["header", "Idempotency-Key"],
+                "this Idempotency-Key was already used with a different request",
+                "idempotency_key_reused",
+            ),
+        ) from None
+    body = render_status(job, with_logs=False)
+    body.pop("logs")
+    body.setdefault("queue_position", 0)
+    body["gateway_request_id"] = job.id
+    return _json(body, 200, job.id)

@@ -1,0 +1,126 @@
+"""Settings: one object built at start-up from HIDREAM_* environment variables and passed down.
+
+Tests construct `Settings(...)` explicitly; nothing in the service reads the environment elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+#: Svix's published schedule: immediately, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h.
+DEFAULT_WEBHOOK_RETRY_SCHEDULE = (0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
+
+
+def default_data_dir() -> Path:
+    """Per-user data directory: $XDG_DATA_HOME/hidream, else ~/.local/share/hidream."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "hidream"
+
+
+def _split_commas(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Everything the service can be told. Each field is documented where it is defined."""
+
+    model_config = SettingsConfigDict(env_prefix="HIDREAM_", extra="ignore", frozen=True)
+
+    data_dir: Path = Field(
+        default_factory=default_data_dir,
+        description="Holds the SQLite database (jobs, logs, webhook outbox), outputs and tiny weights.",
+    )
+    host: str = Field(
+        default="127.0.0.1",
+        description="Address the API binds to. Stays on loopback unless API keys are set or you say otherwise.",
+    )
+    port: int = Field(default=8000, ge=0, le=65535, description="TCP port of the API (0 picks a free one).")
+    weights: str | None = Field(
+        default=None,
+        description="'tiny' for random-weight tiny models built offline, or a directory of real HiDream "
+        "weights (layout in docs/weights.md). Unset: only hidream/noop is served.",
+    )
+    public_url: str | None = Field(
+        default=None,
+        description="Base URL clients reach the API at (for status/result/file URLs). Unset: taken from "
+        "each request's Host header.",
+    )
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated API keys. Empty: the API is open (and should stay on loopback).",
+    )
+    webhook_secret: str | None = Field(
+        default=None,
+        description="Standard Webhooks signing secret (whsec_...). Unset: generated once and kept in the data dir.",
+    )
+    workers: int = Field(default=1, ge=1, le=64, description="Worker processes (one per GPU).")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="Where workers run models: 'auto' takes CUDA when present."
+    )
+    lease_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="A worker's claim on a job; a job whose lease expires (worker gone) is re-queued.",
+    )
+    heartbeat_seconds: float = Field(
+        default=0.25,
+        gt=0,
+        description="How often a busy worker renews its lease, flushes logs and checks for a cancel.",
+    )
+    max_job_attempts: int = Field(
+        default=3, ge=1, description="Runs of one job before a crashing job is failed instead of re-queued."
+    )
+    webhook_timeout_seconds: float = Field(
+        default=15.0, gt=0, description="Timeout of one webhook POST (connect + send + response)."
+    )
+    webhook_retry_schedule: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_WEBHOOK_RETRY_SCHEDULE),
+        description="Comma-separated seconds to wait before each delivery attempt; the first is usually 0.",
+    )
+    webhook_max_concurrency: int = Field(
+        default=16, ge=1, description="Webhook POSTs in flight at once from the delivery loop."
+    )
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = Field(
+        default="FULL",
+        description="FULL survives power loss; NORMAL survives process crashes only and commits faster.",
+    )
+    max_loaded_pipelines: int = Field(
+        default=1,
+        ge=1,
+        description="Pipelines a worker keeps loaded. One real HiDream-I1 pipeline fills an 80 GB GPU.",
+    )
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _parse_keys(cls, value: object) -> object:
+        return _split_commas(value)
+
+    @field_validator("webhook_retry_schedule", mode="before")
+    @classmethod
+    def _parse_schedule(cls, value: object) -> object:
+        parsed = _split_commas(value)
+        if isinstance(parsed, list) and not parsed:
+            raise ValueError("the retry schedule needs at least one delay")
+        return parsed
+
+    @field_validator("webhook_retry_schedule")
+    @classmethod
+    def _non_negative(cls, value: list[float]) -> list[float]:
+        if any(delay < 0 for delay in value):
+            raise ValueError("retry delays must be >= 0 seconds")
+        return value
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_dir / "hidream.sqlite3"
+
+    @property
+    def outputs_dir(self) -> Path:
+        return self.data_dir / "outputs"

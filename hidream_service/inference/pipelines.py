@@ -1,0 +1,149 @@
+"""Loading HiDream-I1 pipelines from a weights directory, the same code for real and tiny weights."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hidream_service.inference.weights import WeightsLayout
+from hidream_service.models.hidream_i1 import Variant
+
+log = logging.getLogger(__name__)
+
+
+def _quiet_loading() -> None:
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def pick_device(preference: str) -> str:
+    import torch
+
+    if preference == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return preference
+
+
+def build_scheduler(variant: Variant, variant_dir: Path | None) -> Any:
+    """The variant's scheduler: the published config when there is one, with the recipe's shift enforced.
+
+    Full runs UniPC on flow sigmas (shift 3.0); Dev and Fast run FlowMatchLCM (shift 6.0 and 3.0).
+    """
+    import diffusers
+
+    config: dict[str, Any] = {"num_train_timesteps": 1000}
+    published = None if variant_dir is None else variant_dir / "scheduler" / "scheduler_config.json"
+    if published is not None and published.is_file():
+        stored = json.loads(published.read_text())
+        if stored.get("_class_name") == variant.scheduler:
+            config = stored
+        else:
+            log.warning(
+                "%s ships %s; using %s as the %s recipe requires",
+                published,
+                stored.get("_class_name"),
+                variant.scheduler,
+                variant.name,
+            )
+    scheduler_class = getattr(diffusers, variant.scheduler)
+    if variant.scheduler == "UniPCMultistepScheduler":
+        overrides = {
+            "prediction_type": "flow_prediction",
+            "use_flow_sigmas": True,
+            "flow_shift": variant.shift,
+        }
+    else:
+        overrides = {"shift": variant.shift}
+    return scheduler_class.from_config(config, **overrides)
+
+
+@dataclass
+class LoadedPipeline:
+    pipeline: Any
+    area_side: int  # rendered images cover area_side**2 pixels
+    vae_scale_factor: int
+
+
+def load_i1_pipeline(layout: WeightsLayout, variant: Variant, device: str, llama: tuple[Any, Any]) -> LoadedPipeline:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+    from diffusers import HiDreamImagePipeline
+
+    layout.check(variant.name)
+    directory = layout.variant_dir(variant.name)
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    tokenizer_4, text_encoder_4 = llama
+    pipeline = HiDreamImagePipeline.from_pretrained(
+        directory,
+        scheduler=build_scheduler(variant, directory),
+        tokenizer_4=tokenizer_4,
+        text_encoder_4=text_encoder_4,
+        dtype=dtype,
+        local_files_only=True,
+    )
+    pipeline.to(device)
+    pipeline.set_progress_bar_config(disable=True)
+    pipeline.default_sample_size = layout.default_sample_size(variant.name)
+    return LoadedPipeline(
+        pipeline=pipeline,
+        area_side=pipeline.default_sample_size * pipeline.vae_scale_factor,
+        vae_scale_factor=pipeline.vae_scale_factor,
+    )
+
+
+def load_llama(layout: WeightsLayout, device: str) -> tuple[Any, Any]:
+    """Llama-3.1-8B-Instruct (text_encoder_4), loaded from its own directory."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    tokenizer = AutoTokenizer.from_pretrained(layout.llama_dir, local_files_only=True)
+    # The pipeline asks this model for every hidden state on each call.
+    model = LlamaForCausalLM.from_pretrained(layout.llama_dir, dtype=dtype, local_files_only=True)
+    return tokenizer, model.to(device).eval()
+
+
+class PipelineCache:
+    """Keeps up to `max_loaded` variants in memory; the Llama encoder is shared by all of them."""
+
+    def __init__(self, layout: WeightsLayout, device: str, max_loaded: int = 1) -> None:
+        self.layout = layout
+        self.device = device
+        self.max_loaded = max_loaded
+        self._loaded: OrderedDict[str, LoadedPipeline] = OrderedDict()
+        self._llama: tuple[Any, Any] | None = None
+
+    def get(self, variant: Variant) -> LoadedPipeline:
+        if variant.name in self._loaded:
+            self._loaded.move_to_end(variant.name)
+            return self._loaded[variant.name]
+        while len(self._loaded) >= self.max_loaded:
+            evicted, _ = self._loaded.popitem(last=False)
+            log.info("unloading HiDream-I1 %s to make room", evicted)
+            _free_accelerator_memory()
+        _quiet_loading()
+        if self._llama is None:
+            self._llama = load_llama(self.layout, self.device)
+        log.info("loading HiDream-I1 %s from %s on %s", variant.name, self.layout.root, self.device)
+        loaded = load_i1_pipeline(self.layout, variant, self.device, self._llama)
+        self._loaded[variant.name] = loaded
+        return loaded
+
+
+def _free_accelerator_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,0 +1,1 @@
+"""Jobs: the canonical model, the SQLite store, the service that moves jobs between states, workers."""

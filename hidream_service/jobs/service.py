@@ -1,0 +1,269 @@
+"""JobService: the only code that moves a job between states.
+
+    submit ──► IN_QUEUE ──lease──► IN_PROGRESS ──► COMPLETED (result, or error)
+                  │   ▲                 │  │
+                  │   └──lease expired──┘  └──cancel seen by the worker──► CANCELLED
+                  └──cancel──────────────────────────────────────────────► CANCELLED
+
+Every terminal transition writes the job's webhook delivery in the same transaction. The API
+process and every worker process each build their own JobService over the same SQLite file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from hidream_service import webhook_payloads
+from hidream_service.config import Settings
+from hidream_service.jobs.model import ErrorType, Job, JobRequest, JobStatus, Lease, LogLine
+from hidream_service.jobs.store import DuplicateIdempotencyKey, SqliteJobStore
+
+log = logging.getLogger(__name__)
+
+CANCELLED_MESSAGE = "Request was cancelled"
+
+
+class IdempotencyKeyReused(Exception):
+    """The Idempotency-Key was already used for a different request."""
+
+
+class CancelOutcome(enum.StrEnum):
+    CANCELLED = "CANCELLED"  # was queued: it will never run
+    CANCELLATION_REQUESTED = "CANCELLATION_REQUESTED"  # running: stops at the next step
+    ALREADY_COMPLETED = "ALREADY_COMPLETED"
+    NOT_FOUND = "NOT_FOUND"
+
+
+def request_fingerprint(request: JobRequest) -> str:
+    canonical = json.dumps(
+        {"endpoint": request.endpoint, "input": request.input, "webhook_url": request.webhook_url},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class JobService:
+    def __init__(
+        self,
+        store: SqliteJobStore,
+        *,
+        lease_seconds: float = 30.0,
+        max_attempts: int = 3,
+        webhook_first_delay: Callable[[], float] = lambda: 0.0,
+        on_submitted: Callable[[], None] = lambda: None,
+        on_changed: Callable[[str], None] = lambda job_id: None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.lease_seconds = lease_seconds
+        self.max_attempts = max_attempts
+        self._webhook_first_delay = webhook_first_delay
+        self._on_submitted = on_submitted
+        self._on_changed = on_changed
+        self._clock = clock
+
+    # -- callers ---------------------------------------------------------------------------------
+
+    def submit(self, request: JobRequest) -> tuple[Job, bool]:
+        """Persist a new job (committed before this returns). Returns (job, created).
+
+        With an Idempotency-Key, a repeat of the same request returns the first job, whatever
+        state it is in now; a different request under the same key raises IdempotencyKeyReused.
+        """
+        fingerprint = request_fingerprint(request)
+        if request.idempotency_key is not None:
+            existing = self._existing(request, fingerprint)
+            if existing is not None:
+                return existing, False
+        job_id = str(uuid.uuid4())
+        try:
+            self.store.insert(job_id, request, fingerprint, self._clock())
+        except DuplicateIdempotencyKey:
+            # A concurrent submit with the same key won the race.
+            existing = self._existing(request, fingerprint)
+            assert existing is not None
+            return existing, False
+        self._on_submitted()
+        job = self.store.get(job_id)
+        assert job is not None
+        return job, True
+
+    def _existing(self, request: JobRequest, fingerprint: str) -> Job | None:
+        assert request.idempotency_key is not None
+        found = self.store.find_by_idempotency_key(request.owner, request.idempotency_key)
+        if found is None:
+            return None
+        job, stored_fingerprint = found
+        if stored_fingerprint != fingerprint:
+            raise IdempotencyKeyReused(request.idempotency_key)
+        return self.store.get(job.id)
+
+    def get(self, job_id: str, owner: str, *, with_logs: bool = False) -> Job | None:
+        """The job, or None when it does not exist or belongs to another API key."""
+        job = self.store.get(job_id, with_logs=with_logs)
+        if job is None or job.owner != owner:
+            return None
+        return job
+
+    def cancel(self, job_id: str, owner: str) -> CancelOutcome:
+        job = self.get(job_id, owner)
+        if job is None:
+            return CancelOutcome.NOT_FOUND
+        if job.status is JobStatus.IN_QUEUE:
+            if self._end(job, None, expected=(JobStatus.IN_QUEUE,), **_cancelled()):
+                return CancelOutcome.CANCELLED
+            job = self.store.get(job_id) or job  # a worker took it meanwhile
+        if job.status is JobStatus.IN_PROGRESS and self.store.request_cancel(job_id):
+            self._on_changed(job_id)
+            return CancelOutcome.CANCELLATION_REQUESTED
+        return CancelOutcome.ALREADY_COMPLETED
+
+    # -- workers ---------------------------------------------------------------------------------
+
+    def lease_next(self, holder: str) -> Lease | None:
+        """Lease the oldest queued job for `holder` (a worker name, the prefix of the lease token)."""
+        token = f"{holder}:{uuid.uuid4().hex}"
+        now = self._clock()
+        job = self.store.lease_next(token, now, now + self.lease_seconds)
+        if job is None:
+            return None
+        self._on_changed(job.id)
+        return Lease(job, token)
+
+    def heartbeat(self, lease: Lease, logs: list[LogLine]) -> tuple[bool, bool]:
+        """Flush logs and renew the lease. Returns (still ours, cancel requested)."""
+        if logs:
+            self.store.append_logs(lease.job.id, logs)
+            self._on_changed(lease.job.id)
+        return self.store.renew_lease(lease.job.id, lease.token, self._clock() + self.lease_seconds)
+
+    def complete(self, lease: Lease, result: dict[str, Any], inference_time: float) -> bool:
+        return self._end(
+            lease.job,
+            lease.token,
+            expected=(JobStatus.IN_PROGRESS,),
+            status=JobStatus.COMPLETED,
+            result=result,
+            inference_time=inference_time,
+        )
+
+    def fail(self, lease: Lease, error_type: ErrorType, message: str, detail: Any = None) -> bool:
+        return self._end(
+            lease.job,
+            lease.token,
+            expected=(JobStatus.IN_PROGRESS,),
+            status=JobStatus.COMPLETED,
+            error=message,
+            error_type=error_type,
+            error_detail=detail,
+        )
+
+    def acknowledge_cancel(self, lease: Lease) -> bool:
+        return self._end(lease.job, lease.token, expected=(JobStatus.IN_PROGRESS,), **_cancelled())
+
+    # -- recovery --------------------------------------------------------------------------------
+
+    def recover_job(self, job: Job) -> None:
+        """Decide what becomes of an IN_PROGRESS job whose worker is gone."""
+        token = self.store.lease_token(job.id)
+        if token is None:
+            return
+        if job.cancel_requested:
+            self._end(job, token, expected=(JobStatus.IN_PROGRESS,), **_cancelled())
+        elif job.attempts >= self.max_attempts:
+            self._end(
+                job,
+                token,
+                expected=(JobStatus.IN_PROGRESS,),
+                status=JobStatus.COMPLETED,
+                error=f"the worker running this request stopped {job.attempts} times",
+                error_type=ErrorType.WORKER_LOST,
+            )
+        elif self.store.requeue(job.id, token):
+            log.warning("re-queued %s: its worker is gone (attempt %d)", job.id, job.attempts)
+            self._on_submitted()
+            self._on_changed(job.id)
+
+    def recover_expired_leases(self) -> int:
+        expired = self.store.expired_leases(self._clock())
+        for job in expired:
+            self.recover_job(job)
+        return len(expired)
+
+    def recover_holder(self, holder: str) -> int:
+        """A worker died: recover its jobs now instead of waiting for their leases to run out."""
+        jobs = [
+            job for job in self.store.in_progress() if (self.store.lease_token(job.id) or "").startswith(holder + ":")
+        ]
+        for job in jobs:
+            self.recover_job(job)
+        return len(jobs)
+
+    def recover_all_in_progress(self) -> int:
+        """At start-up, with no worker of ours alive yet, every IN_PROGRESS job is an orphan."""
+        orphans = self.store.in_progress()
+        for job in orphans:
+            self.recover_job(job)
+        return len(orphans)
+
+    # -- the single exit -------------------------------------------------------------------------
+
+    def _end(
+        self,
+        job: Job,
+        token: str | None,
+        *,
+        expected: tuple[JobStatus, ...],
+        status: JobStatus,
+        **fields: Any,
+    ) -> bool:
+        ended = dataclasses.replace(job, status=status, completed_at=self._clock(), **fields)
+        message = webhook_payloads.outbox_message(ended)
+        assert ended.completed_at is not None
+        written = self.store.finish(
+            ended,
+            expected=expected,
+            token=token,
+            message=message,
+            deliver_at=ended.completed_at + self._webhook_first_delay(),
+        )
+        if written:
+            self._on_changed(job.id)
+        return written
+
+
+def build_service(
+    settings: Settings,
+    store: SqliteJobStore,
+    *,
+    on_submitted: Callable[[], None],
+    on_changed: Callable[[str], None],
+) -> JobService:
+    """The JobService every process of one server builds, from the one Settings object."""
+    first_delay = settings.webhook_retry_schedule[0]
+    return JobService(
+        store,
+        lease_seconds=settings.lease_seconds,
+        max_attempts=settings.max_job_attempts,
+        webhook_first_delay=lambda: first_delay,
+        on_submitted=on_submitted,
+        on_changed=on_changed,
+    )
+
+
+def _cancelled() -> dict[str, Any]:
+    return {
+        "status": JobStatus.CANCELLED,
+        "error": CANCELLED_MESSAGE,
+        "error_type": ErrorType.CANCELLED,
+        "error_detail": CANCELLED_MESSAGE,
+    }

@@ -1,0 +1,213 @@
+"""A worker process: lease a job, run it, end it; a heartbeat thread beside the run.
+
+The heartbeat thread is the worker's only other voice: it renews the lease, flushes queued log
+lines to the store and notices a cancel, so the denoising loop itself never touches the database.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from multiprocessing.queues import Queue
+from multiprocessing.synchronize import Event
+from typing import Any
+
+from pydantic import ValidationError
+
+from hidream_service.config import Settings
+from hidream_service.jobs.model import ErrorType, Lease, LogLine
+from hidream_service.jobs.service import JobService, build_service
+from hidream_service.jobs.store import SqliteJobStore
+from hidream_service.models.base import ImageFile, InputError, JobCancelled, Runner
+from hidream_service.storage import LocalOutputStorage
+
+log = logging.getLogger(__name__)
+
+IDLE_POLL_SECONDS = 1.0  # fallback when a wake-up is missed; new jobs normally wake the worker at once
+
+
+@dataclass
+class WorkerRunContext:
+    """RunContext for one job: logs are queued in memory, cancel is an in-memory flag."""
+
+    job_id: str
+    base_url: str
+    storage: LocalOutputStorage
+    cancel_event: threading.Event = field(default_factory=threading.Event)
+    _pending: list[LogLine] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def log(self, message: str, level: str = "INFO") -> None:
+        with self._lock:
+            self._pending.append(LogLine(time.time(), level, message))
+
+    def take_logs(self) -> list[LogLine]:
+        with self._lock:
+            lines, self._pending = self._pending, []
+        return lines
+
+    def cancelled(self) -> bool:
+        return self.cancel_event.is_set()
+
+    def save_image(self, index: int, image: Any, output_format: str, *, sync_mode: bool) -> ImageFile:
+        return self.storage.save_image(
+            self.job_id, index, image, output_format, base_url=self.base_url, sync_mode=sync_mode
+        )
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    result: dict[str, Any] | None = None
+    cancelled: bool = False
+    error: tuple[ErrorType, str, Any] | None = None
+
+
+class Runners:
+    """Endpoint id -> runner, loading model code and weights only when first needed."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._pipelines: Any = None
+
+    def get(self, endpoint_id: str) -> Runner:
+        from hidream_service.models.registry import ENDPOINTS
+
+        endpoint = ENDPOINTS[endpoint_id]
+        if endpoint.family == "noop":
+            from hidream_service.models.noop import run_noop
+
+            return run_noop
+        from hidream_service.models.hidream_i1 import VARIANTS, HiDreamI1Runner
+
+        assert endpoint.variant is not None
+        return HiDreamI1Runner(VARIANTS[endpoint.variant], self._pipeline_cache())
+
+    def _pipeline_cache(self) -> Any:
+        if self._pipelines is None:
+            from hidream_service.inference.pipelines import PipelineCache, pick_device
+            from hidream_service.inference.tiny import ensure_tiny_weights
+            from hidream_service.inference.weights import WeightsError, resolve_weights
+
+            layout = resolve_weights(self.settings.weights, self.settings.data_dir)
+            if layout is None:
+                raise WeightsError("this server was started without --weights")
+            if layout.tiny:
+                ensure_tiny_weights(layout)
+            device = pick_device(self.settings.device)
+            self._pipelines = PipelineCache(layout, device, self.settings.max_loaded_pipelines)
+        return self._pipelines
+
+
+class Worker:
+    def __init__(
+        self,
+        name: str,
+        settings: Settings,
+        service: JobService,
+        runners: Runners,
+        wake: Event,
+    ) -> None:
+        self.name = name
+        self.settings = settings
+        self.service = service
+        self.runners = runners
+        self.wake = wake
+        self.storage = LocalOutputStorage(settings.outputs_dir)
+
+    def run_forever(self, parent_pid: int) -> None:
+        while os.getppid() == parent_pid:
+            self.wake.clear()
+            lease = self.service.lease_next(self.name)
+            if lease is None:
+                self.wake.wait(IDLE_POLL_SECONDS)
+                continue
+            self.run_one(lease)
+
+    def run_one(self, lease: Lease) -> None:
+        job = lease.job
+        ctx = WorkerRunContext(job.id, job.base_url, self.storage)
+        ctx.log(f"running on worker {self.name} (attempt {job.attempts})")
+        stop_heartbeat = threading.Event()
+        heartbeat = threading.Thread(
+            target=self._heartbeat, args=(lease, ctx, stop_heartbeat), name="heartbeat", daemon=True
+        )
+        heartbeat.start()
+        started = time.perf_counter()
+        outcome = self._execute(job.endpoint, job.input, ctx)
+        stop_heartbeat.set()
+        heartbeat.join()
+        ctx.log("cancelled" if outcome.cancelled else "failed" if outcome.error else "done")
+        self.service.heartbeat(lease, ctx.take_logs())  # every log line lands before the job ends
+        if outcome.result is not None:
+            inference_time = outcome.result.get("timings", {}).get("inference", time.perf_counter() - started)
+            ended = self.service.complete(lease, outcome.result, inference_time)
+        elif outcome.cancelled:
+            ended = self.service.acknowledge_cancel(lease)
+        else:
+            error_type, message, detail = outcome.error or (ErrorType.INFERENCE, "no result", None)
+            ended = self.service.fail(lease, error_type, message, detail)
+        if not ended:
+            log.warning("job %s: lease lost before the outcome could be written; dropped this run", job.id)
+
+    def _execute(self, endpoint: str, inputs: dict[str, Any], ctx: WorkerRunContext) -> _Outcome:
+        try:
+            return _Outcome(result=self.runners.get(endpoint)(inputs, ctx))
+        except JobCancelled:
+            return _Outcome(cancelled=True)
+        except InputError as exc:
+            detail = [{"loc": ["body"], "msg": str(exc), "type": "value_error"}]
+            return _Outcome(error=(ErrorType.VALIDATION, str(exc), detail))
+        except ValidationError as exc:
+            errors = [{**error, "loc": ["body", *error["loc"]]} for error in exc.errors(include_url=False)]
+            return _Outcome(error=(ErrorType.VALIDATION, "input failed validation", errors))
+        except Exception as exc:
+            log.exception("job %s failed", ctx.job_id)
+            return _Outcome(error=(ErrorType.INFERENCE, f"{type(exc).__name__}: {exc}", None))
+
+    def _heartbeat(self, lease: Lease, ctx: WorkerRunContext, stop: threading.Event) -> None:
+        parent = os.getppid()
+        while not stop.wait(self.settings.heartbeat_seconds):
+            if os.getppid() != parent:
+                os._exit(1)  # the server is gone; a new one re-runs the job
+            try:
+                ours, cancel = self.service.heartbeat(lease, ctx.take_logs())
+            except Exception:
+                log.exception("heartbeat of %s failed; retrying", lease.job.id)
+                continue
+            if cancel or not ours:
+                ctx.cancel_event.set()
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to kill this worker when the server process dies (kill -9 included)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass  # not Linux: the parent-pid check in the loops covers it
+
+
+def worker_main(name: str, settings: Settings, wake: Event, changes: Queue[str], parent_pid: int) -> None:
+    """Entry point of a worker process (started with the 'spawn' method)."""
+    _die_with_parent()
+    if os.getppid() != parent_pid:
+        return
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the server, which stops us
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker {name} %(levelname)s %(message)s")
+    store = SqliteJobStore(settings.database_path, synchronous=settings.sqlite_synchronous)
+
+    def changed(job_id: str) -> None:
+        changes.put(job_id)
+
+    service = build_service(settings, store, on_submitted=wake.set, on_changed=changed)
+    Worker(name, settings, service, Runners(settings), wake).run_forever(parent_pid)

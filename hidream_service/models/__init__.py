@@ -1,0 +1,1 @@
+"""Endpoints: their input schemas (pydantic, importable without torch) and lazily loaded runners."""

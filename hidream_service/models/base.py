@@ -1,0 +1,62 @@
+"""What every endpoint runner sees of the job it runs, and the errors it may raise."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class InputError(Exception):
+    """The input passed the schema but cannot be run (reported as HTTP 422, never 500)."""
+
+
+class JobCancelled(Exception):
+    """The runner stopped early because the job was cancelled."""
+
+
+class StrictInput(BaseModel):
+    """Base of every endpoint input: unknown fields are an error, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ImageFile(BaseModel):
+    """fal's File/Image shape."""
+
+    url: str
+    content_type: str
+    file_name: str
+    file_size: int
+    width: int
+    height: int
+
+
+class ImageOutput(BaseModel):
+    """fal's output of an image endpoint."""
+
+    images: list[ImageFile]
+    seed: int
+    has_nsfw_concepts: list[bool]
+    prompt: str
+    timings: dict[str, float] = Field(default_factory=dict)
+
+
+class RunContext(Protocol):
+    """The job as a runner sees it. Implemented by the worker; no I/O happens on the step path."""
+
+    job_id: str
+
+    def log(self, message: str, level: str = "INFO") -> None:
+        """Queue a log line for the job (flushed to the store off the inference path)."""
+
+    def cancelled(self) -> bool:
+        """True once a cancel was requested; runners stop at the next step."""
+
+    def save_image(self, index: int, image: Any, output_format: str, *, sync_mode: bool) -> ImageFile:
+        """Encode and store one output image (or make it a data URI in sync mode)."""
+
+
+class Runner(Protocol):
+    def __call__(self, inputs: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
+        """Run one job's validated input; return the endpoint's output JSON."""

@@ -1,0 +1,51 @@
+"""hidream/noop: the whole job lifecycle with no model, returning a 1x1 PNG.
+
+For smoke-testing an integration's webhooks without a GPU and for measuring the service's own
+overhead. It can also pretend to work in steps (to watch progress and cancel) or fail on purpose
+(to see a failure webhook).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from PIL import Image
+from pydantic import Field
+
+from hidream_service.models.base import InputError, JobCancelled, RunContext, StrictInput
+
+
+class NoopInput(StrictInput):
+    prompt: str = Field(default="", max_length=10_000)
+    seed: int = Field(default=0, ge=0, le=2**63 - 1)
+    num_steps: int = Field(default=0, ge=0, le=1000, description="Pretend denoising steps, logged as progress.")
+    step_seconds: float = Field(default=0.0, ge=0.0, le=10.0, description="Sleep per pretend step.")
+    fail_with: str | None = Field(
+        default=None, max_length=1000, description="End the job with this error, to test failure handling."
+    )
+    output_format: str = Field(default="png", pattern="^(jpeg|png)$")
+    sync_mode: bool = False
+
+
+def run_noop(inputs: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
+    params = NoopInput.model_validate(inputs)
+    started = time.perf_counter()
+    for step in range(params.num_steps):
+        if ctx.cancelled():
+            raise JobCancelled()
+        time.sleep(params.step_seconds)
+        ctx.log(f"step {step + 1}/{params.num_steps}")
+    if ctx.cancelled():
+        raise JobCancelled()
+    if params.fail_with is not None:
+        raise InputError(params.fail_with)
+    image = Image.new("RGB", (1, 1), (params.seed % 256, 0, 0))
+    file = ctx.save_image(0, image, params.output_format, sync_mode=params.sync_mode)
+    return {
+        "images": [file.model_dump()],
+        "seed": params.seed,
+        "has_nsfw_concepts": [False],
+        "prompt": params.prompt,
+        "timings": {"inference": time.perf_counter() - started},
+    }

@@ -1,0 +1,44 @@
+"""The endpoint registry: every app id the service answers to, and how to run it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hidream_service.models import hidream_i1
+from hidream_service.models.base import StrictInput
+from hidream_service.models.noop import NoopInput
+
+NOOP = "hidream/noop"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    id: str  # the fal app id
+    title: str
+    input_model: type[StrictInput]
+    family: str  # "noop" | "hidream-i1"
+    variant: str | None = None
+
+    @property
+    def needs_weights(self) -> bool:
+        return self.family != "noop"
+
+
+ENDPOINTS: dict[str, Endpoint] = {
+    endpoint.id: endpoint
+    for endpoint in [
+        Endpoint(NOOP, "No model: the job lifecycle only", NoopInput, "noop"),
+        Endpoint("fal-ai/hidream-i1-full", "HiDream-I1 Full", hidream_i1.HiDreamI1FullInput, "hidream-i1", "full"),
+        Endpoint("fal-ai/hidream-i1-dev", "HiDream-I1 Dev", hidream_i1.HiDreamI1DevInput, "hidream-i1", "dev"),
+        Endpoint("fal-ai/hidream-i1-fast", "HiDream-I1 Fast", hidream_i1.HiDreamI1FastInput, "hidream-i1", "fast"),
+    ]
+}
+
+
+def served_endpoints(available_variants: set[str]) -> dict[str, Endpoint]:
+    """The endpoints this server answers: noop, plus the I1 variants whose weights it has."""
+    return {
+        endpoint_id: endpoint
+        for endpoint_id, endpoint in ENDPOINTS.items()
+        if not endpoint.needs_weights or endpoint.variant in available_variants
+    }

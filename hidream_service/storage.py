@@ -1,0 +1,71 @@
+"""Output storage: images under the data dir, served by the API at stable URLs.
+
+Keys are derived from the job id and the image index, so a job that runs twice overwrites its own
+files with the same names instead of leaving orphans.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from hidream_service.models.base import ImageFile
+
+CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg"}
+_SAFE_KEY = re.compile(r"^[A-Za-z0-9_-]+/[A-Za-z0-9_.-]+$")
+
+
+def encode_image(image: Any, output_format: str) -> bytes:
+    buffer = io.BytesIO()
+    if output_format == "jpeg":
+        image.convert("RGB").save(buffer, format="JPEG", quality=95)
+    else:
+        image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class LocalOutputStorage:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def path_for(self, key: str) -> Path | None:
+        """The file behind a key, or None for anything that is not one of our keys."""
+        if not _SAFE_KEY.match(key) or ".." in key:
+            return None
+        return self.root / key
+
+    def put(self, key: str, data: bytes) -> None:
+        path = self.path_for(key)
+        if path is None:
+            raise ValueError(f"bad storage key {key!r}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".partial")
+        partial.write_bytes(data)
+        os.replace(partial, path)  # readers never see half a file
+
+    def save_image(
+        self, job_id: str, index: int, image: Any, output_format: str, *, base_url: str, sync_mode: bool
+    ) -> ImageFile:
+        data = encode_image(image, output_format)
+        content_type = CONTENT_TYPES[output_format]
+        extension = "jpg" if output_format == "jpeg" else "png"
+        file_name = f"{index}.{extension}"
+        if sync_mode:
+            url = f"data:{content_type};base64,{base64.b64encode(data).decode()}"
+        else:
+            key = f"{job_id}/{file_name}"
+            self.put(key, data)
+            url = f"{base_url.rstrip('/')}/files/{key}"
+        width, height = image.size
+        return ImageFile(
+            url=url,
+            content_type=content_type,
+            file_name=file_name,
+            file_size=len(data),
+            width=width,
+            height=height,
+        )

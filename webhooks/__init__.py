@@ -1,0 +1,1 @@
+"""Webhook signing, the durable outbox and delivery. Independent of the HiDream service package."""

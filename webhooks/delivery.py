@@ -1,0 +1,198 @@
+"""Webhook delivery: one attempt at a time, a retry schedule that is data, and a loop apart from inference.
+
+One attempt signs afresh (new timestamp, same webhook-id), POSTs with a timeout and never follows a
+redirect. 2xx is delivered; 410 means the receiver is gone for good; anything else is retried on the
+schedule until it runs out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import httpx
+
+from webhooks.outbox import RESPONSE_HEAD_BYTES, AttemptRecord, Delivery, DeliveryState, SqliteOutbox
+
+log = logging.getLogger(__name__)
+
+#: Builds the signature headers of one attempt: (delivery, unix timestamp) -> headers.
+Signer = Callable[[Delivery, int], Mapping[str, str]]
+
+RETRY_AFTER_MAX_SECONDS = 3600.0
+
+
+@dataclass(frozen=True)
+class RetrySchedule:
+    """`delays[0]` is the wait before the first attempt, `delays[n]` the wait after the n-th failure.
+
+    Non-zero delays get +/- `jitter` so that many receivers failing together do not retry together.
+    A receiver's Retry-After is honoured, clamped to `retry_after_max`.
+    """
+
+    delays: Sequence[float]
+    jitter: float = 0.2
+    retry_after_max: float = RETRY_AFTER_MAX_SECONDS
+    rng: random.Random = field(default_factory=random.Random, compare=False)
+
+    def first_delay(self) -> float:
+        return self._jittered(self.delays[0])
+
+    def delay_after(self, attempts_made: int, retry_after: float | None = None) -> float | None:
+        """Seconds until the next attempt after `attempts_made` failures, or None when exhausted."""
+        if attempts_made >= len(self.delays):
+            return None
+        delay = self._jittered(self.delays[attempts_made])
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, self.retry_after_max))
+        return delay
+
+    def _jittered(self, delay: float) -> float:
+        if delay <= 0 or self.jitter <= 0:
+            return max(delay, 0.0)
+        return delay * self.rng.uniform(1 - self.jitter, 1 + self.jitter)
+
+
+@dataclass(frozen=True)
+class AttemptOutcome:
+    record: AttemptRecord
+    delivered: bool
+    gone: bool = False  # 410: the receiver asked us to stop
+    retry_after: float | None = None
+
+
+def _parse_retry_after(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        return None  # HTTP-date form: fall back to the schedule
+
+
+async def attempt(client: httpx.AsyncClient, delivery: Delivery, signer: Signer, *, timeout: float) -> AttemptOutcome:
+    """Send one attempt. Never raises for anything the receiver or network does."""
+    started = time.time()
+    clock = time.perf_counter()
+    headers = {"content-type": "application/json", "user-agent": "hidream-webhooks/1"}
+    headers.update(signer(delivery, int(started)))
+    try:
+        response = await client.post(
+            delivery.url, content=delivery.body, headers=headers, timeout=timeout, follow_redirects=False
+        )
+    except httpx.HTTPError as exc:
+        latency = (time.perf_counter() - clock) * 1000
+        error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        return AttemptOutcome(AttemptRecord(started, latency, error=error), delivered=False)
+    latency = (time.perf_counter() - clock) * 1000
+    code = response.status_code
+    head = response.content[:RESPONSE_HEAD_BYTES].decode("utf-8", errors="replace")
+    delivered = 200 <= code < 300
+    record = AttemptRecord(
+        started, latency, status_code=code, response_head=head, error=None if delivered else f"HTTP {code}"
+    )
+    return AttemptOutcome(
+        record,
+        delivered=delivered,
+        gone=code == 410,
+        retry_after=_parse_retry_after(response.headers.get("retry-after")),
+    )
+
+
+class Deliverer:
+    """Sends what the outbox says is due, records every attempt, schedules retries.
+
+    Runs as one asyncio task beside the API; `wake()` makes it look at the outbox at once.
+    """
+
+    def __init__(
+        self,
+        outbox: SqliteOutbox,
+        signers: Mapping[str, Signer],
+        schedule: RetrySchedule,
+        client: httpx.AsyncClient,
+        *,
+        timeout: float = 15.0,
+        max_concurrency: int = 16,
+        idle_poll_seconds: float = 1.0,
+    ) -> None:
+        self._outbox = outbox
+        self._signers = signers
+        self._schedule = schedule
+        self._client = client
+        self._timeout = timeout
+        self._max_concurrency = max_concurrency
+        self._idle_poll = idle_poll_seconds
+        self._wakeup = asyncio.Event()
+        self._in_flight: set[asyncio.Task[None]] = set()
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    async def run_forever(self) -> None:
+        while True:
+            self._wakeup.clear()
+            self._start_due()
+            await self._sleep_until_next()
+
+    async def drain(self) -> None:
+        """Wait for attempts in flight (used at shutdown and by tests)."""
+        while self._in_flight:
+            await asyncio.gather(*self._in_flight, return_exceptions=True)
+
+    def _start_due(self) -> None:
+        free = self._max_concurrency - len(self._in_flight)
+        if free <= 0:
+            return
+        # The claim outlives the attempt's timeout, so a crash mid-attempt only delays a retry.
+        due = self._outbox.claim_due(time.time(), claim_seconds=self._timeout + 30, limit=free)
+        for delivery in due:
+            task = asyncio.create_task(self._deliver(delivery))
+            self._in_flight.add(task)
+            task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("webhook delivery task failed", exc_info=task.exception())
+        self._wakeup.set()
+
+    async def _sleep_until_next(self) -> None:
+        next_due = self._outbox.next_due_at()
+        wait = self._idle_poll if next_due is None else min(max(next_due - time.time(), 0.0), self._idle_poll)
+        if wait <= 0 and len(self._in_flight) < self._max_concurrency:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wakeup.wait(), timeout=max(wait, 0.01))
+
+    async def _deliver(self, delivery: Delivery) -> None:
+        signer = self._signers.get(delivery.signer)
+        if signer is None:
+            record = AttemptRecord(time.time(), 0.0, error=f"no signer named {delivery.signer!r}")
+            self._outbox.record_attempt(delivery.id, record, state=DeliveryState.FAILED, next_attempt_at=None)
+            return
+        outcome = await attempt(self._client, delivery, signer, timeout=self._timeout)
+        attempts_made = delivery.attempts + 1
+        if outcome.delivered:
+            state, next_at = DeliveryState.DELIVERED, None
+        elif outcome.gone:
+            state, next_at = DeliveryState.FAILED, None
+        else:
+            delay = self._schedule.delay_after(attempts_made, outcome.retry_after)
+            if delay is None:
+                state, next_at = DeliveryState.FAILED, None
+            else:
+                state, next_at = DeliveryState.PENDING, time.time() + delay
+        self._outbox.record_attempt(delivery.id, outcome.record, state=state, next_attempt_at=next_at)
+        log.info(
+            "webhook %s attempt %d to %s: %s",
+            delivery.id,
+            attempts_made,
+            delivery.url,
+            outcome.record.status_code or outcome.record.error,
+        )

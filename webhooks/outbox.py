@@ -1,0 +1,192 @@
+"""The webhook outbox: every delivery and its attempts, persisted in SQLite.
+
+A delivery row is written with `enqueue` inside the caller's own transaction (the one that ends the
+job), so a job can never end without its webhook being on record. Delivery itself happens later,
+elsewhere, from `SqliteOutbox`.
+"""
+
+from __future__ import annotations
+
+import enum
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS webhook_deliveries (
+    id TEXT PRIMARY KEY,                    -- the webhook-id: one per event, the same on every attempt
+    url TEXT NOT NULL,
+    body BLOB NOT NULL,                     -- the exact bytes every attempt sends
+    signer TEXT NOT NULL,                   -- name of the signing scheme for this receiver
+    context TEXT NOT NULL DEFAULT '',       -- signer input besides the body (e.g. a request id)
+    state TEXT NOT NULL DEFAULT 'pending',  -- pending | delivered | failed
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL,                   -- due time while pending
+    created_at REAL NOT NULL,
+    finished_at REAL,
+    last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS webhook_deliveries_due ON webhook_deliveries (state, next_attempt_at);
+CREATE TABLE IF NOT EXISTS webhook_attempts (
+    delivery_id TEXT NOT NULL REFERENCES webhook_deliveries (id),
+    attempt INTEGER NOT NULL,
+    started_at REAL NOT NULL,
+    status_code INTEGER,
+    latency_ms REAL NOT NULL,
+    error TEXT,
+    response_head TEXT,                     -- first 2 KB of the receiver's answer
+    PRIMARY KEY (delivery_id, attempt)
+);
+"""
+
+RESPONSE_HEAD_BYTES = 2048
+
+
+class DeliveryState(enum.StrEnum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class OutboxMessage:
+    id: str
+    url: str
+    body: bytes
+    signer: str
+    context: str = ""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    id: str
+    url: str
+    body: bytes
+    signer: str
+    context: str
+    state: DeliveryState
+    attempts: int
+    next_attempt_at: float | None
+    created_at: float
+    finished_at: float | None
+    last_error: str | None
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    started_at: float
+    latency_ms: float
+    status_code: int | None = None
+    error: str | None = None
+    response_head: str | None = None
+
+
+def create_tables(conn: sqlite3.Connection) -> None:
+    conn.executescript(SCHEMA)
+
+
+def enqueue(conn: sqlite3.Connection, message: OutboxMessage, due_at: float) -> None:
+    """Record a delivery inside the caller's transaction. Enqueuing the same id twice is a no-op,
+    so a job that runs twice still sends one event."""
+    conn.execute(
+        "INSERT OR IGNORE INTO webhook_deliveries (id, url, body, signer, context, next_attempt_at,"
+        " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (message.id, message.url, message.body, message.signer, message.context, due_at, due_at),
+    )
+
+
+def _row_to_delivery(row: sqlite3.Row) -> Delivery:
+    return Delivery(
+        id=row["id"],
+        url=row["url"],
+        body=bytes(row["body"]),
+        signer=row["signer"],
+        context=row["context"],
+        state=DeliveryState(row["state"]),
+        attempts=row["attempts"],
+        next_attempt_at=row["next_attempt_at"],
+        created_at=row["created_at"],
+        finished_at=row["finished_at"],
+        last_error=row["last_error"],
+    )
+
+
+class SqliteOutbox:
+    """The delivery side of the outbox: claim due deliveries, record what each attempt did."""
+
+    def __init__(self, path: Path, *, synchronous: str = "FULL") -> None:
+        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+        self._conn.row_factory = sqlite3.Row
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute(f"PRAGMA synchronous={synchronous}")
+        create_tables(self._conn)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def claim_due(self, now: float, *, claim_seconds: float, limit: int) -> list[Delivery]:
+        """Take up to `limit` due deliveries, pushing their due time past the attempt so that a
+        crashed sender's claim simply runs out and the delivery is tried again."""
+        rows = self._conn.execute(
+            "UPDATE webhook_deliveries SET next_attempt_at = ? WHERE id IN ("
+            " SELECT id FROM webhook_deliveries WHERE state = 'pending' AND next_attempt_at <= ?"
+            " ORDER BY next_attempt_at LIMIT ?) RETURNING *",
+            (now + claim_seconds, now, limit),
+        ).fetchall()
+        return [_row_to_delivery(row) for row in rows]
+
+    def next_due_at(self) -> float | None:
+        row = self._conn.execute(
+            "SELECT MIN(next_attempt_at) FROM webhook_deliveries WHERE state = 'pending'"
+        ).fetchone()
+        return None if row[0] is None else float(row[0])
+
+    def record_attempt(
+        self,
+        delivery_id: str,
+        attempt: AttemptRecord,
+        *,
+        state: DeliveryState,
+        next_attempt_at: float | None,
+    ) -> None:
+        """Store one attempt and the delivery's new state in one transaction."""
+        finished_at = None if state is DeliveryState.PENDING else attempt.started_at + attempt.latency_ms / 1000
+        with self._conn:
+            self._conn.execute("BEGIN IMMEDIATE")
+            (number,) = self._conn.execute(
+                "UPDATE webhook_deliveries SET attempts = attempts + 1, state = ?, next_attempt_at = ?,"
+                " finished_at = ?, last_error = ? WHERE id = ? RETURNING attempts",
+                (state.value, next_attempt_at, finished_at, attempt.error, delivery_id),
+            ).fetchone()
+            self._conn.execute(
+                "INSERT INTO webhook_attempts (delivery_id, attempt, started_at, status_code, latency_ms,"
+                " error, response_head) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    delivery_id,
+                    number,
+                    attempt.started_at,
+                    attempt.status_code,
+                    attempt.latency_ms,
+                    attempt.error,
+                    attempt.response_head,
+                ),
+            )
+
+    def get(self, delivery_id: str) -> Delivery | None:
+        row = self._conn.execute("SELECT * FROM webhook_deliveries WHERE id = ?", (delivery_id,)).fetchone()
+        return None if row is None else _row_to_delivery(row)
+
+    def attempts(self, delivery_id: str) -> list[AttemptRecord]:
+        rows = self._conn.execute(
+            "SELECT * FROM webhook_attempts WHERE delivery_id = ? ORDER BY attempt", (delivery_id,)
+        ).fetchall()
+        return [
+            AttemptRecord(
+                started_at=row["started_at"],
+                latency_ms=row["latency_ms"],
+                status_code=row["status_code"],
+                error=row["error"],
+                response_head=row["response_head"],
+            )
+            for row in rows
+        ]
