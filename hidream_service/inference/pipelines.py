@@ -16,7 +16,8 @@ from hidream_service.models.hidream_i1 import Variant
 log = logging.getLogger(__name__)
 
 
-def _quiet_loading() -> None:
+def quiet_loading() -> None:
+    """No progress bars from diffusers/transformers: they would fill the server log."""
     import diffusers
     import transformers
 
@@ -130,7 +131,7 @@ class PipelineCache:
             evicted, _ = self._loaded.popitem(last=False)
             log.info("unloading HiDream-I1 %s to make room", evicted)
             _free_accelerator_memory()
-        _quiet_loading()
+        quiet_loading()
         if self._llama is None:
             self._llama = load_llama(self.layout, self.device)
         log.info("loading HiDream-I1 %s from %s on %s", variant.name, self.layout.root, self.device)

@@ -58,7 +58,9 @@ def build_tiny_weights(root: Path) -> None:
     import torch
     from diffusers import HiDreamImagePipeline
 
-    from hidream_service.inference.pipelines import build_scheduler
+    from hidream_service.inference.pipelines import build_scheduler, quiet_loading
+
+    quiet_loading()
 
     llama_tokenizer = _llama_tokenizer()
     llama = _llama(llama_tokenizer)

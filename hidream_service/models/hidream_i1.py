@@ -7,10 +7,14 @@ size up front, log it and report it; we never pretend the requested size was mad
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import functools
+import inspect
 import math
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -130,6 +134,21 @@ def rendered_size(width: int, height: int, area_side: int, multiple: int = 16) -
     return int(width * scale // multiple * multiple), int(height * scale // multiple * multiple)
 
 
+@contextlib.contextmanager
+def _step_noise_from(scheduler: Any, generators: list[Any]) -> Iterator[None]:
+    """Make a stochastic scheduler (FlowMatchLCM, used by Dev and Fast) draw its per-step noise from
+    the per-image generators. The pipeline does not pass one, so it would draw from torch's global
+    RNG and the same seed would give a different image on every call."""
+    if "generator" not in inspect.signature(scheduler.step).parameters:
+        yield
+        return
+    scheduler.step = functools.partial(type(scheduler).step, scheduler, generator=generators)
+    try:
+        yield
+    finally:
+        del scheduler.step
+
+
 class HiDreamI1Runner:
     """Runs one I1 variant through diffusers' HiDreamImagePipeline."""
 
@@ -166,18 +185,19 @@ class HiDreamI1Runner:
             return tensors
 
         started = time.perf_counter()
-        result = pipe(
-            prompt=params.prompt,
-            negative_prompt=params.negative_prompt or None,
-            height=want_h,
-            width=want_w,
-            num_inference_steps=total,
-            guidance_scale=params.guidance_scale,
-            num_images_per_prompt=params.num_images,
-            generator=generators,
-            callback_on_step_end=on_step_end,
-            output_type="pil",
-        )
+        with _step_noise_from(pipe.scheduler, generators):
+            result = pipe(
+                prompt=params.prompt,
+                negative_prompt=params.negative_prompt or None,
+                height=want_h,
+                width=want_w,
+                num_inference_steps=total,
+                guidance_scale=params.guidance_scale,
+                num_images_per_prompt=params.num_images,
+                generator=generators,
+                callback_on_step_end=on_step_end,
+                output_type="pil",
+            )
         if ctx.cancelled():
             raise JobCancelled()
         inference_seconds = time.perf_counter() - started

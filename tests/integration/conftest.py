@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.harness import ServerProcess, WebhookReceiver
+
+BUILD_TINY = (
+    "import sys, pathlib\n"
+    "from hidream_service.inference.tiny import ensure_tiny_weights\n"
+    "from hidream_service.inference.weights import WeightsLayout\n"
+    "ensure_tiny_weights(WeightsLayout(pathlib.Path(sys.argv[1]), tiny=True))\n"
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny weights built once per run, then served as a weights *directory* (the real-weights path)."""
+    root = tmp_path_factory.mktemp("weights") / "tiny"
+    subprocess.run([sys.executable, "-c", BUILD_TINY, str(root)], check=True, timeout=300)
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, tiny_weights: Path) -> Iterator[ServerProcess]:
+    """One server shared by a module's tests that do not break it."""
+    with ServerProcess(tmp_path_factory.mktemp("data"), weights=str(tiny_weights)) as running:
+        yield running
+
+
+@pytest.fixture
+def receiver() -> Iterator[WebhookReceiver]:
+    with WebhookReceiver() as running:
+        yield running
