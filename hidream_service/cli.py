@@ -37,8 +37,15 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from hidream_service.api import create_app
+    from hidream_service.api.app import DataDirInUse, data_dir_lock
 
     settings = _settings(args)
+    try:
+        with data_dir_lock(settings):
+            pass  # fail here with a clear message rather than in the middle of start-up
+    except DataDirInUse as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if not settings.api_keys and settings.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("binding %s with no API keys: anyone on the network can submit jobs", settings.host)

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import fcntl
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 import httpx
@@ -38,7 +38,8 @@ class DataDirInUse(Exception):
 
 
 @contextlib.contextmanager
-def _data_dir_lock(settings: Settings) -> Any:
+def data_dir_lock(settings: Settings) -> Iterator[None]:
+    """Held for a server's lifetime: one data dir, one server (its workers trust that)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     with open(settings.data_dir / "server.lock", "w") as handle:
         try:
@@ -62,7 +63,7 @@ def create_app(settings: Settings, *, start_workers: bool = True) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        with _data_dir_lock(settings):
+        with data_dir_lock(settings):
             secret = load_webhook_secret(settings)
             store = SqliteJobStore(settings.database_path, synchronous=settings.sqlite_synchronous)
             outbox = SqliteOutbox(settings.database_path, synchronous=settings.sqlite_synchronous)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import contextlib
 import enum
 import functools
+import hashlib
 import inspect
 import math
-import random
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -149,6 +149,11 @@ def _step_noise_from(scheduler: Any, generators: list[Any]) -> Iterator[None]:
         del scheduler.step
 
 
+def seed_for(job_id: str) -> int:
+    """The seed of a job that did not choose one: random per job, yet the same if the job runs again."""
+    return int.from_bytes(hashlib.sha256(job_id.encode()).digest()[:8], "big") % (MAX_SEED - 8)
+
+
 class HiDreamI1Runner:
     """Runs one I1 variant through diffusers' HiDreamImagePipeline."""
 
@@ -169,7 +174,7 @@ class HiDreamI1Runner:
                 f"requested {want_w}x{want_h}; HiDream renders a fixed {loaded.area_side}x{loaded.area_side} "
                 f"area, so the output is {width}x{height}"
             )
-        seed = params.seed if params.seed is not None else random.randint(0, MAX_SEED - params.num_images)
+        seed = params.seed if params.seed is not None else seed_for(ctx.job_id)
         # One generator per image: image i depends only on seed + i, not on how many were asked for.
         generators = [
             torch.Generator(device="cpu").manual_seed((seed + index) % 2**64) for index in range(params.num_images)

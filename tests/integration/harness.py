@@ -42,7 +42,14 @@ def wait_until(condition: Callable[[], Any], timeout: float = 30.0, interval: fl
 class ServerProcess:
     """`python -m hidream_service serve` in a subprocess, on its own data dir and port."""
 
-    def __init__(self, data_dir: Path, *, weights: str | None = None, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        weights: str | None = None,
+        env: dict[str, str] | None = None,
+        port: int | None = None,
+    ) -> None:
         self.data_dir = data_dir
         self.weights = weights
         self.env = {
@@ -52,7 +59,7 @@ class ServerProcess:
             "HIDREAM_SQLITE_SYNCHRONOUS": "NORMAL",
             **(env or {}),
         }
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir / f"server-{self.port}.log"

@@ -55,7 +55,7 @@ def test_status_with_logs_shows_denoising_progress(fal: fal_client.SyncClient) -
 
     assert isinstance(status, fal_client.Completed)
     messages = [line["message"] for line in status.logs]
-    assert ["step 1/3", "step 2/3", "step 3/3"] == [m for m in messages if m.startswith("step ")]
+    assert [m for m in messages if m.startswith("step ")] == ["step 1/3", "step 2/3", "step 3/3"]
     assert status.metrics["inference_time"] > 0
     assert result["prompt"] == TINY_I1_ARGS["prompt"]
 
