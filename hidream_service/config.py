@@ -39,7 +39,7 @@ class Settings(BaseSettings):
     )
     host: str = Field(
         default="127.0.0.1",
-        description="Address the API binds to. Stays on loopback unless API keys are set or you say otherwise.",
+        description="Address the API binds to. Loopback by default; bind wider only with API keys set.",
     )
     port: int = Field(default=8000, ge=0, le=65535, description="TCP port of the API (0 picks a free one).")
     weights: str | None = Field(
