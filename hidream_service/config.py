@@ -16,6 +16,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 DEFAULT_WEBHOOK_RETRY_SCHEDULE = (0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
 def default_data_dir() -> Path:
     """Per-user data directory: $XDG_DATA_HOME/hidream, else ~/.local/share/hidream."""
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
@@ -84,6 +87,21 @@ class Settings(BaseSettings):
         default_factory=lambda: list(DEFAULT_WEBHOOK_RETRY_SCHEDULE),
         description="Comma-separated seconds to wait before each delivery attempt; the first is usually 0.",
     )
+    webhook_throttle_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description="Least wait before retrying a receiver that answered 429 or timed out.",
+    )
+    webhook_rotation_grace_seconds: float = Field(
+        default=86400.0,
+        ge=0,
+        description="How long the previous webhook secret keeps signing beside a newly rotated one.",
+    )
+    allow_private_urls: bool | None = Field(
+        default=None,
+        description="Let webhook URLs reach loopback and private addresses (never link-local or cloud "
+        "metadata). Unset: allowed when the API binds to loopback, refused otherwise.",
+    )
     webhook_max_concurrency: int = Field(
         default=16, ge=1, description="Webhook POSTs in flight at once from the delivery loop."
     )
@@ -116,6 +134,12 @@ class Settings(BaseSettings):
         if any(delay < 0 for delay in value):
             raise ValueError("retry delays must be >= 0 seconds")
         return value
+
+    @property
+    def private_urls_allowed(self) -> bool:
+        if self.allow_private_urls is not None:
+            return self.allow_private_urls
+        return self.host in LOOPBACK_HOSTS
 
     @property
     def database_path(self) -> Path:

@@ -12,7 +12,10 @@ from typing import Any
 from hidream_service.jobs.model import Job
 from webhooks.outbox import OutboxMessage
 
-FAL_SIGNER = "fal"  # Standard Webhooks headers (fal's own Ed25519 headers join them later)
+FAL_SIGNER = "fal"  # Standard Webhooks headers and fal's Ed25519 headers, so either verifier works
+STANDARD_SIGNER = "standard"  # Standard Webhooks headers only (Replicate-style receivers)
+WAVESPEED_SIGNER = "wavespeed"  # WaveSpeed's v3 HMAC headers
+ANONYMOUS_USER = "anonymous"  # the fal user id of jobs on a server without API keys
 
 
 def webhook_id(job: Job) -> str:
@@ -48,4 +51,7 @@ def outbox_message(job: Job) -> OutboxMessage | None:
     if job.webhook_url is None:
         return None
     body = json.dumps(fal_webhook_body(job), separators=(",", ":")).encode()
-    return OutboxMessage(id=webhook_id(job), url=job.webhook_url, body=body, signer=FAL_SIGNER, context=job.id)
+    context = json.dumps({"request_id": job.id, "user_id": job.owner or ANONYMOUS_USER})
+    return OutboxMessage(
+        id=webhook_id(job), url=job.webhook_url, body=body, signer=FAL_SIGNER, context=context, subject=job.id
+    )

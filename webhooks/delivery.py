@@ -62,7 +62,8 @@ class RetrySchedule:
 class AttemptOutcome:
     record: AttemptRecord
     delivered: bool
-    gone: bool = False  # 410: the receiver asked us to stop
+    stop: bool = False  # 410, or `webhook-delivery: abort-message`: the receiver asked us to stop
+    throttled: bool = False  # 429 or a timeout: back off at least the throttle delay
     retry_after: float | None = None
 
 
@@ -75,33 +76,61 @@ def _parse_retry_after(value: str | None) -> float | None:
         return None  # HTTP-date form: fall back to the schedule
 
 
-async def attempt(client: httpx.AsyncClient, delivery: Delivery, signer: Signer, *, timeout: float) -> AttemptOutcome:
+async def attempt(
+    client: httpx.AsyncClient, delivery: Delivery, signer: Signer, *, timeout: float, replay: bool = False
+) -> AttemptOutcome:
     """Send one attempt. Never raises for anything the receiver or network does."""
     started = time.time()
     clock = time.perf_counter()
     headers = {"content-type": "application/json", "user-agent": "hidream-webhooks/1"}
     headers.update(signer(delivery, int(started)))
     try:
-        response = await client.post(
-            delivery.url, content=delivery.body, headers=headers, timeout=timeout, follow_redirects=False
-        )
+        async with client.stream(
+            "POST", delivery.url, content=delivery.body, headers=headers, timeout=timeout, follow_redirects=False
+        ) as response:
+            head_bytes = await _read_head(response)
     except httpx.HTTPError as exc:
         latency = (time.perf_counter() - clock) * 1000
-        error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        return AttemptOutcome(AttemptRecord(started, latency, error=error), delivered=False)
+        failure = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        return AttemptOutcome(
+            AttemptRecord(started, latency, error=failure, replay=replay),
+            delivered=False,
+            throttled=isinstance(exc, httpx.TimeoutException),
+        )
     latency = (time.perf_counter() - clock) * 1000
     code = response.status_code
-    head = response.content[:RESPONSE_HEAD_BYTES].decode("utf-8", errors="replace")
     delivered = 200 <= code < 300
+    error: str | None = None
+    if not delivered:
+        error = f"HTTP {code}"
+        if 300 <= code < 400:
+            error += f" redirect to {response.headers.get('location', '?')} (redirects are not followed)"
+    abort = response.headers.get("webhook-delivery", "").lower() == "abort-message"
     record = AttemptRecord(
-        started, latency, status_code=code, response_head=head, error=None if delivered else f"HTTP {code}"
+        started,
+        latency,
+        status_code=code,
+        response_head=head_bytes.decode("utf-8", errors="replace"),
+        error=error,
+        replay=replay,
     )
     return AttemptOutcome(
         record,
         delivered=delivered,
-        gone=code == 410,
+        stop=not delivered and (code == 410 or abort),
+        throttled=code == 429,
         retry_after=_parse_retry_after(response.headers.get("retry-after")),
     )
+
+
+async def _read_head(response: httpx.Response) -> bytes:
+    """The first RESPONSE_HEAD_BYTES of the body; the rest is not read (a receiver may send a lot)."""
+    head = b""
+    async for chunk in response.aiter_bytes():
+        head += chunk
+        if len(head) >= RESPONSE_HEAD_BYTES:
+            break
+    return head[:RESPONSE_HEAD_BYTES]
 
 
 class Deliverer:
@@ -118,6 +147,7 @@ class Deliverer:
         client: httpx.AsyncClient,
         *,
         timeout: float = 15.0,
+        throttle_seconds: float = 60.0,
         max_concurrency: int = 16,
         idle_poll_seconds: float = 1.0,
     ) -> None:
@@ -126,6 +156,7 @@ class Deliverer:
         self._schedule = schedule
         self._client = client
         self._timeout = timeout
+        self._throttle = throttle_seconds
         self._max_concurrency = max_concurrency
         self._idle_poll = idle_poll_seconds
         self._wakeup = asyncio.Event()
@@ -178,16 +209,7 @@ class Deliverer:
             return
         outcome = await attempt(self._client, delivery, signer, timeout=self._timeout)
         attempts_made = delivery.attempts + 1
-        if outcome.delivered:
-            state, next_at = DeliveryState.DELIVERED, None
-        elif outcome.gone:
-            state, next_at = DeliveryState.FAILED, None
-        else:
-            delay = self._schedule.delay_after(attempts_made, outcome.retry_after)
-            if delay is None:
-                state, next_at = DeliveryState.FAILED, None
-            else:
-                state, next_at = DeliveryState.PENDING, time.time() + delay
+        state, next_at = self._next_step(outcome, attempts_made)
         self._outbox.record_attempt(delivery.id, outcome.record, state=state, next_attempt_at=next_at)
         log.info(
             "webhook %s attempt %d to %s: %s",
@@ -196,3 +218,24 @@ class Deliverer:
             delivery.url,
             outcome.record.status_code or outcome.record.error,
         )
+
+    def _next_step(self, outcome: AttemptOutcome, attempts_made: int) -> tuple[DeliveryState, float | None]:
+        if outcome.delivered:
+            return DeliveryState.DELIVERED, None
+        if outcome.stop:
+            return DeliveryState.FAILED, None
+        delay = self._schedule.delay_after(attempts_made, outcome.retry_after)
+        if delay is None:
+            return DeliveryState.FAILED, None
+        if outcome.throttled:
+            delay = max(delay, self._throttle)
+        return DeliveryState.PENDING, time.time() + delay
+
+    async def replay(self, delivery: Delivery) -> AttemptOutcome:
+        """Send a stored delivery once more, now: same body and webhook-id, a fresh signature.
+
+        The retry schedule is left alone; a success marks the delivery delivered."""
+        signer = self._signers[delivery.signer]
+        outcome = await attempt(self._client, delivery, signer, timeout=self._timeout, replay=True)
+        self._outbox.record_replay(delivery.id, outcome.record, delivered=outcome.delivered)
+        return outcome

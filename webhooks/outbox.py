@@ -19,6 +19,7 @@ CREATE TABLE IF NOT EXISTS webhook_deliveries (
     body BLOB NOT NULL,                     -- the exact bytes every attempt sends
     signer TEXT NOT NULL,                   -- name of the signing scheme for this receiver
     context TEXT NOT NULL DEFAULT '',       -- signer input besides the body (e.g. a request id)
+    subject TEXT NOT NULL DEFAULT '',       -- what the event is about (a request id), for listing
     state TEXT NOT NULL DEFAULT 'pending',  -- pending | delivered | failed
     attempts INTEGER NOT NULL DEFAULT 0,
     next_attempt_at REAL,                   -- due time while pending
@@ -27,6 +28,7 @@ CREATE TABLE IF NOT EXISTS webhook_deliveries (
     last_error TEXT
 );
 CREATE INDEX IF NOT EXISTS webhook_deliveries_due ON webhook_deliveries (state, next_attempt_at);
+CREATE INDEX IF NOT EXISTS webhook_deliveries_subject ON webhook_deliveries (subject);
 CREATE TABLE IF NOT EXISTS webhook_attempts (
     delivery_id TEXT NOT NULL REFERENCES webhook_deliveries (id),
     attempt INTEGER NOT NULL,
@@ -35,6 +37,7 @@ CREATE TABLE IF NOT EXISTS webhook_attempts (
     latency_ms REAL NOT NULL,
     error TEXT,
     response_head TEXT,                     -- first 2 KB of the receiver's answer
+    replay INTEGER NOT NULL DEFAULT 0,      -- 1: sent by hand through the replay API
     PRIMARY KEY (delivery_id, attempt)
 );
 """
@@ -55,6 +58,7 @@ class OutboxMessage:
     body: bytes
     signer: str
     context: str = ""
+    subject: str = ""
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,7 @@ class Delivery:
     body: bytes
     signer: str
     context: str
+    subject: str
     state: DeliveryState
     attempts: int
     next_attempt_at: float | None
@@ -79,6 +84,7 @@ class AttemptRecord:
     status_code: int | None = None
     error: str | None = None
     response_head: str | None = None
+    replay: bool = False
 
 
 def create_tables(conn: sqlite3.Connection) -> None:
@@ -89,9 +95,9 @@ def enqueue(conn: sqlite3.Connection, message: OutboxMessage, due_at: float) -> 
     """Record a delivery inside the caller's transaction. Enqueuing the same id twice is a no-op,
     so a job that runs twice still sends one event."""
     conn.execute(
-        "INSERT OR IGNORE INTO webhook_deliveries (id, url, body, signer, context, next_attempt_at,"
-        " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (message.id, message.url, message.body, message.signer, message.context, due_at, due_at),
+        "INSERT OR IGNORE INTO webhook_deliveries (id, url, body, signer, context, subject, next_attempt_at,"
+        " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (message.id, message.url, message.body, message.signer, message.context, message.subject, due_at, due_at),
     )
 
 
@@ -102,6 +108,7 @@ def _row_to_delivery(row: sqlite3.Row) -> Delivery:
         body=bytes(row["body"]),
         signer=row["signer"],
         context=row["context"],
+        subject=row["subject"],
         state=DeliveryState(row["state"]),
         attempts=row["attempts"],
         next_attempt_at=row["next_attempt_at"],
@@ -153,14 +160,39 @@ class SqliteOutbox:
         finished_at = None if state is DeliveryState.PENDING else attempt.started_at + attempt.latency_ms / 1000
         with self._conn:
             self._conn.execute("BEGIN IMMEDIATE")
-            (number,) = self._conn.execute(
+            self._conn.execute(
                 "UPDATE webhook_deliveries SET attempts = attempts + 1, state = ?, next_attempt_at = ?,"
-                " finished_at = ?, last_error = ? WHERE id = ? RETURNING attempts",
+                " finished_at = ?, last_error = ? WHERE id = ?",
                 (state.value, next_attempt_at, finished_at, attempt.error, delivery_id),
+            )
+            (number,) = self._conn.execute(
+                "SELECT COALESCE(MAX(attempt), 0) + 1 FROM webhook_attempts WHERE delivery_id = ?", (delivery_id,)
             ).fetchone()
             self._conn.execute(
                 "INSERT INTO webhook_attempts (delivery_id, attempt, started_at, status_code, latency_ms,"
-                " error, response_head) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                " error, response_head, replay) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    delivery_id,
+                    number,
+                    attempt.started_at,
+                    attempt.status_code,
+                    attempt.latency_ms,
+                    attempt.error,
+                    attempt.response_head,
+                    int(attempt.replay),
+                ),
+            )
+
+    def record_replay(self, delivery_id: str, attempt: AttemptRecord, *, delivered: bool) -> None:
+        """Store a hand-triggered attempt. It leaves the retry schedule alone; success marks delivered."""
+        with self._conn:
+            self._conn.execute("BEGIN IMMEDIATE")
+            (number,) = self._conn.execute(
+                "SELECT COALESCE(MAX(attempt), 0) + 1 FROM webhook_attempts WHERE delivery_id = ?", (delivery_id,)
+            ).fetchone()
+            self._conn.execute(
+                "INSERT INTO webhook_attempts (delivery_id, attempt, started_at, status_code, latency_ms,"
+                " error, response_head, replay) VALUES (?, ?, ?, ?, ?, ?, ?, 1)",
                 (
                     delivery_id,
                     number,
@@ -171,6 +203,12 @@ class SqliteOutbox:
                     attempt.response_head,
                 ),
             )
+            if delivered:
+                self._conn.execute(
+                    "UPDATE webhook_deliveries SET state = 'delivered', next_attempt_at = NULL, finished_at = ?,"
+                    " last_error = NULL WHERE id = ?",
+                    (attempt.started_at + attempt.latency_ms / 1000, delivery_id),
+                )
 
     def get(self, delivery_id: str) -> Delivery | None:
         row = self._conn.execute("SELECT * FROM webhook_deliveries WHERE id = ?", (delivery_id,)).fetchone()
@@ -187,6 +225,13 @@ class SqliteOutbox:
                 status_code=row["status_code"],
                 error=row["error"],
                 response_head=row["response_head"],
+                replay=bool(row["replay"]),
             )
             for row in rows
         ]
+
+    def for_subject(self, subject: str) -> list[Delivery]:
+        rows = self._conn.execute(
+            "SELECT * FROM webhook_deliveries WHERE subject = ? ORDER BY created_at", (subject,)
+        ).fetchall()
+        return [_row_to_delivery(row) for row in rows]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import json
 import logging
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
@@ -14,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from hidream_service.api import fal, files
+from hidream_service.api import webhooks as webhook_routes
 from hidream_service.api.auth import ApiKeys
 from hidream_service.api.events import JobEvents
 from hidream_service.api.state import AppState, app_state
@@ -23,12 +25,13 @@ from hidream_service.jobs.pool import WorkerPool
 from hidream_service.jobs.service import build_service
 from hidream_service.jobs.store import SqliteJobStore
 from hidream_service.models.registry import served_endpoints
+from hidream_service.signing_keys import SigningKeys
 from hidream_service.storage import LocalOutputStorage
-from hidream_service.webhook_payloads import FAL_SIGNER
-from hidream_service.webhook_secret import load_webhook_secret
+from hidream_service.webhook_payloads import FAL_SIGNER, STANDARD_SIGNER, WAVESPEED_SIGNER
 from webhooks.delivery import Deliverer, RetrySchedule, Signer
 from webhooks.outbox import Delivery, SqliteOutbox
-from webhooks.signing import sign_headers
+from webhooks.signing import fal_sign_headers, sign_headers, wavespeed_sign_headers
+from webhooks.ssrf import GuardedTransport
 
 log = logging.getLogger("hidream_service")
 
@@ -49,11 +52,23 @@ def data_dir_lock(settings: Settings) -> Iterator[None]:
         yield
 
 
-def webhook_signers(secret: str) -> Mapping[str, Signer]:
-    def standard(delivery: Delivery, timestamp: int) -> Mapping[str, str]:
-        return sign_headers([secret], delivery.id, timestamp, delivery.body)
+def webhook_signers(keys: SigningKeys) -> Mapping[str, Signer]:
+    """Signers by the name an outbox row gives; each signs one attempt with the keys of that moment."""
 
-    return {FAL_SIGNER: standard}
+    def standard(delivery: Delivery, timestamp: int) -> Mapping[str, str]:
+        return sign_headers(keys.signing_secrets(), delivery.id, timestamp, delivery.body)
+
+    def fal(delivery: Delivery, timestamp: int) -> Mapping[str, str]:
+        context = json.loads(delivery.context)
+        fal_headers = fal_sign_headers(
+            keys.fal_key, context["request_id"], context["user_id"], timestamp, delivery.body
+        )
+        return {**standard(delivery, timestamp), **fal_headers}
+
+    def wavespeed(delivery: Delivery, timestamp: int) -> Mapping[str, str]:
+        return wavespeed_sign_headers(keys.current_secret, delivery.id, timestamp, delivery.body)
+
+    return {STANDARD_SIGNER: standard, FAL_SIGNER: fal, WAVESPEED_SIGNER: wavespeed}
 
 
 def create_app(settings: Settings, *, start_workers: bool = True) -> FastAPI:
@@ -64,16 +79,21 @@ def create_app(settings: Settings, *, start_workers: bool = True) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         with data_dir_lock(settings):
-            secret = load_webhook_secret(settings)
+            keys = SigningKeys.for_settings(settings)
             store = SqliteJobStore(settings.database_path, synchronous=settings.sqlite_synchronous)
             outbox = SqliteOutbox(settings.database_path, synchronous=settings.sqlite_synchronous)
-            client = httpx.AsyncClient(follow_redirects=False, trust_env=False)
+            client = httpx.AsyncClient(
+                transport=GuardedTransport(allow_private=settings.private_urls_allowed),
+                follow_redirects=False,
+                trust_env=False,
+            )
             deliverer = Deliverer(
                 outbox,
-                webhook_signers(secret),
+                webhook_signers(keys),
                 RetrySchedule(settings.webhook_retry_schedule),
                 client,
                 timeout=settings.webhook_timeout_seconds,
+                throttle_seconds=settings.webhook_throttle_seconds,
                 max_concurrency=settings.webhook_max_concurrency,
             )
             events = JobEvents(asyncio.get_running_loop(), on_change=deliverer.wake)
@@ -98,6 +118,9 @@ def create_app(settings: Settings, *, start_workers: bool = True) -> FastAPI:
                 storage=LocalOutputStorage(settings.outputs_dir),
                 events=events,
                 pool=pool,
+                keys=keys,
+                outbox=outbox,
+                deliverer=deliverer,
             )
             delivery_task = asyncio.create_task(deliverer.run_forever(), name="webhook-delivery")
             _log_start(settings, endpoints)
@@ -131,6 +154,7 @@ def create_app(settings: Settings, *, start_workers: bool = True) -> FastAPI:
         }
 
     app.include_router(files.router)
+    app.include_router(webhook_routes.router)
     app.include_router(fal.router)  # last: its submit route takes any POST path
     return app
 
@@ -141,3 +165,5 @@ def _log_start(settings: Settings, endpoints: Mapping[str, Any]) -> None:
     else:
         log.warning("no API keys set (HIDREAM_API_KEYS): the API is open to anyone who can reach %s", settings.host)
     log.info("data dir %s; serving %s", settings.data_dir, ", ".join(sorted(endpoints)))
+    if settings.private_urls_allowed:
+        log.info("webhook URLs may point at loopback and private addresses (HIDREAM_ALLOW_PRIVATE_URLS)")

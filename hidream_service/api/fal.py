@@ -15,19 +15,18 @@ import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 
 from hidream_service.api.state import AppState, app_state
+from hidream_service.api.webhooks import callback_url_problem
 from hidream_service.jobs.model import Job, JobRequest, JobStatus
 from hidream_service.jobs.service import CancelOutcome, IdempotencyKeyReused
 from hidream_service.webhook_payloads import fal_error_payload
 
 MAX_BODY_BYTES = 1 << 20  # JSON inputs only; images arrive as URLs
-MAX_URL_LENGTH = 2048
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
 SSE_KEEPALIVE_SECONDS = 15.0
 TRUE_WORDS = {"1", "true", "yes"}
@@ -116,14 +115,6 @@ async def _read_json_object(request: Request) -> dict[str, Any]:
     return payload
 
 
-def _check_webhook_url(url: str | None) -> None:
-    if url is None:
-        return
-    parts = urlsplit(url)
-    if len(url) > MAX_URL_LENGTH or parts.scheme not in ("http", "https") or not parts.hostname:
-        raise HTTPException(422, _detail(["query", "fal_webhook"], "must be an absolute http(s) URL", "url_parsing"))
-
-
 def _base_url(state: AppState, request: Request) -> str:
     return (state.settings.public_url or str(request.base_url)).rstrip("/")
 
@@ -139,8 +130,9 @@ def _owned_job(state: AppState, request: Request, owner: str, app: str, request_
 @router.get("/{owner}/{app}/requests/{request_id}/status")
 async def status(request: Request, owner: str, app: str, request_id: str, logs: str | None = Query(None)) -> Any:
     state = app_state(request)
-    job = _owned_job(state, request, owner, app, request_id, _parse_flag(logs, "logs"))
-    body = render_status(job, with_logs=_parse_flag(logs, "logs"))
+    with_logs = _parse_flag(logs, "logs")
+    job = _owned_job(state, request, owner, app, request_id, with_logs)
+    body = render_status(job, with_logs=with_logs)
     return _json(body, 200 if job.status.is_terminal() else 202, job.id)
 
 
@@ -217,7 +209,10 @@ async def submit(request: Request, endpoint_path: str, fal_webhook: str | None =
     except ValidationError as exc:
         detail = [{**error, "loc": ["body", *error["loc"]]} for error in exc.errors(include_url=False)]
         raise HTTPException(422, json.loads(json.dumps(detail, default=str))) from None
-    _check_webhook_url(fal_webhook)
+    if fal_webhook is not None:
+        problem = await callback_url_problem(state, fal_webhook)
+        if problem is not None:
+            raise HTTPException(422, _detail(["query", "fal_webhook"], f"webhook URL not allowed: {problem}", "url"))
     key = request.headers.get("idempotency-key")
     if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY_LENGTH:
         raise HTTPException(

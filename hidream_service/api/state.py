@@ -12,7 +12,10 @@ from hidream_service.api.events import JobEvents
 from hidream_service.config import Settings
 from hidream_service.jobs.service import JobService
 from hidream_service.models.registry import Endpoint
+from hidream_service.signing_keys import SigningKeys
 from hidream_service.storage import LocalOutputStorage
+from webhooks.delivery import Deliverer
+from webhooks.outbox import SqliteOutbox
 
 if TYPE_CHECKING:
     from hidream_service.jobs.pool import WorkerPool
@@ -27,6 +30,9 @@ class AppState:
     storage: LocalOutputStorage
     events: JobEvents
     pool: WorkerPool | None
+    keys: SigningKeys
+    outbox: SqliteOutbox
+    deliverer: Deliverer
 
 
 def app_state(request: Request) -> AppState:

@@ -1,0 +1,111 @@
+"""Webhook endpoints of our own: public keys, the signing secret, delivery history and replay.
+
+GET  /.well-known/jwks.json                         Ed25519 keys that verify fal-style signatures
+GET  /v1/webhooks/default/secret                    {"key": "whsec_..."} (Replicate's endpoint)
+POST /v1/webhooks/default/secret/rotate             new secret; the old one signs on for a grace period
+GET  /v1/requests/{request_id}/webhooks             the request's deliveries and every attempt
+POST /v1/webhooks/deliveries/{delivery_id}/replay   send once more now: same webhook-id, fresh signature
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request
+
+from hidream_service.api.state import AppState, app_state
+from hidream_service.signing_keys import SecretPinned
+from webhooks.outbox import AttemptRecord, Delivery
+from webhooks.signing import jwks
+from webhooks.ssrf import BlockedURL, checked_addresses
+
+router = APIRouter()
+
+MAX_URL_LENGTH = 2048
+
+
+async def callback_url_problem(state: AppState, url: str) -> str | None:
+    """Why a caller's webhook URL cannot be used (checked at submit), or None."""
+    if len(url) > MAX_URL_LENGTH:
+        return f"longer than {MAX_URL_LENGTH} characters"
+    try:
+        await checked_addresses(url, allow_private=state.settings.private_urls_allowed)
+    except BlockedURL as exc:
+        return str(exc)
+    return None
+
+
+def _iso(timestamp: float | None) -> str | None:
+    return None if timestamp is None else datetime.fromtimestamp(timestamp, UTC).isoformat()
+
+
+def _attempt_json(number: int, attempt: AttemptRecord) -> dict[str, Any]:
+    return {
+        "attempt": number,
+        "at": _iso(attempt.started_at),
+        "status_code": attempt.status_code,
+        "latency_ms": round(attempt.latency_ms, 2),
+        "error": attempt.error,
+        "response": attempt.response_head,
+        "replay": attempt.replay,
+    }
+
+
+def _delivery_json(state: AppState, delivery: Delivery) -> dict[str, Any]:
+    return {
+        "id": delivery.id,
+        "request_id": delivery.subject,
+        "url": delivery.url,
+        "state": delivery.state.value,
+        "attempts": [
+            _attempt_json(number, attempt) for number, attempt in enumerate(state.outbox.attempts(delivery.id), start=1)
+        ],
+        "next_attempt_at": _iso(delivery.next_attempt_at),
+        "created_at": _iso(delivery.created_at),
+        "finished_at": _iso(delivery.finished_at),
+    }
+
+
+@router.get("/.well-known/jwks.json")
+async def jwks_document(request: Request) -> dict[str, Any]:
+    return jwks(app_state(request).keys.fal_public_keys())
+
+
+@router.get("/v1/webhooks/default/secret")
+async def signing_secret(request: Request) -> dict[str, str]:
+    state = app_state(request)
+    state.api_keys.owner(request)
+    return {"key": state.keys.current_secret}
+
+
+@router.post("/v1/webhooks/default/secret/rotate")
+async def rotate_secret(request: Request) -> dict[str, Any]:
+    state = app_state(request)
+    state.api_keys.owner(request)
+    try:
+        secret, previous_until = state.keys.rotate()
+    except SecretPinned as exc:
+        raise HTTPException(400, str(exc)) from None
+    return {"key": secret, "previous_key_valid_until": _iso(previous_until)}
+
+
+@router.get("/v1/requests/{request_id}/webhooks")
+async def deliveries_of_request(request: Request, request_id: str) -> dict[str, Any]:
+    state = app_state(request)
+    if state.service.get(request_id, state.api_keys.owner(request)) is None:
+        raise HTTPException(404, f"request {request_id} not found")
+    return {"deliveries": [_delivery_json(state, d) for d in state.outbox.for_subject(request_id)]}
+
+
+@router.post("/v1/webhooks/deliveries/{delivery_id}/replay")
+async def replay(request: Request, delivery_id: str) -> dict[str, Any]:
+    state = app_state(request)
+    owner = state.api_keys.owner(request)
+    delivery = state.outbox.get(delivery_id)
+    if delivery is None or state.service.get(delivery.subject, owner) is None:
+        raise HTTPException(404, f"webhook delivery {delivery_id} not found")
+    outcome = await state.deliverer.replay(delivery)
+    refreshed = state.outbox.get(delivery_id)
+    assert refreshed is not None
+    return {"delivered": outcome.delivered, "delivery": _delivery_json(state, refreshed)}

@@ -1,0 +1,123 @@
+"""This server's webhook signing material, kept in the data dir (mode 0600).
+
+- Standard Webhooks secrets (`whsec_`): the current one signs every webhook; after a rotation the
+  previous one keeps signing beside it for a grace period, so receivers can switch without a gap.
+  `HIDREAM_WEBHOOK_SECRET` pins the secret instead (rotation is then done by changing it).
+- An Ed25519 key for fal-style signatures; its public half is served as JWKS.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+
+from hidream_service.config import Settings
+from webhooks.signing import generate_secret, secret_bytes
+
+KEYS_FILE = "webhook_keys.json"
+
+
+class SecretPinned(Exception):
+    """HIDREAM_WEBHOOK_SECRET fixes the secret; rotate it by changing that variable."""
+
+
+class SigningKeys:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        pinned_secret: str | None = None,
+        grace_seconds: float = 86400.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if pinned_secret is not None:
+            secret_bytes(pinned_secret)  # fail at start-up, not at the first webhook
+        self._path = path
+        self._pinned = pinned_secret
+        self._grace = grace_seconds
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._state = self._load_or_create()
+        seed = base64.b64decode(self._state["ed25519"][0]["private_key"])
+        self._fal_key = Ed25519PrivateKey.from_private_bytes(seed)
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> SigningKeys:
+        return cls(
+            settings.data_dir / KEYS_FILE,
+            pinned_secret=settings.webhook_secret or None,
+            grace_seconds=settings.webhook_rotation_grace_seconds,
+        )
+
+    # -- Standard Webhooks -----------------------------------------------------------------------
+
+    @property
+    def current_secret(self) -> str:
+        if self._pinned is not None:
+            return self._pinned
+        return str(self._state["standard"][0]["secret"])
+
+    def signing_secrets(self) -> list[str]:
+        """The current secret first, then earlier ones still inside their grace period."""
+        if self._pinned is not None:
+            return [self._pinned]
+        now = self._clock()
+        return [
+            entry["secret"]
+            for entry in self._state["standard"]
+            if entry["retired_at"] is None or now < entry["retired_at"] + self._grace
+        ]
+
+    def rotate(self) -> tuple[str, float]:
+        """Make a new current secret. Returns it and when the previous one stops signing."""
+        if self._pinned is not None:
+            raise SecretPinned("the webhook secret is set by HIDREAM_WEBHOOK_SECRET; change it there to rotate")
+        with self._lock:
+            now = self._clock()
+            previous = self._state["standard"]
+            previous[0]["retired_at"] = now
+            kept = [entry for entry in previous if now < entry["retired_at"] + self._grace]
+            self._state["standard"] = [{"secret": generate_secret(), "created_at": now, "retired_at": None}, *kept]
+            self._save(self._state)
+        return self.current_secret, now + self._grace
+
+    # -- fal Ed25519 -----------------------------------------------------------------------------
+
+    @property
+    def fal_key(self) -> Ed25519PrivateKey:
+        return self._fal_key
+
+    def fal_public_keys(self) -> list[Ed25519PublicKey]:
+        return [self._fal_key.public_key()]
+
+    # -- storage ---------------------------------------------------------------------------------
+
+    def _load_or_create(self) -> dict[str, Any]:
+        if self._path.is_file():
+            state: dict[str, Any] = json.loads(self._path.read_text())
+            return state
+        now = self._clock()
+        seed = Ed25519PrivateKey.generate().private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+        state = {
+            "standard": [{"secret": generate_secret(), "created_at": now, "retired_at": None}],
+            "ed25519": [{"private_key": base64.b64encode(seed).decode(), "created_at": now}],
+        }
+        self._save(state)
+        return state
+
+    def _save(self, state: dict[str, Any]) -> None:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self._path.with_name(self._path.name + ".partial")
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(state, handle, indent=2)
+        os.replace(partial, self._path)
