@@ -23,6 +23,7 @@ CREATE TABLE IF NOT EXISTS webhook_deliveries (
     state TEXT NOT NULL DEFAULT 'pending',  -- pending | delivered | failed
     attempts INTEGER NOT NULL DEFAULT 0,
     next_attempt_at REAL,                   -- due time while pending
+    claimed INTEGER NOT NULL DEFAULT 0,     -- 1 while a sender has it in flight
     created_at REAL NOT NULL,
     finished_at REAL,
     last_error TEXT
@@ -135,12 +136,20 @@ class SqliteOutbox:
         """Take up to `limit` due deliveries, pushing their due time past the attempt so that a
         crashed sender's claim simply runs out and the delivery is tried again."""
         rows = self._conn.execute(
-            "UPDATE webhook_deliveries SET next_attempt_at = ? WHERE id IN ("
+            "UPDATE webhook_deliveries SET next_attempt_at = ?, claimed = 1 WHERE id IN ("
             " SELECT id FROM webhook_deliveries WHERE state = 'pending' AND next_attempt_at <= ?"
             " ORDER BY next_attempt_at LIMIT ?) RETURNING *",
             (now + claim_seconds, now, limit),
         ).fetchall()
         return [_row_to_delivery(row) for row in rows]
+
+    def release_claims(self, now: float) -> int:
+        """Make deliveries a dead sender had in flight due at once (call before sending starts)."""
+        cursor = self._conn.execute(
+            "UPDATE webhook_deliveries SET claimed = 0, next_attempt_at = ? WHERE claimed = 1 AND state = 'pending'",
+            (now,),
+        )
+        return cursor.rowcount
 
     def next_due_at(self) -> float | None:
         row = self._conn.execute(
@@ -162,7 +171,7 @@ class SqliteOutbox:
             self._conn.execute("BEGIN IMMEDIATE")
             self._conn.execute(
                 "UPDATE webhook_deliveries SET attempts = attempts + 1, state = ?, next_attempt_at = ?,"
-                " finished_at = ?, last_error = ? WHERE id = ?",
+                " finished_at = ?, last_error = ?, claimed = 0 WHERE id = ?",
                 (state.value, next_attempt_at, finished_at, attempt.error, delivery_id),
             )
             (number,) = self._conn.execute(

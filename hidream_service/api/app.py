@@ -7,6 +7,7 @@ import contextlib
 import fcntl
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
@@ -104,6 +105,9 @@ def create_app(settings: Settings, *, start_workers: bool = True) -> FastAPI:
                 on_submitted=lambda: pool.wake() if pool else None,
                 on_changed=events.notify_threadsafe,
             )
+            released = outbox.release_claims(time.time())
+            if released:
+                log.warning("%d webhook attempt(s) were in flight when the last server stopped; resending", released)
             recovered = service.recover_all_in_progress()
             if recovered:
                 log.warning("recovered %d job(s) left running by a previous server", recovered)

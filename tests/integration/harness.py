@@ -140,11 +140,23 @@ class ReceivedWebhook:
         return json.loads(self.body)
 
 
+@dataclass(frozen=True)
+class Reply:
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0  # seconds to wait before answering (to outlast a client timeout)
+
+
 @dataclass
 class WebhookReceiver:
-    """A real HTTP server on loopback that records every POST and answers with scripted codes."""
+    """A real HTTP server on loopback that records every POST and answers as scripted.
 
-    responses: list[int] = field(default_factory=list)  # status codes to answer, in order; then 200
+    `responses` are status codes used in order, then 200; `responder(path, nth_call)` decides
+    instead when given.
+    """
+
+    responses: list[int] = field(default_factory=list)
+    responder: Callable[[str, int], Reply] | None = None
     received: list[ReceivedWebhook] = field(default_factory=list)
     port: int = 0
 
@@ -157,19 +169,32 @@ class WebhookReceiver:
                 length = int(self.headers.get("content-length", "0"))
                 body = self.rfile.read(length)
                 with receiver._lock:
-                    code = receiver.responses.pop(0) if receiver.responses else 200
+                    nth = sum(hook.path == self.path for hook in receiver.received)
+                    if receiver.responder is not None:
+                        reply = receiver.responder(self.path, nth)
+                    else:
+                        reply = Reply(receiver.responses.pop(0) if receiver.responses else 200)
                     receiver.received.append(
                         ReceivedWebhook(self.path, {k.lower(): v for k, v in self.headers.items()}, body, time.time())
                     )
-                self.send_response(code)
-                self.send_header("content-length", "2")
-                self.end_headers()
-                self.wfile.write(b"ok")
+                time.sleep(reply.delay)
+                try:
+                    self.send_response(reply.status)
+                    for name, value in reply.headers.items():
+                        self.send_header(name, value)
+                    self.send_header("content-length", "2")
+                    self.end_headers()
+                    self.wfile.write(b"ok")
+                except OSError:
+                    pass  # the sender gave up waiting
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        class Server(ThreadingHTTPServer):
+            request_queue_size = 256  # the default backlog of 5 refuses connections under load
+
+        self._server = Server(("127.0.0.1", self.port), Handler)
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 

@@ -1,11 +1,28 @@
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 from datetime import UTC, datetime
 
 import pytest
 import standardwebhooks
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from webhooks.signing import WebhookVerificationError, generate_secret, sign, sign_headers, verify
+from webhooks.signing import (
+    WebhookVerificationError,
+    fal_sign_headers,
+    fal_verify,
+    generate_secret,
+    jwks,
+    public_keys_from_jwks,
+    sign,
+    sign_headers,
+    verify,
+    wavespeed_sign,
+    wavespeed_sign_headers,
+    wavespeed_verify,
+)
 
 # The Standard Webhooks specification's own test vector.
 SPEC_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -80,3 +97,64 @@ def test_generated_secrets_are_whsec_and_random() -> None:
     assert first.startswith("whsec_") and first != second
     with pytest.raises(ValueError):
         generate_secret(8)
+
+
+def test_replicate_validates_our_standard_signature() -> None:
+    import httpx
+    from replicate.webhook import Webhooks, WebhookSigningSecret
+
+    secret = generate_secret()
+    body = b'{"id":"p1","status":"succeeded"}'
+    headers = sign_headers([secret], "msg_r", int(datetime.now(UTC).timestamp()), body)
+    request = httpx.Request("POST", "http://receiver/hook", headers=headers, content=body)
+
+    Webhooks.validate(request=request, secret=WebhookSigningSecret(key=secret), tolerance=300)
+
+
+def test_fal_signature_verifies_through_the_jwks_only() -> None:
+    key, stranger = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    document = json.dumps(jwks([key.public_key()]))
+    headers = fal_sign_headers(key, "req-1", "user-1", 5000, b'{"status":"OK"}')
+
+    fal_verify(public_keys_from_jwks(document), headers, b'{"status":"OK"}', now=5000)
+    with pytest.raises(WebhookVerificationError):
+        fal_verify(public_keys_from_jwks(document), headers, b'{"status":"ERROR"}', now=5000)
+    with pytest.raises(WebhookVerificationError):
+        fal_verify([stranger.public_key()], headers, b'{"status":"OK"}', now=5000)
+    with pytest.raises(WebhookVerificationError):
+        fal_verify(public_keys_from_jwks(document), headers, b'{"status":"OK"}', now=5000 + 301)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"X-Fal-Webhook-Signature": "zz-not-hex"},
+        {"X-Fal-Webhook-Timestamp": "later"},
+        {"X-Fal-Webhook-User-Id": "someone-else"},
+    ],
+)
+def test_malformed_fal_headers_are_verification_errors(change: dict[str, str]) -> None:
+    key = Ed25519PrivateKey.generate()
+    headers = {**fal_sign_headers(key, "req", "user", 100, b"{}"), **change}
+
+    with pytest.raises(WebhookVerificationError):
+        fal_verify([key.public_key()], headers, b"{}", now=100)
+
+
+@pytest.mark.parametrize("document", ["not json", "{}", '{"keys": [{"kty": "OKP", "crv": "Ed25519", "x": "!!"}]}'])
+def test_a_bad_jwks_is_a_verification_error(document: str) -> None:
+    with pytest.raises(WebhookVerificationError):
+        public_keys_from_jwks(document)
+
+
+def test_wavespeed_v3_uses_the_raw_secret_text_and_hex() -> None:
+    secret = "whsec_abc123"
+    expected = hmac.new(b"abc123", b"msg.42.{}", hashlib.sha256).hexdigest()
+
+    assert wavespeed_sign(secret, "msg", 42, b"{}") == "v3," + expected
+    headers = wavespeed_sign_headers(secret, "msg", 42, b"{}")
+    wavespeed_verify(secret, headers, b"{}", now=42)
+    with pytest.raises(WebhookVerificationError):
+        wavespeed_verify("whsec_other", headers, b"{}", now=42)
+    with pytest.raises(WebhookVerificationError):
+        wavespeed_verify(secret, {**headers, "webhook-signature": "v1,xyz"}, b"{}", now=42)
