@@ -1,9 +1,11 @@
-"""Submit -> signed webhook received, for hidream/noop, sequential: the service's own overhead.
+"""hidream/noop through the whole service: submit -> signed webhook received.
 
-    .venv/bin/python bench/roundtrip.py [--jobs 200] [--synchronous FULL|NORMAL] [--json out.json]
+    .venv/bin/python bench/roundtrip.py [--jobs 200] [--in-flight 1] [--synchronous FULL|NORMAL] [--json F]
 
-Starts `hidream serve` on a fresh data dir and a webhook receiver on loopback, then times each job
-from the submit POST to the moment its webhook arrives. Prints p50/p90/p99 and jobs/s.
+Starts `hidream serve` on a fresh data dir and a webhook receiver on loopback. `--in-flight N` keeps N
+submitters busy, each submitting a job and waiting for its webhook. Prints, as p50/p90/p99:
+submit -> webhook received, and job completed (as the database records it) -> webhook received,
+which is the delivery path alone; and jobs/s.
 """
 
 from __future__ import annotations
@@ -12,12 +14,14 @@ import argparse
 import json
 import os
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -34,24 +38,30 @@ def free_port() -> int:
 class Receiver:
     def __init__(self) -> None:
         self.arrived: dict[str, float] = {}
+        self.arrived_wall: dict[str, float] = {}
         self.cond = threading.Condition()
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["content-length"]))
-                now = time.perf_counter()
+                now, wall = time.perf_counter(), time.time()
                 self.send_response(200)
                 self.send_header("content-length", "0")
                 self.end_headers()
                 with receiver.cond:
-                    receiver.arrived[json.loads(body)["request_id"]] = now
+                    request_id = json.loads(body)["request_id"]
+                    receiver.arrived[request_id] = now
+                    receiver.arrived_wall[request_id] = wall
                     receiver.cond.notify_all()
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(ThreadingHTTPServer):
+            request_queue_size = 512
+
+        self.server = Server(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
@@ -67,10 +77,19 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def summary(values: list[float]) -> dict[str, float]:
+    return {
+        "p50": round(statistics.median(values), 2),
+        "p90": round(percentile(values, 0.90), 2),
+        "p99": round(percentile(values, 0.99), 2),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--jobs", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--in-flight", type=int, default=1, help="concurrent submitters")
     parser.add_argument("--synchronous", default="FULL", choices=["FULL", "NORMAL"])
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args()
@@ -97,34 +116,43 @@ def main() -> int:
                     raise RuntimeError("server did not start")
                 time.sleep(0.1)
             receiver = Receiver()
-            latencies = []
-            with httpx.Client(timeout=10) as client:
-                started = time.perf_counter()
-                for n in range(args.warmup + args.jobs):
-                    if n == args.warmup:
-                        started = time.perf_counter()
-                    t0 = time.perf_counter()
-                    response = client.post(f"{base}/hidream/noop", params={"fal_webhook": receiver.url}, json={})
-                    arrived = receiver.wait(response.json()["request_id"])
-                    if n >= args.warmup:
-                        latencies.append((arrived - t0) * 1000)
-                elapsed = time.perf_counter() - started
+
+            def one_job(client: httpx.Client) -> tuple[str, float]:
+                t0 = time.perf_counter()
+                response = client.post(f"{base}/hidream/noop", params={"fal_webhook": receiver.url}, json={})
+                request_id = response.json()["request_id"]
+                return request_id, (receiver.wait(request_id) - t0) * 1000
+
+            clients = [httpx.Client(timeout=30) for _ in range(args.in_flight)]
+            try:
+                with ThreadPoolExecutor(args.in_flight) as pool:
+                    list(pool.map(one_job, [clients[n % args.in_flight] for n in range(args.warmup)]))
+                    started = time.perf_counter()
+                    measured = list(pool.map(one_job, [clients[n % args.in_flight] for n in range(args.jobs)]))
+                    elapsed = time.perf_counter() - started
+            finally:
+                for client in clients:
+                    client.close()
+            latencies = [latency for _, latency in measured]
+            with sqlite3.connect(f"{data_dir}/hidream.sqlite3") as conn:
+                completed = dict(conn.execute("SELECT id, completed_at FROM jobs").fetchall())
+            delivery = [(receiver.arrived_wall[rid] - completed[rid]) * 1000 for rid, _ in measured]
         finally:
             server.terminate()
             server.wait(30)
     figures = {
         "jobs": args.jobs,
+        "in_flight": args.in_flight,
         "sqlite_synchronous": args.synchronous,
-        "p50_ms": round(statistics.median(latencies), 2),
-        "p90_ms": round(percentile(latencies, 0.90), 2),
-        "p99_ms": round(percentile(latencies, 0.99), 2),
+        "submit_to_webhook_ms": summary(latencies),
+        "completed_to_webhook_ms": summary(delivery),
         "jobs_per_s": round(args.jobs / elapsed, 1),
     }
-    print(
-        f"noop submit->webhook, {args.jobs} sequential jobs, synchronous={args.synchronous}: "
-        f"p50 {figures['p50_ms']} ms  p90 {figures['p90_ms']} ms  p99 {figures['p99_ms']} ms  "
-        f"{figures['jobs_per_s']} jobs/s"
-    )
+    print(f"hidream/noop, {args.jobs} jobs, {args.in_flight} in flight, synchronous={args.synchronous}")
+    for name in ("submit_to_webhook_ms", "completed_to_webhook_ms"):
+        row = figures[name]
+        print(f"  {name:<26} p50 {row['p50']:>8.2f}  p90 {row['p90']:>8.2f}  p99 {row['p99']:>8.2f}")
+    print(f"  {'throughput':<26} {figures['jobs_per_s']} jobs/s")
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(figures, handle, indent=2)

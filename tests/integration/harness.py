@@ -193,6 +193,8 @@ class WebhookReceiver:
 
         class Server(ThreadingHTTPServer):
             request_queue_size = 256  # the default backlog of 5 refuses connections under load
+            daemon_threads = True
+            block_on_close = False  # a reply still sleeping must not hold up the test
 
         self._server = Server(("127.0.0.1", self.port), Handler)
         self.port = self._server.server_address[1]
