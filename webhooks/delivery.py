@@ -171,10 +171,11 @@ class Deliverer:
             self._start_due()
             await self._sleep_until_next()
 
-    async def drain(self) -> None:
-        """Wait for attempts in flight (used at shutdown and by tests)."""
-        while self._in_flight:
-            await asyncio.gather(*self._in_flight, return_exceptions=True)
+    async def abandon_in_flight(self) -> None:
+        """Stop attempts in flight, at shutdown. Their rows stay claimed; the next start resends them."""
+        for task in list(self._in_flight):
+            task.cancel()
+        await asyncio.gather(*self._in_flight, return_exceptions=True)
 
     def _start_due(self) -> None:
         free = self._max_concurrency - len(self._in_flight)

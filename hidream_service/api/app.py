@@ -134,7 +134,7 @@ def create_app(settings: Settings, *, start_workers: bool = True) -> FastAPI:
                 delivery_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await delivery_task
-                await deliverer.drain()
+                await deliverer.abandon_in_flight()
                 if pool is not None:
                     await asyncio.to_thread(pool.stop)
                 await client.aclose()

@@ -133,14 +133,17 @@ def test_metadata_stays_blocked_when_private_urls_are_allowed(server: ServerProc
 
 def test_a_hanging_receiver_does_not_hold_up_health_new_jobs_or_cancel(tmp_path: Path) -> None:
     env = {"HIDREAM_WEBHOOK_TIMEOUT_SECONDS": "10"}
-    with WebhookReceiver(responder=lambda path, nth: Reply(200, delay=8)) as receiver:
-        with ServerProcess(tmp_path / "d", env=env) as server, httpx.Client(timeout=2) as client:
-            for _ in range(20):
-                submit(server, receiver.url("/hang"))
-            receiver.wait_for("/hang", count=16)  # every delivery slot is now stuck on the receiver
+    with (
+        WebhookReceiver(responder=lambda path, nth: Reply(200, delay=8)) as receiver,
+        ServerProcess(tmp_path / "d", env=env) as server,
+        httpx.Client(timeout=2) as client,
+    ):
+        for _ in range(20):
+            submit(server, receiver.url("/hang"))
+        receiver.wait_for("/hang", count=16)  # every delivery slot is now stuck on the receiver
 
-            assert client.get(f"{server.url}/health").status_code == 200
-            handle = client.post(f"{server.url}/hidream/noop", json={"num_steps": 100, "step_seconds": 0.05}).json()
-            wait_until(lambda: client.get(handle["status_url"]).json()["status"] == "IN_PROGRESS")
-            assert client.put(handle["cancel_url"]).status_code == 202
-            wait_until(lambda: client.get(handle["status_url"]).json().get("error") == "Request was cancelled")
+        assert client.get(f"{server.url}/health").status_code == 200
+        handle = client.post(f"{server.url}/hidream/noop", json={"num_steps": 100, "step_seconds": 0.05}).json()
+        wait_until(lambda: client.get(handle["status_url"]).json()["status"] == "IN_PROGRESS")
+        assert client.put(handle["cancel_url"]).status_code == 202
+        wait_until(lambda: client.get(handle["status_url"]).json().get("error") == "Request was cancelled")
