@@ -105,6 +105,14 @@ class Settings(BaseSettings):
     webhook_max_concurrency: int = Field(
         default=16, ge=1, description="Webhook POSTs in flight at once from the delivery loop."
     )
+    sync_timeout_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="How long synchronous calls (OpenAI Images, fal run, WaveSpeed sync mode) wait for a job.",
+    )
+    max_upload_bytes: int = Field(
+        default=50 << 20, gt=0, description="Largest file accepted by the upload endpoints (fal storage, /v1/files)."
+    )
     sqlite_synchronous: Literal["FULL", "NORMAL"] = Field(
         default="FULL",
         description="FULL survives power loss; NORMAL survives process crashes only and commits faster.",

@@ -15,7 +15,8 @@ from typing import Any
 
 from hidream_service.models.base import ImageFile
 
-CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg"}
+CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 _SAFE_KEY = re.compile(r"^[A-Za-z0-9_-]+/[A-Za-z0-9_.-]+$")
 
 
@@ -23,6 +24,8 @@ def encode_image(image: Any, output_format: str) -> bytes:
     buffer = io.BytesIO()
     if output_format == "jpeg":
         image.convert("RGB").save(buffer, format="JPEG", quality=95)
+    elif output_format == "webp":
+        image.save(buffer, format="WEBP", quality=95)
     else:
         image.save(buffer, format="PNG")
     return buffer.getvalue()
@@ -52,8 +55,7 @@ class LocalOutputStorage:
     ) -> ImageFile:
         data = encode_image(image, output_format)
         content_type = CONTENT_TYPES[output_format]
-        extension = "jpg" if output_format == "jpeg" else "png"
-        file_name = f"{index}.{extension}"
+        file_name = f"{index}.{EXTENSIONS[output_format]}"
         if sync_mode:
             url = f"data:{content_type};base64,{base64.b64encode(data).decode()}"
         else:

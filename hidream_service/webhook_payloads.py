@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from hidream_service.dialects import replicate, wavespeed
 from hidream_service.jobs.model import Job
 from webhooks.outbox import OutboxMessage
 
@@ -46,12 +47,38 @@ def fal_webhook_body(job: Job) -> dict[str, Any]:
     }
 
 
+def _json(body: Any) -> bytes:
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
 def outbox_message(job: Job) -> OutboxMessage | None:
     """The delivery to record for a job that just ended, or None when nobody asked for one."""
     if job.webhook_url is None:
         return None
-    body = json.dumps(fal_webhook_body(job), separators=(",", ":")).encode()
+    if job.dialect == "replicate":
+        if "completed" not in job.webhook_events and "output" not in job.webhook_events:
+            return None
+        body = _json(replicate.render_prediction(job))
+        return OutboxMessage(webhook_id(job), job.webhook_url, body, STANDARD_SIGNER, subject=job.id)
+    if job.dialect == "wavespeed":
+        body = _json(wavespeed.render_data(job))
+        return OutboxMessage(webhook_id(job), job.webhook_url, body, WAVESPEED_SIGNER, subject=job.id)
+    body = _json(fal_webhook_body(job))
     context = json.dumps({"request_id": job.id, "user_id": job.owner or ANONYMOUS_USER})
     return OutboxMessage(
         id=webhook_id(job), url=job.webhook_url, body=body, signer=FAL_SIGNER, context=context, subject=job.id
+    )
+
+
+def progress_message(job: Job, event: str, sequence: int = 0) -> OutboxMessage | None:
+    """A Replicate progress event (start, logs) the caller asked for: sent once, never retried."""
+    if job.webhook_url is None or job.dialect != "replicate" or event not in job.webhook_events:
+        return None
+    return OutboxMessage(
+        f"{webhook_id(job)}_{event}{sequence}",
+        job.webhook_url,
+        _json(replicate.render_prediction(job)),
+        STANDARD_SIGNER,
+        subject=job.id,
+        single_attempt=True,
     )

@@ -210,7 +210,7 @@ class Deliverer:
             return
         outcome = await attempt(self._client, delivery, signer, timeout=self._timeout)
         attempts_made = delivery.attempts + 1
-        state, next_at = self._next_step(outcome, attempts_made)
+        state, next_at = self._next_step(outcome, attempts_made, retry=not delivery.single_attempt)
         self._outbox.record_attempt(delivery.id, outcome.record, state=state, next_attempt_at=next_at)
         log.info(
             "webhook %s attempt %d to %s: %s",
@@ -220,10 +220,12 @@ class Deliverer:
             outcome.record.status_code or outcome.record.error,
         )
 
-    def _next_step(self, outcome: AttemptOutcome, attempts_made: int) -> tuple[DeliveryState, float | None]:
+    def _next_step(
+        self, outcome: AttemptOutcome, attempts_made: int, *, retry: bool
+    ) -> tuple[DeliveryState, float | None]:
         if outcome.delivered:
             return DeliveryState.DELIVERED, None
-        if outcome.stop:
+        if outcome.stop or not retry:
             return DeliveryState.FAILED, None
         delay = self._schedule.delay_after(attempts_made, outcome.retry_after)
         if delay is None:

@@ -24,6 +24,7 @@ CREATE TABLE IF NOT EXISTS webhook_deliveries (
     attempts INTEGER NOT NULL DEFAULT 0,
     next_attempt_at REAL,                   -- due time while pending
     claimed INTEGER NOT NULL DEFAULT 0,     -- 1 while a sender has it in flight
+    single_attempt INTEGER NOT NULL DEFAULT 0, -- 1: a progress event, sent once and never retried
     created_at REAL NOT NULL,
     finished_at REAL,
     last_error TEXT
@@ -60,6 +61,7 @@ class OutboxMessage:
     signer: str
     context: str = ""
     subject: str = ""
+    single_attempt: bool = False
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,7 @@ class Delivery:
     signer: str
     context: str
     subject: str
+    single_attempt: bool
     state: DeliveryState
     attempts: int
     next_attempt_at: float | None
@@ -96,9 +99,19 @@ def enqueue(conn: sqlite3.Connection, message: OutboxMessage, due_at: float) -> 
     """Record a delivery inside the caller's transaction. Enqueuing the same id twice is a no-op,
     so a job that runs twice still sends one event."""
     conn.execute(
-        "INSERT OR IGNORE INTO webhook_deliveries (id, url, body, signer, context, subject, next_attempt_at,"
-        " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (message.id, message.url, message.body, message.signer, message.context, message.subject, due_at, due_at),
+        "INSERT OR IGNORE INTO webhook_deliveries (id, url, body, signer, context, subject, single_attempt,"
+        " next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            message.id,
+            message.url,
+            message.body,
+            message.signer,
+            message.context,
+            message.subject,
+            int(message.single_attempt),
+            due_at,
+            due_at,
+        ),
     )
 
 
@@ -110,6 +123,7 @@ def _row_to_delivery(row: sqlite3.Row) -> Delivery:
         signer=row["signer"],
         context=row["context"],
         subject=row["subject"],
+        single_attempt=bool(row["single_attempt"]),
         state=DeliveryState(row["state"]),
         attempts=row["attempts"],
         next_attempt_at=row["next_attempt_at"],

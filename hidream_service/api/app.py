@@ -13,11 +13,11 @@ from typing import Any
 
 import httpx
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
 
-from hidream_service.api import fal, files
+from hidream_service.api import catalogue, fal, fal_storage, files, openai, replicate, wavespeed
 from hidream_service.api import webhooks as webhook_routes
 from hidream_service.api.auth import ApiKeys
+from hidream_service.api.errors import install_error_handlers
 from hidream_service.api.events import JobEvents
 from hidream_service.api.state import AppState, app_state
 from hidream_service.config import Settings
@@ -143,10 +143,7 @@ def create_app(settings: Settings, *, start_workers: bool = True) -> FastAPI:
 
     app = FastAPI(title="HiDream service", version="0.1.0", lifespan=lifespan)
 
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse({"detail": "internal server error"}, status_code=500)
+    install_error_handlers(app)
 
     @app.get("/health")
     async def health(request: Request) -> dict[str, Any]:
@@ -157,8 +154,8 @@ def create_app(settings: Settings, *, start_workers: bool = True) -> FastAPI:
             "endpoints": sorted(state.endpoints),
         }
 
-    app.include_router(files.router)
-    app.include_router(webhook_routes.router)
+    for module in (files, webhook_routes, catalogue, fal_storage, replicate, wavespeed, openai):
+        app.include_router(module.router)
     app.include_router(fal.router)  # last: its submit route takes any POST path
     return app
 

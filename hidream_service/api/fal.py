@@ -5,6 +5,7 @@
     GET  /{owner}/{app}/requests/{id}/status/stream      the same as server-sent events
     GET  /{owner}/{app}/requests/{id}                    the result (or the job's error)
     PUT  /{owner}/{app}/requests/{id}/cancel
+    POST /run/{app_id}                                   fal's synchronous host: waits, answers the result
 
 Status, result and cancel URLs name only owner/app, never a sub-path (as fal does).
 """
@@ -18,16 +19,14 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import ValidationError
 
+from hidream_service.api import submission
 from hidream_service.api.state import AppState, app_state
-from hidream_service.api.webhooks import callback_url_problem
-from hidream_service.jobs.model import Job, JobRequest, JobStatus
-from hidream_service.jobs.service import CancelOutcome, IdempotencyKeyReused
+from hidream_service.api.submission import read_json_object, until_terminal
+from hidream_service.jobs.model import Job, JobStatus
+from hidream_service.jobs.service import CancelOutcome
 from hidream_service.webhook_payloads import fal_error_payload
 
-MAX_BODY_BYTES = 1 << 20  # JSON inputs only; images arrive as URLs
-MAX_IDEMPOTENCY_KEY_LENGTH = 255
 SSE_KEEPALIVE_SECONDS = 15.0
 TRUE_WORDS = {"1", "true", "yes"}
 FALSE_WORDS = {"0", "false", "no", ""}
@@ -91,34 +90,6 @@ def _parse_flag(value: str | None, name: str) -> bool:
     raise HTTPException(422, _detail(["query", name], "must be one of 1, 0, true, false", "bool_parsing"))
 
 
-async def _read_json_object(request: Request) -> dict[str, Any]:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise HTTPException(413, f"request body is larger than {MAX_BODY_BYTES} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise HTTPException(413, f"request body is larger than {MAX_BODY_BYTES} bytes")
-        chunks.append(chunk)
-    raw = b"".join(chunks)
-    if not raw.strip():
-        payload: Any = {}
-    else:
-        try:
-            payload = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise HTTPException(422, _detail(["body"], f"body is not valid JSON: {exc}", "json_invalid")) from None
-    if not isinstance(payload, dict):
-        raise HTTPException(422, _detail(["body"], "body must be a JSON object", "model_attributes_type"))
-    return payload
-
-
-def _base_url(state: AppState, request: Request) -> str:
-    return (state.settings.public_url or str(request.base_url)).rstrip("/")
-
-
 def _owned_job(state: AppState, request: Request, owner: str, app: str, request_id: str, logs: bool) -> Job:
     caller = state.api_keys.owner(request)
     job = state.service.get(request_id, caller, with_logs=logs)
@@ -174,6 +145,10 @@ async def result(request: Request, owner: str, app: str, request_id: str) -> Any
     job = _owned_job(state, request, owner, app, request_id, False)
     if not job.status.is_terminal():
         return _json({"detail": "Request is still in progress"}, 400, job.id)
+    return _result_response(job)
+
+
+def _result_response(job: Job) -> JSONResponse:
     if job.succeeded:
         return _json(job.result, 200, job.id)
     body = {**fal_error_payload(job), "error_type": job.error_type.value if job.error_type else None}
@@ -195,51 +170,41 @@ async def cancel(request: Request, owner: str, app: str, request_id: str) -> Any
     return _json({"status": "CANCELLATION_REQUESTED"}, 202, job.id)
 
 
+@router.post("/run/{endpoint_path:path}")
+async def run(request: Request, endpoint_path: str) -> Any:
+    """fal's synchronous host (`fal.run`): the result in the response, no queue handle."""
+    state = app_state(request)
+    job = await _submit(state, request, endpoint_path, None)
+    done = await until_terminal(state, job.id, job.owner, state.settings.sync_timeout_seconds)
+    if not done.status.is_terminal():
+        return _json({"detail": "Request timed out", "error_type": "request_timeout"}, 504, job.id)
+    return _result_response(done)
+
+
 @router.post("/{endpoint_path:path}")
 async def submit(request: Request, endpoint_path: str, fal_webhook: str | None = Query(None)) -> Any:
     state = app_state(request)
-    owner = state.api_keys.owner(request)
-    endpoint = state.endpoints.get(endpoint_path.strip("/"))
-    if endpoint is None:
-        served = ", ".join(sorted(state.endpoints))
-        raise HTTPException(404, f"application '{endpoint_path}' not found; this server serves: {served}")
-    payload = await _read_json_object(request)
-    try:
-        validated = endpoint.input_model.model_validate(payload)
-    except ValidationError as exc:
-        detail = [{**error, "loc": ["body", *error["loc"]]} for error in exc.errors(include_url=False)]
-        raise HTTPException(422, json.loads(json.dumps(detail, default=str))) from None
-    if fal_webhook is not None:
-        problem = await callback_url_problem(state, fal_webhook)
-        if problem is not None:
-            raise HTTPException(422, _detail(["query", "fal_webhook"], f"webhook URL not allowed: {problem}", "url"))
-    key = request.headers.get("idempotency-key")
-    if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY_LENGTH:
-        raise HTTPException(
-            422, _detail(["header", "Idempotency-Key"], "must be 1 to 255 characters", "string_too_long")
-        )
-    job_request = JobRequest(
-        endpoint=endpoint.id,
-        input=validated.model_dump(mode="json"),
-        owner=owner,
-        dialect="fal",
-        webhook_url=fal_webhook,
-        base_url=_base_url(state, request),
-        idempotency_key=key,
-    )
-    try:
-        job, _created = state.service.submit(job_request)
-    except IdempotencyKeyReused:
-        raise HTTPException(
-            422,
-            _detail(
-                ["header", "Idempotency-Key"],
-                "this Idempotency-Key was already used with a different request",
-                "idempotency_key_reused",
-            ),
-        ) from None
+    job = await _submit(state, request, endpoint_path, fal_webhook)
     body = render_status(job, with_logs=False)
     body.pop("logs")
     body.setdefault("queue_position", 0)
     body["gateway_request_id"] = job.id
     return _json(body, 200, job.id)
+
+
+async def _submit(state: AppState, request: Request, endpoint_path: str, webhook: str | None) -> Job:
+    state.api_keys.owner(request)  # 401 before anything else
+    endpoint_id = endpoint_path.strip("/")
+    if endpoint_id not in state.endpoints:
+        served = ", ".join(sorted(state.endpoints))
+        raise HTTPException(404, f"application '{endpoint_path}' not found; this server serves: {served}")
+    payload = await read_json_object(request)
+    return await submission.submit(
+        state,
+        request,
+        endpoint_id=endpoint_id,
+        fal_input=payload,
+        dialect="fal",
+        webhook_url=webhook,
+        webhook_field=("query", "fal_webhook"),
+    )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from fastapi import Request
@@ -33,6 +33,7 @@ class AppState:
     keys: SigningKeys
     outbox: SqliteOutbox
     deliverer: Deliverer
+    pending_uploads: dict[str, float] = field(default_factory=dict)  # upload id -> expiry, from initiate
 
 
 def app_state(request: Request) -> AppState:

@@ -54,6 +54,8 @@ class JobRequest:
     webhook_url: str | None = None
     base_url: str = ""
     idempotency_key: str | None = None
+    client_input: dict[str, Any] | None = None  # the input as the dialect's client sent it, for echoing
+    webhook_events: tuple[str, ...] = ()  # progress events wanted besides the terminal one (Replicate)
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,9 @@ class Job:
     inference_time: float | None = None
     queue_position: int | None = None
     logs: list[LogLine] = field(default_factory=list)
+    client_input: dict[str, Any] | None = None
+    webhook_events: tuple[str, ...] = ()
+    seq: int = 0
 
     @property
     def succeeded(self) -> bool:

@@ -29,6 +29,8 @@ from hidream_service.jobs.store import DuplicateIdempotencyKey, SqliteJobStore
 log = logging.getLogger(__name__)
 
 CANCELLED_MESSAGE = "Request was cancelled"
+LOGS_EVENT_INTERVAL_SECONDS = 0.5  # Replicate's limit for logs events
+DIALECTS_WITH_LOGS_IN_WEBHOOKS = ("replicate",)
 
 
 class IdempotencyKeyReused(Exception):
@@ -70,6 +72,7 @@ class JobService:
         self._on_submitted = on_submitted
         self._on_changed = on_changed
         self._clock = clock
+        self._logs_events: dict[str, tuple[float, int]] = {}  # job id -> (last logs event, events sent)
 
     # -- callers ---------------------------------------------------------------------------------
 
@@ -136,6 +139,9 @@ class JobService:
         job = self.store.lease_next(token, now, now + self.lease_seconds)
         if job is None:
             return None
+        started = webhook_payloads.progress_message(job, "start")
+        if started is not None:
+            self.store.enqueue_webhook(started, now)
         self._on_changed(job.id)
         return Lease(job, token)
 
@@ -143,8 +149,22 @@ class JobService:
         """Flush logs and renew the lease. Returns (still ours, cancel requested)."""
         if logs:
             self.store.append_logs(lease.job.id, logs)
+            self._send_logs_event(lease.job)
             self._on_changed(lease.job.id)
         return self.store.renew_lease(lease.job.id, lease.token, self._clock() + self.lease_seconds)
+
+    def _send_logs_event(self, job: Job) -> None:
+        if "logs" not in job.webhook_events or job.webhook_url is None:
+            return
+        now = self._clock()
+        last, count = self._logs_events.get(job.id, (0.0, 0))
+        if now - last < LOGS_EVENT_INTERVAL_SECONDS:
+            return  # throttled: a later event carries these lines too
+        current = self.store.get(job.id, with_logs=True)
+        message = None if current is None else webhook_payloads.progress_message(current, "logs", count)
+        if message is not None:
+            self.store.enqueue_webhook(message, now)
+            self._logs_events[job.id] = (now, count + 1)
 
     def complete(self, lease: Lease, result: dict[str, Any], inference_time: float) -> bool:
         return self._end(
@@ -226,6 +246,9 @@ class JobService:
         status: JobStatus,
         **fields: Any,
     ) -> bool:
+        self._logs_events.pop(job.id, None)
+        if job.dialect in DIALECTS_WITH_LOGS_IN_WEBHOOKS:
+            job = dataclasses.replace(job, logs=self.store.logs(job.id))
         ended = dataclasses.replace(job, status=status, completed_at=self._clock(), **fields)
         message = webhook_payloads.outbox_message(ended)
         assert ended.completed_at is not None

@@ -40,7 +40,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     error TEXT,
     error_type TEXT,
     error_detail TEXT,
-    inference_time REAL
+    inference_time REAL,
+    client_input TEXT,                      -- the dialect's own input, echoed back in its responses
+    webhook_events TEXT NOT NULL DEFAULT '' -- comma-separated progress events wanted (Replicate)
 );
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs (owner, idempotency_key)
     WHERE idempotency_key IS NOT NULL;
@@ -86,6 +88,9 @@ def _row_to_job(row: sqlite3.Row, *, queue_position: int | None = None, logs: li
         inference_time=row["inference_time"],
         queue_position=queue_position,
         logs=logs or [],
+        client_input=_loads(row["client_input"]),
+        webhook_events=tuple(event for event in row["webhook_events"].split(",") if event),
+        seq=row["seq"],
     )
 
 
@@ -115,7 +120,8 @@ class SqliteJobStore:
             try:
                 self._conn.execute(
                     "INSERT INTO jobs (id, endpoint, owner, dialect, status, input, webhook_url, base_url,"
-                    " idempotency_key, request_hash, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " idempotency_key, request_hash, created_at, client_input, webhook_events)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         job_id,
                         request.endpoint,
@@ -128,6 +134,8 @@ class SqliteJobStore:
                         request.idempotency_key,
                         request_hash,
                         now,
+                        None if request.client_input is None else json.dumps(request.client_input),
+                        ",".join(request.webhook_events),
                     ),
                 )
             except sqlite3.IntegrityError as exc:
@@ -163,6 +171,20 @@ class SqliteJobStore:
                 "SELECT timestamp, level, message FROM job_logs WHERE job_id = ? ORDER BY seq", (job_id,)
             ).fetchall()
         return [LogLine(row["timestamp"], row["level"], row["message"]) for row in rows]
+
+    def page(self, owner: str, dialect: str, *, before_seq: int | None, limit: int) -> list[Job]:
+        """Newest first: up to `limit` jobs of this owner and dialect submitted before `before_seq`."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT * FROM jobs WHERE owner = ? AND dialect = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
+                (owner, dialect, before_seq if before_seq is not None else 2**62, limit),
+            ).fetchall()
+        return [_row_to_job(row) for row in rows]
+
+    def enqueue_webhook(self, message: outbox.OutboxMessage, due_at: float) -> None:
+        """A progress event's delivery, outside any state change."""
+        with self._lock:
+            outbox.enqueue(self._conn, message, due_at=due_at)
 
     def expired_leases(self, now: float) -> list[Job]:
         with self._lock:

@@ -84,7 +84,7 @@ class _I1InputBase(StrictInput):
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED, description="Same seed, same image.")
     num_images: int = Field(default=1, ge=1, le=4)
     enable_safety_checker: bool = True
-    output_format: str = Field(default="jpeg", pattern="^(jpeg|png)$")
+    output_format: str = Field(default="jpeg", pattern="^(jpeg|png|webp)$")
     sync_mode: bool = Field(default=False, description="Return data URIs instead of stored file URLs.")
     num_inference_steps: int = Field(default=50, ge=1, le=50)
     guidance_scale: float = Field(default=5.0, ge=0.0, le=20.0, description="Above 1 turns on CFG.")

@@ -24,7 +24,7 @@ class NoopInput(StrictInput):
     fail_with: str | None = Field(
         default=None, max_length=1000, description="End the job with this error, to test failure handling."
     )
-    output_format: str = Field(default="png", pattern="^(jpeg|png)$")
+    output_format: str = Field(default="png", pattern="^(jpeg|png|webp)$")
     sync_mode: bool = False
 
 

@@ -218,3 +218,13 @@ class WebhookReceiver:
     def __exit__(self, *exc: object) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+def close_fal_client(client: Any) -> None:
+    """fal-client builds its httpx client lazily and never closes it, nor the one inside its transport."""
+    http = client.__dict__.get("_client")
+    if http is not None:
+        inner = getattr(http._transport, "_client", None)
+        if inner is not None:
+            inner.close()
+        http.close()

@@ -10,7 +10,7 @@ import fal_client.client
 import httpx
 import pytest
 
-from tests.integration.harness import ServerProcess
+from tests.integration.harness import ServerProcess, close_fal_client
 
 KEYS = ("alice-key", "bob-key")
 
@@ -67,7 +67,7 @@ def test_fal_client_with_its_key_runs_a_job(locked: ServerProcess, monkeypatch: 
     try:
         result = client.subscribe("hidream/noop", arguments={"prompt": "with a key"})
     finally:
-        client.__dict__["_client"].close()
+        close_fal_client(client)
 
     assert result["prompt"] == "with a key"
 

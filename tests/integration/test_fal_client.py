@@ -11,7 +11,7 @@ import httpx
 import pytest
 from standardwebhooks import Webhook
 
-from tests.integration.harness import TEST_SECRET, ServerProcess, WebhookReceiver
+from tests.integration.harness import TEST_SECRET, ServerProcess, WebhookReceiver, close_fal_client
 
 I1 = "fal-ai/hidream-i1-full"
 TINY_I1_ARGS = {"prompt": "a red fox in snow", "seed": 7, "num_inference_steps": 2}
@@ -24,8 +24,7 @@ def fal(server: ServerProcess, monkeypatch: pytest.MonkeyPatch) -> Iterator[fal_
     monkeypatch.setattr(fal_client.client, "RUN_URL_FORMAT", f"{server.url}/")
     client = fal_client.SyncClient(key="unused-on-an-open-server")
     yield client
-    if "_client" in client.__dict__:  # its httpx client is created lazily and never closed by fal-client
-        client.__dict__["_client"].close()
+    close_fal_client(client)
 
 
 def test_submit_with_webhook_delivers_a_signed_completion(

@@ -1,0 +1,47 @@
+"""GET /models: every endpoint this server serves, its name in each dialect, its input schema and defaults."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from hidream_service.api.state import app_state
+from hidream_service.dialects import openai, replicate, wavespeed
+
+router = APIRouter()
+
+
+def _names(endpoint_id: str) -> dict[str, str | None]:
+    def lookup(table: dict[str, str]) -> str | None:
+        return next((name for name, target in table.items() if target == endpoint_id), None)
+
+    return {
+        "fal": endpoint_id,
+        "replicate": lookup(replicate.MODELS),
+        "wavespeed": lookup(wavespeed.MODELS),
+        "openai": lookup(openai.MODELS),
+    }
+
+
+@router.get("/models")
+async def catalogue(request: Request) -> dict[str, Any]:
+    state = app_state(request)
+    models = []
+    for endpoint in sorted(state.endpoints.values(), key=lambda e: e.id):
+        schema = endpoint.input_model.model_json_schema()
+        defaults = {
+            name: field.default
+            for name, field in endpoint.input_model.model_fields.items()
+            if not field.is_required() and field.default_factory is None
+        }
+        models.append(
+            {
+                "id": endpoint.id,
+                "title": endpoint.title,
+                "names": _names(endpoint.id),
+                "input_schema": schema,
+                "defaults": {name: getattr(value, "value", value) for name, value in defaults.items()},
+            }
+        )
+    return {"models": models}

@@ -1,0 +1,116 @@
+"""The upload flow `fal_client.upload_file` uses, at the server root (point REST_URL and CDN_URL here).
+
+    POST /storage/auth/token?storage_type=fal-cdn-v3   -> {token, token_type, base_url, expires_at}
+    POST /files/upload                                 raw bytes, X-Fal-File-Name -> {access_url}
+    POST /storage/upload/initiate                      {file_name, content_type} -> {upload_url, file_url}
+    PUT  /storage/upload/{upload_id}/{name}            raw bytes to a URL from initiate
+
+The returned URLs can be passed to any input that takes an image URL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import time
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import JSONResponse
+
+from hidream_service.api import submission
+from hidream_service.api.state import AppState, app_state
+from hidream_service.dialects.common import iso
+from hidream_service.uploads import Upload, UploadTooLarge, clean_name, new_upload_id, store_upload
+
+router = APIRouter()
+
+TOKEN_SECONDS = 3600
+_TOKEN_KEY = os.urandom(32)  # tokens are short-lived; a restart simply makes clients ask again
+
+
+def _token_for(owner: str, expires_at: int) -> str:
+    mac = hmac.new(_TOKEN_KEY, f"{owner}.{expires_at}".encode(), hashlib.sha256).hexdigest()
+    return f"{owner or '-'}.{expires_at}.{mac}"
+
+
+def _owner_from_token(token: str) -> str | None:
+    owner, _, rest = token.partition(".")
+    expires, _, _mac = rest.partition(".")
+    if not expires.isdigit() or int(expires) < time.time():
+        return None
+    owner = "" if owner == "-" else owner
+    return owner if hmac.compare_digest(_token_for(owner, int(expires)), token) else None
+
+
+def _uploader(state: AppState, request: Request) -> str:
+    """Who uploads: a storage token we issued, else an API key."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and "." in token:
+        owner = _owner_from_token(token.strip())
+        if owner is not None:
+            return owner
+    return state.api_keys.owner(request)
+
+
+async def _store(state: AppState, request: Request, name: str | None, upload_id: str | None = None) -> Upload:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > state.settings.max_upload_bytes:
+        raise HTTPException(413, f"uploads are limited to {state.settings.max_upload_bytes} bytes")
+    try:
+        return await store_upload(
+            state.storage,
+            request.stream(),
+            name=name,
+            content_type=request.headers.get("content-type"),
+            max_bytes=state.settings.max_upload_bytes,
+            base_url=submission.base_url(state, request),
+            upload_id=upload_id,
+        )
+    except UploadTooLarge as exc:
+        raise HTTPException(413, str(exc)) from None
+
+
+@router.post("/storage/auth/token")
+async def token(request: Request) -> dict[str, Any]:
+    state = app_state(request)
+    owner = state.api_keys.owner(request)
+    expires_at = int(time.time()) + TOKEN_SECONDS
+    return {
+        "token": _token_for(owner, expires_at),
+        "token_type": "Bearer",
+        "base_url": submission.base_url(state, request),
+        "expires_at": iso(expires_at),
+    }
+
+
+@router.post("/files/upload")
+async def upload(request: Request) -> dict[str, str]:
+    state = app_state(request)
+    _uploader(state, request)
+    stored = await _store(state, request, request.headers.get("x-fal-file-name"))
+    return {"access_url": stored.url}
+
+
+@router.post("/storage/upload/initiate")
+async def initiate(request: Request) -> dict[str, str]:
+    state = app_state(request)
+    state.api_keys.owner(request)
+    body = await submission.read_json_object(request)
+    name = clean_name(str(body.get("file_name") or "upload.bin"))
+    upload_id = new_upload_id()
+    expires = int(time.time()) + TOKEN_SECONDS
+    state.pending_uploads[upload_id] = expires
+    base = submission.base_url(state, request)
+    return {"upload_url": f"{base}/storage/upload/{upload_id}/{name}", "file_url": f"{base}/files/{upload_id}/{name}"}
+
+
+@router.put("/storage/upload/{upload_id}/{name}")
+async def put_upload(request: Request, upload_id: str, name: str) -> JSONResponse:
+    state = app_state(request)
+    expires = state.pending_uploads.pop(upload_id, None)
+    if expires is None or expires < time.time():
+        raise HTTPException(404, "no such upload; ask /storage/upload/initiate for a new one")
+    await _store(state, request, name, upload_id=upload_id)
+    return JSONResponse({}, status_code=200)

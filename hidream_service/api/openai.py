@@ -1,0 +1,81 @@
+"""OpenAI's Images API, as the official `openai` client uses it (base_url = ".../v1").
+
+    POST /v1/images/generations    JSON; waits for the job and answers {created, data: [{url | b64_json}]}
+    POST /v1/images/edits          multipart (`image` or repeated `image[]`, optional `mask`)
+    GET  /v1/models                the models, OpenAI-style
+
+Synchronous, as OpenAI is; a job that outlasts HIDREAM_SYNC_TIMEOUT_SECONDS is a 504 that names the
+request id, whose result stays available through the fal queue API.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request
+from starlette.datastructures import UploadFile
+
+from hidream_service.api import submission
+from hidream_service.api.state import app_state
+from hidream_service.dialects import openai
+
+router = APIRouter(prefix="/v1")
+
+EDIT_FIELDS = {"image", "image[]", "mask", "prompt", "model", "n", "size", "response_format", "output_format", "user"}
+
+
+@router.post("/images/generations")
+async def generations(request: Request) -> dict[str, Any]:
+    state = app_state(request)
+    owner = state.api_keys.owner(request)
+    body = submission.parse(openai.GenerationRequest, await submission.read_json_object(request))
+    endpoint = openai.MODELS.get(body.model)
+    if endpoint is None:
+        raise HTTPException(404, f"The model '{body.model}' does not exist; models here: {', '.join(openai.MODELS)}")
+    job = await submission.submit(state, request, endpoint_id=endpoint, fal_input=body.to_fal(), dialect="openai")
+    done = await submission.until_terminal(state, job.id, owner, state.settings.sync_timeout_seconds)
+    if not done.status.is_terminal():
+        raise HTTPException(
+            504, f"the image is not ready after {state.settings.sync_timeout_seconds:g} s (request {job.id})"
+        )
+    if not done.succeeded:
+        raise HTTPException(done.error_http_status, done.error or "the image could not be made")
+    assert done.result is not None
+    return openai.render_images_response(done.result, int(done.created_at), body.output_format)
+
+
+@router.post("/images/edits")
+async def edits(request: Request) -> dict[str, Any]:
+    state = app_state(request)
+    state.api_keys.owner(request)
+    form = await request.form()
+    try:
+        unknown = sorted(set(form.keys()) - EDIT_FIELDS)
+        if unknown:
+            raise HTTPException(400, f"unknown fields: {', '.join(unknown)}")
+        images = [part for part in form.getlist("image") + form.getlist("image[]") if isinstance(part, UploadFile)]
+        if not images:
+            raise HTTPException(400, submission.one_error(["body", "image"], "at least one image file", "missing"))
+        prompt = form.get("prompt")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise HTTPException(400, submission.one_error(["body", "prompt"], "a prompt is required", "missing"))
+        model = form.get("model") or "hidream-e1-full"
+        if model not in openai.EDIT_MODELS:
+            raise HTTPException(404, f"The model '{model}' does not edit images; editing models: hidream-e1-full")
+        # The request is well formed, but no editing model (E1, I1 image-to-image) is served yet.
+        raise HTTPException(404, f"The model '{model}' cannot edit images on this server yet")
+    finally:
+        await form.close()
+
+
+@router.get("/models")
+async def models(request: Request) -> dict[str, Any]:
+    state = app_state(request)
+    state.api_keys.owner(request)
+    served = [name for name, endpoint in openai.MODELS.items() if endpoint in state.endpoints]
+    created = int(time.time())
+    return {
+        "object": "list",
+        "data": [{"id": name, "object": "model", "created": created, "owned_by": "hidream-ai"} for name in served],
+    }

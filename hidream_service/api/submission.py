@@ -1,0 +1,132 @@
+"""What every dialect does to start a job: validate the canonical input, check the webhook URL,
+honour Idempotency-Key, persist; and, for synchronous dialects, wait for the job to end."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import HTTPException, Request
+from pydantic import BaseModel, ValidationError
+
+from hidream_service.api.state import AppState
+from hidream_service.api.webhooks import callback_url_problem
+from hidream_service.jobs.model import Job, JobRequest
+from hidream_service.jobs.service import IdempotencyKeyReused
+
+MAX_BODY_BYTES = 1 << 20  # JSON inputs; images travel as URLs or uploads
+MAX_IDEMPOTENCY_KEY_LENGTH = 255
+
+
+def field_errors(exc: ValidationError, prefix: Sequence[str] = ("body",)) -> list[dict[str, Any]]:
+    """pydantic errors as fal's `detail` list, JSON-safe."""
+    detail = [{**error, "loc": [*prefix, *error["loc"]]} for error in exc.errors(include_url=False)]
+    loaded: list[dict[str, Any]] = json.loads(json.dumps(detail, default=str))
+    return loaded
+
+
+def one_error(loc: Sequence[str], msg: str, type_: str) -> list[dict[str, Any]]:
+    return [{"loc": list(loc), "msg": msg, "type": type_}]
+
+
+async def read_json_object(request: Request) -> dict[str, Any]:
+    """The body as a JSON object: 413 past the size cap, 422 for anything that is not an object."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise HTTPException(413, f"request body is larger than {MAX_BODY_BYTES} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise HTTPException(413, f"request body is larger than {MAX_BODY_BYTES} bytes")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw.strip():
+        return {}
+    try:
+        payload = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise HTTPException(422, one_error(["body"], f"body is not valid JSON: {exc}", "json_invalid")) from None
+    if not isinstance(payload, dict):
+        raise HTTPException(422, one_error(["body"], "body must be a JSON object", "model_attributes_type"))
+    return payload
+
+
+def parse(model: type[BaseModel], payload: dict[str, Any]) -> Any:
+    try:
+        return model.model_validate(payload)
+    except ValidationError as exc:
+        raise HTTPException(422, field_errors(exc)) from None
+
+
+def base_url(state: AppState, request: Request) -> str:
+    return (state.settings.public_url or str(request.base_url)).rstrip("/")
+
+
+async def submit(
+    state: AppState,
+    request: Request,
+    *,
+    endpoint_id: str,
+    fal_input: dict[str, Any],
+    dialect: str,
+    webhook_url: str | None = None,
+    webhook_field: Sequence[str] = ("body", "webhook"),
+    client_input: dict[str, Any] | None = None,
+    webhook_events: Sequence[str] = (),
+) -> Job:
+    owner = state.api_keys.owner(request)
+    endpoint = state.endpoints.get(endpoint_id)
+    if endpoint is None:
+        served = ", ".join(sorted(state.endpoints))
+        raise HTTPException(404, f"model '{endpoint_id}' is not served here; this server serves: {served}")
+    validated = parse(endpoint.input_model, fal_input)
+    if webhook_url is not None:
+        problem = await callback_url_problem(state, webhook_url)
+        if problem is not None:
+            raise HTTPException(422, one_error(webhook_field, f"webhook URL not allowed: {problem}", "url"))
+    key = request.headers.get("idempotency-key")
+    if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY_LENGTH:
+        raise HTTPException(
+            422, one_error(["header", "Idempotency-Key"], "must be 1 to 255 characters", "string_too_long")
+        )
+    job_request = JobRequest(
+        endpoint=endpoint.id,
+        input=validated.model_dump(mode="json"),
+        owner=owner,
+        dialect=dialect,
+        webhook_url=webhook_url,
+        base_url=base_url(state, request),
+        idempotency_key=key,
+        client_input=client_input,
+        webhook_events=tuple(webhook_events),
+    )
+    try:
+        job, _created = state.service.submit(job_request)
+    except IdempotencyKeyReused:
+        raise HTTPException(
+            422,
+            one_error(
+                ["header", "Idempotency-Key"],
+                "this Idempotency-Key was already used with a different request",
+                "idempotency_key_reused",
+            ),
+        ) from None
+    return job
+
+
+async def until_terminal(state: AppState, job_id: str, owner: str, timeout: float, *, with_logs: bool = False) -> Job:
+    """The job once it has ended, or as it stands when `timeout` runs out."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        version = state.events.version
+        job = state.service.get(job_id, owner, with_logs=with_logs)
+        assert job is not None
+        remaining = deadline - loop.time()
+        if job.status.is_terminal() or remaining <= 0:
+            return job
+        await state.events.wait_past(version, min(remaining, 1.0))

@@ -1,0 +1,37 @@
+"""Small helpers the dialects share."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from hidream_service.jobs.model import Job
+
+
+def iso(timestamp: float | None) -> str | None:
+    return None if timestamp is None else datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
+
+
+def image_urls(job: Job) -> list[str]:
+    if job.result is None:
+        return []
+    return [image["url"] for image in job.result.get("images", [])]
+
+
+def nsfw_flags(job: Job) -> list[bool]:
+    if job.result is None:
+        return []
+    return [bool(flag) for flag in job.result.get("has_nsfw_concepts", [])]
+
+
+def inference_seconds(job: Job) -> float | None:
+    return job.inference_time
+
+
+def log_text(job: Job) -> str:
+    return "".join(f"{line.message}\n" for line in job.logs)
+
+
+def validation_messages(errors: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(field, message) pairs from pydantic errors, with the field path dotted."""
+    return [(".".join(str(part) for part in error["loc"]) or "input", str(error["msg"])) for error in errors]

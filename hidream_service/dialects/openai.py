@@ -1,0 +1,77 @@
+"""OpenAI Images: model names, the generations request, the ImagesResponse."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from hidream_service.models.base import StrictInput
+
+MODELS = {
+    "hidream-i1-full": "fal-ai/hidream-i1-full",
+    "hidream-i1-dev": "fal-ai/hidream-i1-dev",
+    "hidream-i1-fast": "fal-ai/hidream-i1-fast",
+}
+EDIT_MODELS = ("hidream-e1-full", "hidream-i1-full")  # E1 editing, and I1 image-to-image
+DEFAULT_MODEL = "hidream-i1-full"
+SIZE = re.compile(r"^(\d{2,4})x(\d{2,4})$")
+
+
+class GenerationRequest(StrictInput):
+    """`POST /v1/images/generations`. Beyond OpenAI's fields, `seed`, `negative_prompt`,
+    `num_inference_steps` and `guidance_scale` may be sent (extra_body in the openai client)."""
+
+    prompt: str = Field(min_length=1, max_length=10_000)
+    model: str = DEFAULT_MODEL
+    n: int = Field(default=1, ge=1, le=4)
+    size: str = "auto"
+    response_format: Literal["url", "b64_json"] = "url"
+    output_format: Literal["png", "jpeg", "webp"] = "png"
+    quality: Literal["auto", "standard"] = "auto"
+    user: str | None = Field(default=None, max_length=256)
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    negative_prompt: str | None = Field(default=None, max_length=10_000)
+    num_inference_steps: int | None = Field(default=None, ge=1, le=50)
+    guidance_scale: float | None = Field(default=None, ge=0.0, le=20.0)
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, value: str) -> str:
+        if value != "auto" and SIZE.match(value) is None:
+            raise ValueError('size must be "auto" or "WIDTHxHEIGHT", e.g. "1024x1024"')
+        return value
+
+    def to_fal(self) -> dict[str, Any]:
+        fal: dict[str, Any] = {
+            "prompt": self.prompt,
+            "num_images": self.n,
+            "output_format": self.output_format,
+            "sync_mode": self.response_format == "b64_json",
+        }
+        if self.size != "auto":
+            width, height = (int(side) for side in self.size.split("x"))
+            fal["image_size"] = {"width": width, "height": height}
+        for name in ("seed", "negative_prompt", "num_inference_steps", "guidance_scale"):
+            value = getattr(self, name)
+            if value is not None:
+                fal[name] = value
+        return fal
+
+
+def render_images_response(result: dict[str, Any], created: int, output_format: str) -> dict[str, Any]:
+    data = []
+    for image in result["images"]:
+        url: str = image["url"]
+        if url.startswith("data:"):
+            data.append({"b64_json": url.split(",", 1)[1]})
+        else:
+            data.append({"url": url})
+    first = result["images"][0]
+    return {
+        "created": created,
+        "data": data,
+        "output_format": output_format,
+        "size": f"{first['width']}x{first['height']}",
+    }

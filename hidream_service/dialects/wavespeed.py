@@ -1,0 +1,96 @@
+"""WaveSpeed v3: model ids, inputs (size "W*H", seed -1), the {code, message, data} envelope."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from hidream_service.dialects.common import image_urls, iso, nsfw_flags
+from hidream_service.jobs.model import Job, JobStatus
+from hidream_service.models.base import StrictInput
+
+MODELS = {
+    "wavespeed-ai/hidream-i1-full": "fal-ai/hidream-i1-full",
+    "wavespeed-ai/hidream-i1-dev": "fal-ai/hidream-i1-dev",
+    "wavespeed-ai/hidream-i1-fast": "fal-ai/hidream-i1-fast",
+}
+ENDPOINT_TO_MODEL = {endpoint: model for model, endpoint in MODELS.items()}
+SIZE = re.compile(r"^(\d{2,4})\*(\d{2,4})$")
+MIN_SIDE, MAX_SIDE = 256, 1536
+
+
+class WaveSpeedImageInput(StrictInput):
+    prompt: str = Field(min_length=1, max_length=10_000)
+    negative_prompt: str | None = Field(default=None, max_length=10_000)
+    size: str = Field(default="1024*1024", description='"width*height", each 256 to 1536')
+    seed: int = Field(default=-1, ge=-1, le=2**63 - 1, description="-1 picks one at random")
+    num_inference_steps: int | None = Field(default=None, ge=1, le=50)
+    guidance_scale: float | None = Field(default=None, ge=0.0, le=20.0)
+    num_images: int = Field(default=1, ge=1, le=4)
+    output_format: Literal["jpeg", "png", "webp"] = "jpeg"
+    enable_base64_output: bool = False
+    enable_safety_checker: bool = True
+    enable_sync_mode: bool = False
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, value: str) -> str:
+        match = SIZE.match(value)
+        if match is None:
+            raise ValueError('size must look like "1024*1024"')
+        for side in (int(match.group(1)), int(match.group(2))):
+            if not MIN_SIDE <= side <= MAX_SIDE:
+                raise ValueError(f"each side of size must be {MIN_SIDE} to {MAX_SIDE}")
+        return value
+
+    def to_fal(self) -> dict[str, Any]:
+        width, height = (int(side) for side in self.size.split("*"))
+        fal: dict[str, Any] = {
+            "prompt": self.prompt,
+            "image_size": {"width": width, "height": height},
+            "num_images": self.num_images,
+            "output_format": self.output_format,
+            "enable_safety_checker": self.enable_safety_checker,
+            "sync_mode": self.enable_base64_output,
+        }
+        if self.seed != -1:
+            fal["seed"] = self.seed
+        for name in ("negative_prompt", "num_inference_steps", "guidance_scale"):
+            value = getattr(self, name)
+            if value is not None:
+                fal[name] = value
+        return fal
+
+
+def status_of(job: Job) -> str:
+    if job.status is JobStatus.IN_QUEUE:
+        return "created"
+    if job.status is JobStatus.IN_PROGRESS:
+        return "processing"
+    if job.status is JobStatus.CANCELLED:
+        return "cancelled"
+    return "completed" if job.succeeded else "failed"
+
+
+def render_data(job: Job) -> dict[str, Any]:
+    """The `data` object of WaveSpeed's envelope; webhooks carry it bare."""
+    inference_ms = None if job.inference_time is None else round(job.inference_time * 1000)
+    return {
+        "id": job.id,
+        "model": ENDPOINT_TO_MODEL.get(job.endpoint, job.endpoint),
+        "input": job.client_input if job.client_input is not None else job.input,
+        "outputs": image_urls(job) if job.succeeded else [],
+        "urls": {"get": f"{job.base_url}/api/v3/predictions/{job.id}/result"},
+        "has_nsfw_contents": nsfw_flags(job),
+        "status": status_of(job),
+        "created_at": iso(job.created_at),
+        "error": "" if job.succeeded or job.error is None else job.error,
+        "executionTime": inference_ms or 0,
+        "timings": {"inference": inference_ms or 0},
+    }
+
+
+def envelope(data: Any, code: int = 200, message: str = "success") -> dict[str, Any]:
+    return {"code": code, "message": message, "data": data}
