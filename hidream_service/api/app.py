@@ -156,6 +156,8 @@ def create_app(settings: Settings, *, start_workers: bool = True) -> FastAPI:
 
     for module in (files, webhook_routes, catalogue, fal_storage, replicate, wavespeed, openai):
         app.include_router(module.router)
+    for endpoint in endpoints.values():
+        fal.add_endpoint_routes(app, endpoint)
     app.include_router(fal.router)  # last: its submit route takes any POST path
     return app
 

@@ -17,14 +17,16 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from hidream_service.api import submission
+from hidream_service.api.openapi import json_body
 from hidream_service.api.state import AppState, app_state
 from hidream_service.api.submission import read_json_object, until_terminal
 from hidream_service.jobs.model import Job, JobStatus
 from hidream_service.jobs.service import CancelOutcome
+from hidream_service.models.registry import Endpoint
 from hidream_service.webhook_payloads import fal_error_payload
 
 SSE_KEEPALIVE_SECONDS = 15.0
@@ -170,7 +172,27 @@ async def cancel(request: Request, owner: str, app: str, request_id: str) -> Any
     return _json({"status": "CANCELLATION_REQUESTED"}, 202, job.id)
 
 
-@router.post("/run/{endpoint_path:path}")
+def add_endpoint_routes(app: FastAPI, endpoint: Endpoint) -> None:
+    """Documented routes for one served endpoint (the catch-alls below answer the same paths)."""
+
+    async def submit_to_endpoint(request: Request, fal_webhook: str | None = Query(None)) -> Any:
+        return await submit(request, endpoint.id, fal_webhook)
+
+    async def run_endpoint(request: Request) -> Any:
+        return await run(request, endpoint.id)
+
+    body = json_body(endpoint.input_model)
+    app.add_api_route(
+        f"/{endpoint.id}", submit_to_endpoint, methods=["POST"], openapi_extra=body, tags=["fal queue"],
+        summary=f"Queue a {endpoint.title} request", operation_id=f"fal_submit_{endpoint.id}",
+    )  # fmt: skip
+    app.add_api_route(
+        f"/run/{endpoint.id}", run_endpoint, methods=["POST"], openapi_extra=body, tags=["fal sync"],
+        summary=f"Run {endpoint.title} and answer with the result", operation_id=f"fal_run_{endpoint.id}",
+    )  # fmt: skip
+
+
+@router.post("/run/{endpoint_path:path}", include_in_schema=False)
 async def run(request: Request, endpoint_path: str) -> Any:
     """fal's synchronous host (`fal.run`): the result in the response, no queue handle."""
     state = app_state(request)
@@ -181,7 +203,7 @@ async def run(request: Request, endpoint_path: str) -> Any:
     return _result_response(done)
 
 
-@router.post("/{endpoint_path:path}")
+@router.post("/{endpoint_path:path}", include_in_schema=False)
 async def submit(request: Request, endpoint_path: str, fal_webhook: str | None = Query(None)) -> Any:
     state = app_state(request)
     job = await _submit(state, request, endpoint_path, fal_webhook)

@@ -17,6 +17,7 @@ from fastapi import APIRouter, HTTPException, Request
 from starlette.datastructures import UploadFile
 
 from hidream_service.api import submission
+from hidream_service.api.openapi import json_body
 from hidream_service.api.state import app_state
 from hidream_service.dialects import openai
 
@@ -25,7 +26,7 @@ router = APIRouter(prefix="/v1")
 EDIT_FIELDS = {"image", "image[]", "mask", "prompt", "model", "n", "size", "response_format", "output_format", "user"}
 
 
-@router.post("/images/generations")
+@router.post("/images/generations", openapi_extra=json_body(openai.GenerationRequest))
 async def generations(request: Request) -> dict[str, Any]:
     state = app_state(request)
     owner = state.api_keys.owner(request)

@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse
 from pydantic import Field
 
 from hidream_service.api import submission
+from hidream_service.api.openapi import json_body
 from hidream_service.api.state import AppState, app_state
 from hidream_service.dialects import replicate
 from hidream_service.dialects.common import iso
@@ -87,13 +88,13 @@ async def _create(request: Request, model: str, body: PredictionRequest) -> JSON
     return _prediction(job, 201)
 
 
-@router.post("/models/{owner}/{name}/predictions")
+@router.post("/models/{owner}/{name}/predictions", openapi_extra=json_body(PredictionRequest))
 async def create_for_model(request: Request, owner: str, name: str) -> JSONResponse:
     body = submission.parse(PredictionRequest, await submission.read_json_object(request))
     return await _create(request, f"{owner}/{name}", body)
 
 
-@router.post("/predictions")
+@router.post("/predictions", openapi_extra=json_body(PredictionRequest))
 async def create(request: Request) -> JSONResponse:
     body = submission.parse(PredictionRequest, await submission.read_json_object(request))
     if not body.version:

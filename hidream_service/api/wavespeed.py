@@ -16,6 +16,7 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 
 from hidream_service.api import submission
+from hidream_service.api.openapi import json_body
 from hidream_service.api.state import app_state
 from hidream_service.dialects import wavespeed
 from hidream_service.jobs.model import Job
@@ -52,7 +53,7 @@ async def _get(request: Request, task_id: str) -> JSONResponse:
     return _answer(job)
 
 
-@router.post("/{owner}/{model}")
+@router.post("/{owner}/{model}", openapi_extra=json_body(wavespeed.WaveSpeedImageInput))
 async def submit(request: Request, owner: str, model: str, webhook: str | None = Query(None)) -> JSONResponse:
     state = app_state(request)
     caller = state.api_keys.owner(request)
