@@ -188,44 +188,33 @@ class SqliteOutbox:
                 " finished_at = ?, last_error = ?, claimed = 0 WHERE id = ?",
                 (state.value, next_attempt_at, finished_at, attempt.error, delivery_id),
             )
-            (number,) = self._conn.execute(
-                "SELECT COALESCE(MAX(attempt), 0) + 1 FROM webhook_attempts WHERE delivery_id = ?", (delivery_id,)
-            ).fetchone()
-            self._conn.execute(
-                "INSERT INTO webhook_attempts (delivery_id, attempt, started_at, status_code, latency_ms,"
-                " error, response_head, replay) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    delivery_id,
-                    number,
-                    attempt.started_at,
-                    attempt.status_code,
-                    attempt.latency_ms,
-                    attempt.error,
-                    attempt.response_head,
-                    int(attempt.replay),
-                ),
-            )
+            self._insert_attempt(delivery_id, attempt)
+
+    def _insert_attempt(self, delivery_id: str, attempt: AttemptRecord) -> None:
+        """Append an attempt, numbered after every earlier one (scheduled or replayed)."""
+        (number,) = self._conn.execute(
+            "SELECT COALESCE(MAX(attempt), 0) + 1 FROM webhook_attempts WHERE delivery_id = ?", (delivery_id,)
+        ).fetchone()
+        self._conn.execute(
+            "INSERT INTO webhook_attempts (delivery_id, attempt, started_at, status_code, latency_ms,"
+            " error, response_head, replay) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                delivery_id,
+                number,
+                attempt.started_at,
+                attempt.status_code,
+                attempt.latency_ms,
+                attempt.error,
+                attempt.response_head,
+                int(attempt.replay),
+            ),
+        )
 
     def record_replay(self, delivery_id: str, attempt: AttemptRecord, *, delivered: bool) -> None:
         """Store a hand-triggered attempt. It leaves the retry schedule alone; success marks delivered."""
         with self._conn:
             self._conn.execute("BEGIN IMMEDIATE")
-            (number,) = self._conn.execute(
-                "SELECT COALESCE(MAX(attempt), 0) + 1 FROM webhook_attempts WHERE delivery_id = ?", (delivery_id,)
-            ).fetchone()
-            self._conn.execute(
-                "INSERT INTO webhook_attempts (delivery_id, attempt, started_at, status_code, latency_ms,"
-                " error, response_head, replay) VALUES (?, ?, ?, ?, ?, ?, ?, 1)",
-                (
-                    delivery_id,
-                    number,
-                    attempt.started_at,
-                    attempt.status_code,
-                    attempt.latency_ms,
-                    attempt.error,
-                    attempt.response_head,
-                ),
-            )
+            self._insert_attempt(delivery_id, attempt)
             if delivered:
                 self._conn.execute(
                     "UPDATE webhook_deliveries SET state = 'delivered', next_attempt_at = NULL, finished_at = ?,"

@@ -84,6 +84,14 @@ def _check_timestamp(raw: str, tolerance_seconds: int, now: float | None) -> int
     return timestamp
 
 
+def _hmac_headers(headers: Mapping[str, str], tolerance_seconds: int, now: float | None) -> tuple[str, int, str]:
+    """webhook-id, a timestamp inside the tolerance, and the signature list (Standard and WaveSpeed)."""
+    msg_id, raw_timestamp, raw_signatures = _header_values(
+        headers, "webhook-id", "webhook-timestamp", "webhook-signature"
+    )
+    return msg_id, _check_timestamp(raw_timestamp, tolerance_seconds, now), raw_signatures
+
+
 def verify(
     secret: str,
     headers: Mapping[str, str],
@@ -93,10 +101,7 @@ def verify(
     now: float | None = None,
 ) -> None:
     """Raise WebhookVerificationError unless one of the signatures matches; never anything else."""
-    msg_id, raw_timestamp, raw_signatures = _header_values(
-        headers, "webhook-id", "webhook-timestamp", "webhook-signature"
-    )
-    timestamp = _check_timestamp(raw_timestamp, tolerance_seconds, now)
+    msg_id, timestamp, raw_signatures = _hmac_headers(headers, tolerance_seconds, now)
     try:
         expected = sign(secret, msg_id, timestamp, body).encode()
     except ValueError as exc:
@@ -225,10 +230,7 @@ def wavespeed_verify(
     tolerance_seconds: int = DEFAULT_TOLERANCE_SECONDS,
     now: float | None = None,
 ) -> None:
-    msg_id, raw_timestamp, raw_signatures = _header_values(
-        headers, "webhook-id", "webhook-timestamp", "webhook-signature"
-    )
-    timestamp = _check_timestamp(raw_timestamp, tolerance_seconds, now)
+    msg_id, timestamp, raw_signatures = _hmac_headers(headers, tolerance_seconds, now)
     expected = wavespeed_sign(secret, msg_id, timestamp, body).encode()
     for candidate in raw_signatures.split():
         if hmac.compare_digest(candidate.encode(), expected):
