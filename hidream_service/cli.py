@@ -38,6 +38,7 @@ def serve(args: argparse.Namespace) -> int:
 
     from hidream_service.api import create_app
     from hidream_service.api.app import DataDirInUse, data_dir_lock
+    from hidream_service.inference.weights import WeightsError
 
     settings = _settings(args)
     try:
@@ -46,10 +47,14 @@ def serve(args: argparse.Namespace) -> int:
     except DataDirInUse as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    try:
+        app = create_app(settings)
+    except WeightsError as exc:
+        print(f"error: {exc} (see docs/weights.md for the layout, or pass --weights tiny)", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if not settings.api_keys and settings.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("binding %s with no API keys: anyone on the network can submit jobs", settings.host)
-    app = create_app(settings)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=5)
     return 0
 

@@ -63,3 +63,10 @@ def test_second_server_on_the_same_data_dir_refuses_to_start(server: ServerProce
 
     assert done.returncode != 0
     assert "another hidream server" in done.stderr
+
+
+def test_serve_with_a_missing_weights_directory_says_so(tmp_path: Path) -> None:
+    done = hidream("serve", "--weights", str(tmp_path / "nope"), "--data-dir", str(tmp_path), cwd=tmp_path)
+
+    assert done.returncode == 2
+    assert "does not exist" in done.stderr and "Traceback" not in done.stderr
