@@ -147,11 +147,18 @@ class JobService:
 
     def heartbeat(self, lease: Lease, logs: list[LogLine]) -> tuple[bool, bool]:
         """Flush logs and renew the lease. Returns (still ours, cancel requested)."""
+        self.flush_logs(lease, logs)
+        return self.store.renew_lease(lease.job.id, lease.token, self._clock() + self.lease_seconds)
+
+    def flush_logs(self, lease: Lease, logs: list[LogLine]) -> None:
         if logs:
             self.store.append_logs(lease.job.id, logs)
             self._send_logs_event(lease.job)
             self._on_changed(lease.job.id)
-        return self.store.renew_lease(lease.job.id, lease.token, self._clock() + self.lease_seconds)
+
+    def lease_state(self, lease: Lease) -> tuple[bool, bool]:
+        """A read-only look: (still ours, cancel requested). Cheap enough to ask several times a second."""
+        return self.store.lease_state(lease.job.id, lease.token)
 
     def _send_logs_event(self, job: Job) -> None:
         if "logs" not in job.webhook_events or job.webhook_url is None:

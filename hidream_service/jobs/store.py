@@ -226,6 +226,15 @@ class SqliteJobStore:
             ).fetchone()
         return (False, False) if row is None else (True, bool(row[0]))
 
+    def lease_state(self, job_id: str, token: str) -> tuple[bool, bool]:
+        """Read-only: (still leased by this token, cancel requested)."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT cancel_requested FROM jobs WHERE id = ? AND lease_token = ? AND status = 'IN_PROGRESS'",
+                (job_id, token),
+            ).fetchone()
+        return (False, False) if row is None else (True, bool(row[0]))
+
     def append_logs(self, job_id: str, lines: Iterable[LogLine]) -> None:
         with self._lock, self._conn:
             self._conn.execute("BEGIN")

@@ -27,6 +27,7 @@ from hidream_service.storage import LocalOutputStorage
 
 log = logging.getLogger(__name__)
 
+LOG_FLUSH_SECONDS = 0.5  # progress lines reach status readers at most this late
 IDLE_POLL_SECONDS = 1.0  # fallback when a wake-up is missed; new jobs normally wake the worker at once
 
 
@@ -169,12 +170,25 @@ class Worker:
             return _Outcome(error=(ErrorType.INFERENCE, f"{type(exc).__name__}: {exc}", None))
 
     def _heartbeat(self, lease: Lease, ctx: WorkerRunContext, stop: threading.Event) -> None:
+        """Each tick a read-only look for a cancel; logs and the lease are written less often, because
+        every write is a commit and this thread competes with the denoising loop for the GIL."""
         parent = os.getppid()
-        while not stop.wait(self.settings.heartbeat_seconds):
+        tick = self.settings.heartbeat_seconds
+        renew_every = self.settings.lease_seconds / 3
+        last_flush = last_renew = time.monotonic()
+        while not stop.wait(tick):
             if os.getppid() != parent:
                 os._exit(1)  # the server is gone; a new one re-runs the job
+            now = time.monotonic()
             try:
-                ours, cancel = self.service.heartbeat(lease, ctx.take_logs())
+                if now - last_renew >= renew_every:
+                    ours, cancel = self.service.heartbeat(lease, ctx.take_logs())
+                    last_renew = last_flush = now
+                else:
+                    if now - last_flush >= LOG_FLUSH_SECONDS:
+                        self.service.flush_logs(lease, ctx.take_logs())
+                        last_flush = now
+                    ours, cancel = self.service.lease_state(lease)
             except Exception:
                 log.exception("heartbeat of %s failed; retrying", lease.job.id)
                 continue

@@ -1,0 +1,370 @@
+"""The benchmarks, each figure beside its peer measured in the same run, as a ratio.
+
+    .venv/bin/python bench/run.py [--quick] [--json bench-results.json] [--only overhead,inference,coldstart]
+
+1. overhead   hidream/noop submit -> signed webhook received, against cog's production server
+              (PyPI cog + coglet, a no-op predictor, async prediction with a webhook); then 32
+              concurrent submitters: jobs/s, and p99 of GET status under that load.
+2. inference  a tiny-weights HiDream-I1 job through the whole service against the same pipeline
+              called directly in this process, same size and steps.
+3. coldstart  process start -> /health 200 -> first image with tiny weights, and where the time goes.
+
+cog runs from its own virtual environment (bench/.cog-venv, made on first use) so that it cannot
+disturb the service's dependencies. --quick runs a few jobs of each, only to prove the code works.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import Process, Receiver, free_port, summary, wait_ready
+
+ROOT = Path(__file__).resolve().parents[1]
+COG_VENV = ROOT / "bench" / ".cog-venv"
+COG_VERSION = "0.23.1"
+NOOP_PREDICTOR = """
+from cog import BasePredictor
+
+
+class Predictor(BasePredictor):
+    def setup(self) -> None:
+        pass
+
+    def predict(self, prompt: str = "") -> str:
+        return prompt
+"""
+TERMINAL = {"succeeded", "failed", "canceled"}
+
+
+# -- the two servers -------------------------------------------------------------------------------
+
+
+class Hidream:
+    name = "hidream"
+
+    def __init__(self, data_dir: Path, weights: str | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        command = [
+            sys.executable,
+            "-m",
+            "hidream_service",
+            "serve",
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(data_dir),
+        ]
+        if weights:
+            command += ["--weights", weights]
+        self.started = time.perf_counter()
+        self.process = Process(command)
+        self.receiver = Receiver(lambda body: body.get("request_id"))
+
+    def ready(self) -> float:
+        return wait_ready(f"{self.url}/health", lambda r: r.status_code == 200)
+
+    def job(self, client: httpx.Client, endpoint: str = "hidream/noop", body: dict[str, Any] | None = None) -> str:
+        response = client.post(f"{self.url}/{endpoint}", params={"fal_webhook": self.receiver.url}, json=body or {})
+        response.raise_for_status()
+        request_id: str = response.json()["request_id"]
+        return request_id
+
+    def status(self, client: httpx.Client, request_id: str) -> None:
+        client.get(f"{self.url}/hidream/noop/requests/{request_id}/status").raise_for_status()
+
+    def close(self) -> None:
+        self.receiver.close()
+        self.process.__exit__()
+
+
+class Coglet:
+    name = "coglet"
+
+    def __init__(self, workdir: Path) -> None:
+        ensure_cog_venv()
+        (workdir / "predict.py").write_text(NOOP_PREDICTOR)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {
+            "PATH": f"{COG_VENV / 'bin'}:{__import__('os').environ['PATH']}",
+            "COG_PREDICT_TYPE_STUB": "predict.py:Predictor",
+            "PORT": str(self.port),
+        }
+        command = [str(COG_VENV / "bin" / "python"), "-m", "cog.server.http", "--host", "127.0.0.1"]
+        self.process = Process(command, env=env, cwd=workdir)
+        self.receiver = Receiver(lambda body: body.get("id") if body.get("status") in TERMINAL else None)
+
+    def ready(self) -> float:
+        return wait_ready(f"{self.url}/health-check", lambda r: r.status_code == 200 and r.json()["status"] == "READY")
+
+    def job(self, client: httpx.Client) -> str:
+        body = {"input": {"prompt": "x"}, "webhook": self.receiver.url, "webhook_events_filter": ["completed"]}
+        while True:
+            response = client.post(f"{self.url}/predictions", json=body, headers={"Prefer": "respond-async"})
+            if response.status_code != 409:
+                break
+            # cog has one slot and no queue: it answers 409 while busy, and the caller tries again.
+            time.sleep(0.001)
+        response.raise_for_status()
+        prediction_id: str = response.json()["id"]
+        return prediction_id
+
+    def close(self) -> None:
+        self.receiver.close()
+        self.process.__exit__()
+
+
+def ensure_cog_venv() -> None:
+    if (COG_VENV / "bin" / "python").exists():
+        return
+    subprocess.run([sys.executable, "-m", "venv", str(COG_VENV)], check=True)
+    subprocess.run(
+        [
+            str(COG_VENV / "bin" / "python"),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            f"cog=={COG_VERSION}",
+            f"coglet=={COG_VERSION}",
+        ],
+        check=True,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+# -- 1. overhead -----------------------------------------------------------------------------------
+
+
+def sequential(server: Any, jobs: int, warmup: int) -> dict[str, Any]:
+    latencies = []
+    with httpx.Client(timeout=30) as client:
+        for n in range(warmup + jobs):
+            started = time.perf_counter()
+            key = server.job(client)
+            arrived = server.receiver.wait(key)
+            if n >= warmup:
+                latencies.append((arrived - started) * 1000)
+    return {"latency_ms": summary(latencies), "jobs_per_s": round(1000 / statistics.mean(latencies), 1)}
+
+
+def concurrent(server: Any, jobs: int, submitters: int, poll_status: bool) -> dict[str, Any]:
+    clients = [httpx.Client(timeout=60) for _ in range(submitters)]
+    done_ids: list[str] = []
+    status_latencies: list[float] = []
+    stop = threading.Event()
+
+    def one(index: int) -> None:
+        key = server.job(clients[index % submitters])
+        server.receiver.wait(key)
+        done_ids.append(key)
+
+    def poll() -> None:
+        with httpx.Client(timeout=30) as client:
+            while not stop.is_set():
+                if done_ids:
+                    started = time.perf_counter()
+                    server.status(client, random.choice(done_ids))
+                    status_latencies.append((time.perf_counter() - started) * 1000)
+                else:
+                    time.sleep(0.01)
+
+    poller = threading.Thread(target=poll) if poll_status else None
+    if poller:
+        poller.start()
+    started = time.perf_counter()
+    try:
+        with ThreadPoolExecutor(submitters) as pool:
+            list(pool.map(one, range(jobs)))
+    finally:
+        elapsed = time.perf_counter() - started
+        stop.set()
+        if poller:
+            poller.join()
+        for client in clients:
+            client.close()
+    figures: dict[str, Any] = {"jobs_per_s": round(jobs / elapsed, 1)}
+    if status_latencies:
+        figures["status_ms_under_load"] = summary(status_latencies)
+    return figures
+
+
+def overhead(quick: bool, workdir: Path) -> dict[str, Any]:
+    jobs, warmup, load_jobs = (20, 5, 64) if quick else (300, 30, 400)
+    results: dict[str, Any] = {}
+    for make in (lambda: Hidream(workdir / "overhead-data"), lambda: Coglet(workdir)):
+        server = make()
+        try:
+            server.ready()
+            results[server.name] = {
+                "sequential": sequential(server, jobs, warmup),
+                "32_submitters": concurrent(server, load_jobs, 32, poll_status=server.name == "hidream"),
+            }
+        finally:
+            server.close()
+    return results
+
+
+# -- 2. inference ----------------------------------------------------------------------------------
+
+I1_ARGS = {"prompt": "a red fox in the snow", "num_inference_steps": 50, "guidance_scale": 5.0, "seed": 7}
+
+
+def inference(quick: bool, workdir: Path) -> dict[str, Any]:
+    runs = 3 if quick else 10
+    weights = workdir / "tiny"
+    direct = subprocess.run(
+        [sys.executable, str(Path(__file__).parent / "direct_pipeline.py"), str(weights), str(runs)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    direct_ms = json.loads(direct.stdout.strip().splitlines()[-1])["ms"]
+    server = Hidream(workdir / "inference-data", weights=str(weights))
+    service_ms = []
+    try:
+        server.ready()
+        with httpx.Client(timeout=120) as client:
+            for n in range(runs + 1):
+                started = time.perf_counter()
+                key = server.job(client, "fal-ai/hidream-i1-full", {**I1_ARGS, "image_size": "square"})
+                arrived = server.receiver.wait(key, timeout=300)
+                if n > 0:  # the first call loads the pipeline
+                    service_ms.append((arrived - started) * 1000)
+    finally:
+        server.close()
+    direct_p50 = statistics.median(direct_ms)
+    service_p50 = statistics.median(service_ms)
+    return {
+        "steps": I1_ARGS["num_inference_steps"],
+        "direct_ms": summary(direct_ms),
+        "service_ms": summary(service_ms),
+        "ratio_p50": round(service_p50 / direct_p50, 3),
+    }
+
+
+# -- 3. cold start ---------------------------------------------------------------------------------
+
+
+def coldstart(quick: bool, workdir: Path) -> dict[str, Any]:
+    imports = subprocess.run(
+        [sys.executable, "-c", "import time; t=time.perf_counter(); import torch, diffusers, transformers; "
+         "from diffusers import HiDreamImagePipeline; print(time.perf_counter()-t)"],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    server = Hidream(workdir / "cold-data", weights=str(workdir / "tiny"))
+    try:
+        health_s = server.ready()
+        with httpx.Client(timeout=120) as client:
+            started = time.perf_counter()
+            first = server.job(client, "fal-ai/hidream-i1-fast", {"prompt": "x", "num_inference_steps": 2})
+            server.receiver.wait(first, timeout=300)
+            first_s = time.perf_counter() - started
+            started = time.perf_counter()
+            second = server.job(client, "fal-ai/hidream-i1-fast", {"prompt": "y", "num_inference_steps": 2})
+            server.receiver.wait(second, timeout=300)
+            warm_s = time.perf_counter() - started
+    finally:
+        server.close()
+    return {
+        "start_to_health_s": round(health_s, 3),
+        "health_to_first_image_s": round(first_s, 3),
+        "warm_image_s": round(warm_s, 3),
+        "of_which_model_imports_s": round(float(imports.stdout.strip()), 3),
+        "start_to_first_image_s": round(health_s + first_s, 3),
+    }
+
+
+# -- report ----------------------------------------------------------------------------------------
+
+
+def build_tiny(workdir: Path) -> None:
+    code = (
+        "import sys, pathlib\n"
+        "from hidream_service.inference.tiny import ensure_tiny_weights\n"
+        "from hidream_service.inference.weights import WeightsLayout\n"
+        "ensure_tiny_weights(WeightsLayout(pathlib.Path(sys.argv[1]), tiny=True))\n"
+    )
+    subprocess.run([sys.executable, "-c", code, str(workdir / "tiny")], check=True, capture_output=True)
+
+
+def print_table(results: dict[str, Any]) -> None:
+    rows: list[tuple[str, str, str, str]] = []
+    if "overhead" in results:
+        ours, cog = results["overhead"]["hidream"], results["overhead"]["coglet"]
+        for label, path in (
+            ("noop submit->webhook p50 (ms)", ("sequential", "latency_ms", "p50")),
+            ("noop submit->webhook p99 (ms)", ("sequential", "latency_ms", "p99")),
+            ("sequential jobs/s", ("sequential", "jobs_per_s")),
+            ("jobs/s, 32 submitters", ("32_submitters", "jobs_per_s")),
+        ):
+            a, b = dig(ours, path), dig(cog, path)
+            rows.append((label, f"{a}", f"{b} (coglet)", f"{a / b:.2f}"))
+        status = ours["32_submitters"].get("status_ms_under_load")
+        if status:
+            rows.append(("GET status p99 under load (ms)", f"{status['p99']}", "-", "-"))
+    if "inference" in results:
+        inf = results["inference"]
+        rows.append(
+            (
+                f"tiny I1 {inf['steps']} steps p50 (ms)",
+                f"{inf['service_ms']['p50']}",
+                f"{inf['direct_ms']['p50']} (direct)",
+                f"{inf['ratio_p50']:.3f}",
+            )
+        )
+    if "coldstart" in results:
+        cold = results["coldstart"]
+        for key, value in cold.items():
+            rows.append((f"cold start: {key}", f"{value}", "-", "-"))
+    widths = [max(len(row[i]) for row in [("figure", "hidream", "peer", "ratio"), *rows]) for i in range(4)]
+    for row in [("figure", "hidream", "peer", "ratio"), *rows]:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+
+
+def dig(data: dict[str, Any], path: tuple[str, ...]) -> float:
+    value: Any = data
+    for key in path:
+        value = value[key]
+    return float(value)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a few jobs each, to prove the benchmarks run")
+    parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument("--only", default="overhead,inference,coldstart")
+    args = parser.parse_args()
+    sections = args.only.split(",")
+    results: dict[str, Any] = {"quick": args.quick}
+    with tempfile.TemporaryDirectory() as scratch:
+        workdir = Path(scratch)
+        if {"inference", "coldstart"} & set(sections):
+            build_tiny(workdir)
+        for name, section in (("overhead", overhead), ("inference", inference), ("coldstart", coldstart)):
+            if name in sections:
+                print(f"running {name} ...", file=sys.stderr)
+                results[name] = section(args.quick, workdir)
+    print_table(results)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
