@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from hidream_service.api import submission
 from hidream_service.api.openapi import json_body
 from hidream_service.api.state import AppState, app_state
-from hidream_service.api.submission import read_json_object, until_terminal
+from hidream_service.api.submission import one_error, read_json_object, until_terminal
 from hidream_service.jobs.model import Job, JobStatus
 from hidream_service.jobs.service import CancelOutcome
 from hidream_service.models.registry import Endpoint
@@ -39,10 +39,6 @@ router = APIRouter()
 def _json(body: Any, status_code: int = 200, request_id: str | None = None) -> JSONResponse:
     headers = {"X-Fal-Request-Id": request_id} if request_id else None
     return JSONResponse(body, status_code=status_code, headers=headers)
-
-
-def _detail(loc: list[str], msg: str, type_: str) -> list[dict[str, Any]]:
-    return [{"loc": loc, "msg": msg, "type": type_}]
 
 
 def _app_of(endpoint: str) -> str:
@@ -89,7 +85,7 @@ def _parse_flag(value: str | None, name: str) -> bool:
         return True
     if lowered in FALSE_WORDS:
         return False
-    raise HTTPException(422, _detail(["query", name], "must be one of 1, 0, true, false", "bool_parsing"))
+    raise HTTPException(422, one_error(["query", name], "must be one of 1, 0, true, false", "bool_parsing"))
 
 
 def _owned_job(state: AppState, request: Request, owner: str, app: str, request_id: str, logs: bool) -> Job:

@@ -76,7 +76,10 @@ def test_replicate_version_create_wait_header_and_list(rep: replicate.Client) ->
 
 
 def test_replicate_wait_that_runs_out_answers_starting(rep: replicate.Client) -> None:
-    prediction = rep.predictions.create(model="hidream/noop", input={"num_steps": 100, "step_seconds": 0.05}, wait=1)
+    # predictions.create(model=..., wait=...) drops `wait` in replicate 1.0.7; models.predictions keeps it.
+    prediction = rep.models.predictions.create(
+        model="hidream/noop", input={"num_steps": 100, "step_seconds": 0.05}, wait=1
+    )
 
     assert prediction.status == "starting"
     rep.predictions.cancel(prediction.id)
