@@ -1,88 +1,29 @@
-"""hidream/noop through the whole service: submit -> signed webhook received.
+"""hidream/noop through the whole service with N jobs in flight: submit -> signed webhook received.
 
     .venv/bin/python bench/roundtrip.py [--jobs 200] [--in-flight 1] [--synchronous FULL|NORMAL] [--json F]
 
 Starts `hidream serve` on a fresh data dir and a webhook receiver on loopback. `--in-flight N` keeps N
 submitters busy, each submitting a job and waiting for its webhook. Prints, as p50/p90/p99:
 submit -> webhook received, and job completed (as the database records it) -> webhook received,
-which is the delivery path alone; and jobs/s.
+which is the delivery path alone; and jobs/s. (bench/run.py compares the sequential case with cog.)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import socket
 import sqlite3
-import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import httpx
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class Receiver:
-    def __init__(self) -> None:
-        self.arrived: dict[str, float] = {}
-        self.arrived_wall: dict[str, float] = {}
-        self.cond = threading.Condition()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["content-length"]))
-                now, wall = time.perf_counter(), time.time()
-                self.send_response(200)
-                self.send_header("content-length", "0")
-                self.end_headers()
-                with receiver.cond:
-                    request_id = json.loads(body)["request_id"]
-                    receiver.arrived[request_id] = now
-                    receiver.arrived_wall[request_id] = wall
-                    receiver.cond.notify_all()
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        class Server(ThreadingHTTPServer):
-            request_queue_size = 512
-
-        self.server = Server(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def wait(self, request_id: str, timeout: float = 30) -> float:
-        with self.cond:
-            if not self.cond.wait_for(lambda: request_id in self.arrived, timeout):
-                raise TimeoutError(request_id)
-            return self.arrived[request_id]
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def summary(values: list[float]) -> dict[str, float]:
-    return {
-        "p50": round(statistics.median(values), 2),
-        "p90": round(percentile(values, 0.90), 2),
-        "p99": round(percentile(values, 0.99), 2),
-    }
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import Process, Receiver, free_port, summary, wait_ready
 
 
 def main() -> int:
@@ -95,33 +36,18 @@ def main() -> int:
     args = parser.parse_args()
 
     port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    receiver = Receiver(lambda body: body.get("request_id"))
     with tempfile.TemporaryDirectory() as data_dir:
-        env = {**os.environ, "HIDREAM_SQLITE_SYNCHRONOUS": args.synchronous}
-        server = subprocess.Popen(
-            [sys.executable, "-m", "hidream_service", "serve", "--port", str(port), "--data-dir", data_dir],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            base = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError("server did not start")
-                time.sleep(0.1)
-            receiver = Receiver()
+        command = [sys.executable, "-m", "hidream_service", "serve", "--port", str(port), "--data-dir", data_dir]
+        with Process(command, env={"HIDREAM_SQLITE_SYNCHRONOUS": args.synchronous}):
+            wait_ready(f"{base}/health", lambda response: response.status_code == 200)
 
             def one_job(client: httpx.Client) -> tuple[str, float]:
-                t0 = time.perf_counter()
+                started = time.perf_counter()
                 response = client.post(f"{base}/hidream/noop", params={"fal_webhook": receiver.url}, json={})
-                request_id = response.json()["request_id"]
-                return request_id, (receiver.wait(request_id) - t0) * 1000
+                request_id: str = response.json()["request_id"]
+                return request_id, (receiver.wait(request_id) - started) * 1000
 
             clients = [httpx.Client(timeout=30) for _ in range(args.in_flight)]
             try:
@@ -133,18 +59,15 @@ def main() -> int:
             finally:
                 for client in clients:
                     client.close()
-            latencies = [latency for _, latency in measured]
-            with sqlite3.connect(f"{data_dir}/hidream.sqlite3") as conn:
-                completed = dict(conn.execute("SELECT id, completed_at FROM jobs").fetchall())
-            delivery = [(receiver.arrived_wall[rid] - completed[rid]) * 1000 for rid, _ in measured]
-        finally:
-            server.terminate()
-            server.wait(30)
-    figures = {
+        with sqlite3.connect(f"{data_dir}/hidream.sqlite3") as conn:
+            completed = dict(conn.execute("SELECT id, completed_at FROM jobs").fetchall())
+    receiver.close()
+    delivery = [(receiver.arrived_wall[request_id] - completed[request_id]) * 1000 for request_id, _ in measured]
+    figures: dict[str, Any] = {
         "jobs": args.jobs,
         "in_flight": args.in_flight,
         "sqlite_synchronous": args.synchronous,
-        "submit_to_webhook_ms": summary(latencies),
+        "submit_to_webhook_ms": summary([latency for _, latency in measured]),
         "completed_to_webhook_ms": summary(delivery),
         "jobs_per_s": round(args.jobs / elapsed, 1),
     }
@@ -154,8 +77,7 @@ def main() -> int:
         print(f"  {name:<26} p50 {row['p50']:>8.2f}  p90 {row['p90']:>8.2f}  p99 {row['p99']:>8.2f}")
     print(f"  {'throughput':<26} {figures['jobs_per_s']} jobs/s")
     if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(figures, handle, indent=2)
+        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
     return 0
 
 
