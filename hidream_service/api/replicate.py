@@ -33,6 +33,7 @@ router = APIRouter(prefix="/v1")
 
 MAX_WAIT_SECONDS = 60
 PAGE_SIZE = 50
+MAX_CURSOR_DIGITS = 18  # cursors are job sequence numbers; a longer one would overflow SQLite
 PREFER_WAIT = re.compile(r"^\s*wait(?:=(\d+))?\s*$")
 
 
@@ -127,7 +128,7 @@ async def cancel_prediction(request: Request, prediction_id: str) -> JSONRespons
 async def list_predictions(request: Request, cursor: str | None = None) -> dict[str, Any]:
     state = app_state(request)
     owner = state.api_keys.owner(request)
-    if cursor is not None and not cursor.isdigit():
+    if cursor is not None and not (cursor.isdigit() and len(cursor) <= MAX_CURSOR_DIGITS):
         raise HTTPException(400, "cursor is not valid")
     jobs = state.service.store.page(owner, "replicate", before_seq=int(cursor) if cursor else None, limit=PAGE_SIZE)
     following = None
