@@ -17,7 +17,7 @@ import torch
 
 from hidream_service.inference.pipelines import PipelineCache
 from hidream_service.inference.weights import WeightsLayout
-from hidream_service.models.hidream_i1 import VARIANTS, rendered_size
+from hidream_service.models.hidream_i1 import rendered_size
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import I1_ARGS
@@ -25,7 +25,7 @@ from run import I1_ARGS
 
 def main() -> None:
     weights, runs = Path(sys.argv[1]), int(sys.argv[2])
-    loaded = PipelineCache(WeightsLayout(weights), "cpu").get(VARIANTS["full"])
+    loaded = PipelineCache(WeightsLayout(weights), "cpu").get("full")
     width, height = rendered_size(512, 512, loaded.area_side)
     timings = []
     for n in range(runs + 1):

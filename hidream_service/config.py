@@ -99,8 +99,8 @@ class Settings(BaseSettings):
     )
     allow_private_urls: bool | None = Field(
         default=None,
-        description="Let webhook URLs reach loopback and private addresses (never link-local or cloud "
-        "metadata). Unset: allowed when the API binds to loopback, refused otherwise.",
+        description="Let webhook and image-input URLs reach loopback and private addresses (never link-local "
+        "or cloud metadata). Unset: allowed when the API binds to loopback, refused otherwise.",
     )
     webhook_max_concurrency: int = Field(
         default=16, ge=1, description="Webhook POSTs in flight at once from the delivery loop."
@@ -112,6 +112,21 @@ class Settings(BaseSettings):
     )
     max_upload_bytes: int = Field(
         default=50 << 20, gt=0, description="Largest file accepted by the upload endpoints (fal storage, /v1/files)."
+    )
+    max_image_bytes: int = Field(
+        default=20 << 20, gt=0, description="Largest image input (downloaded, data URI or uploaded); more is a 413."
+    )
+    max_image_pixels: int = Field(
+        default=4096 * 4096, gt=0, description="Most pixels an image input may have (from its header); more is a 413."
+    )
+    image_fetch_timeout_seconds: float = Field(
+        default=20.0, gt=0, description="Time limit for downloading one image input from its URL."
+    )
+    nsfw_threshold: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="open_nsfw score at or above which the safety checker replaces an output with a black image.",
     )
     sqlite_synchronous: Literal["FULL", "NORMAL"] = Field(
         default="FULL",

@@ -10,6 +10,7 @@ import base64
 import io
 import os
 import re
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,26 @@ def encode_image(image: Any, output_format: str) -> bytes:
     else:
         image.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def load_stored_image(storage: LocalOutputStorage, url: str) -> Any:
+    """Open an image input the API stored (a /files/ URL of ours) as RGB."""
+    from PIL import Image
+
+    from hidream_service.models.base import InputError
+
+    key = files_key(url)
+    path = None if key is None else storage.path_for(key)
+    if path is None or not path.is_file():
+        raise InputError(f"image input {url} is not stored on this server (was it submitted through the API?)")
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
+def files_key(url: str) -> str | None:
+    """The storage key behind one of our /files/ URLs (whatever the host), or None."""
+    _, marker, key = urllib.parse.urlsplit(url).path.partition("/files/")
+    return urllib.parse.unquote(key) if marker and key else None
 
 
 class LocalOutputStorage:

@@ -19,6 +19,7 @@ from hidream_service.api import webhooks as webhook_routes
 from hidream_service.api.auth import ApiKeys
 from hidream_service.api.errors import install_error_handlers
 from hidream_service.api.events import JobEvents
+from hidream_service.api.image_fetch import ImageInputs
 from hidream_service.api.state import AppState, app_state
 from hidream_service.config import Settings
 from hidream_service.inference.weights import resolve_weights
@@ -97,6 +98,7 @@ def create_app(settings: Settings, *, start_workers: bool = True) -> FastAPI:
                 throttle_seconds=settings.webhook_throttle_seconds,
                 max_concurrency=settings.webhook_max_concurrency,
             )
+            storage = LocalOutputStorage(settings.outputs_dir)
             events = JobEvents(asyncio.get_running_loop(), on_change=deliverer.wake)
             pool: WorkerPool | None = None
             service = build_service(
@@ -119,12 +121,19 @@ def create_app(settings: Settings, *, start_workers: bool = True) -> FastAPI:
                 service=service,
                 endpoints=endpoints,
                 api_keys=ApiKeys(settings.api_keys),
-                storage=LocalOutputStorage(settings.outputs_dir),
+                storage=storage,
                 events=events,
                 pool=pool,
                 keys=keys,
                 outbox=outbox,
                 deliverer=deliverer,
+                image_inputs=ImageInputs(
+                    client,
+                    storage,
+                    max_bytes=settings.max_image_bytes,
+                    max_pixels=settings.max_image_pixels,
+                    timeout=settings.image_fetch_timeout_seconds,
+                ),
             )
             delivery_task = asyncio.create_task(deliverer.run_forever(), name="webhook-delivery")
             _log_start(settings, endpoints)

@@ -9,6 +9,7 @@ from fastapi import Request
 
 from hidream_service.api.auth import ApiKeys
 from hidream_service.api.events import JobEvents
+from hidream_service.api.image_fetch import ImageInputs
 from hidream_service.config import Settings
 from hidream_service.jobs.service import JobService
 from hidream_service.models.registry import Endpoint
@@ -33,6 +34,7 @@ class AppState:
     keys: SigningKeys
     outbox: SqliteOutbox
     deliverer: Deliverer
+    image_inputs: ImageInputs
     pending_uploads: dict[str, float] = field(default_factory=dict)  # upload id -> expiry, from initiate
 
 

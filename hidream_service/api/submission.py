@@ -5,18 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
 from fastapi import HTTPException, Request
 from pydantic import BaseModel, ValidationError
 
-from hidream_service.api.state import AppState
+from hidream_service.api.state import AppState, app_state
 from hidream_service.api.webhooks import callback_url_problem
+from hidream_service.image_inputs import ImageInputError
 from hidream_service.jobs.model import Job, JobRequest
 from hidream_service.jobs.service import IdempotencyKeyReused
+from hidream_service.models.registry import Endpoint
 
-MAX_BODY_BYTES = 1 << 20  # JSON inputs; images travel as URLs or uploads
+MAX_BODY_BYTES = 1 << 20  # JSON inputs, besides image inputs sent inline as data URIs
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
 
 
@@ -27,21 +30,23 @@ def field_errors(exc: ValidationError, prefix: Sequence[str] = ("body",)) -> lis
     return loaded
 
 
-def one_error(loc: Sequence[str], msg: str, type_: str) -> list[dict[str, Any]]:
+def one_error(loc: Sequence[str | int], msg: str, type_: str) -> list[dict[str, Any]]:
     return [{"loc": list(loc), "msg": msg, "type": type_}]
 
 
 async def read_json_object(request: Request) -> dict[str, Any]:
     """The body as a JSON object: 413 past the size cap, 422 for anything that is not an object."""
+    # Room for one image input as a base64 data URI; the image's own limit is checked when it is decoded.
+    limit = MAX_BODY_BYTES + app_state(request).settings.max_image_bytes * 4 // 3
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise HTTPException(413, f"request body is larger than {MAX_BODY_BYTES} bytes")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413, f"request body is larger than {limit} bytes")
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise HTTPException(413, f"request body is larger than {MAX_BODY_BYTES} bytes")
+        if size > limit:
+            raise HTTPException(413, f"request body is larger than {limit} bytes")
         chunks.append(chunk)
     raw = b"".join(chunks)
     if not raw.strip():
@@ -93,9 +98,10 @@ async def submit(
         raise HTTPException(
             422, one_error(["header", "Idempotency-Key"], "must be 1 to 255 characters", "string_too_long")
         )
+    job_input = await prepare_images(state, request, endpoint, validated.model_dump(mode="json"))
     job_request = JobRequest(
         endpoint=endpoint.id,
-        input=validated.model_dump(mode="json"),
+        input=job_input,
         owner=owner,
         dialect=dialect,
         webhook_url=webhook_url,
@@ -116,6 +122,29 @@ async def submit(
             ),
         ) from None
     return job
+
+
+async def prepare_images(
+    state: AppState, request: Request, endpoint: Endpoint, job_input: dict[str, Any]
+) -> dict[str, Any]:
+    """Fetch and check every image input now; the job gets URLs of the clean copies stored here."""
+    base = base_url(state, request)
+    own_hosts = {request.url.netloc, urllib.parse.urlsplit(base).netloc}
+    for field in endpoint.image_fields:
+        value = job_input.get(field)
+        urls = value if isinstance(value, list) else [value] if isinstance(value, str) else []
+        prepared = []
+        for index, url in enumerate(urls):
+            loc: list[str | int] = ["body", field, index] if isinstance(value, list) else ["body", field]
+            try:
+                key = await state.image_inputs.prepare(url, own_hosts=own_hosts)
+            except ImageInputError as exc:
+                detail: Any = exc.message if exc.status == 413 else one_error(loc, exc.message, "image_input")
+                raise HTTPException(exc.status, detail) from None
+            prepared.append(f"{base}/files/{key}")
+        if urls:
+            job_input[field] = prepared if isinstance(value, list) else prepared[0]
+    return job_input
 
 
 async def until_terminal(state: AppState, job_id: str, owner: str, timeout: float, *, with_logs: bool = False) -> Job:

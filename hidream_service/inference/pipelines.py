@@ -1,4 +1,4 @@
-"""Loading HiDream-I1 pipelines from a weights directory, the same code for real and tiny weights."""
+"""Loading HiDream pipelines (I1 and E1) from a weights directory, the same code for real and tiny weights."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hidream_service.inference.weights import WeightsLayout
-from hidream_service.models.hidream_i1 import Variant
+from hidream_service.inference.weights import E1_1, E1_FULL, WeightsLayout
+from hidream_service.models.hidream_i1 import VARIANTS, Variant
 
 log = logging.getLogger(__name__)
 
@@ -71,32 +71,62 @@ class LoadedPipeline:
     pipeline: Any
     area_side: int  # rendered images cover area_side**2 pixels
     vae_scale_factor: int
+    refine: Any = None  # E1-Full: switches its transformer between editing and refine weights
 
 
-def load_i1_pipeline(layout: WeightsLayout, variant: Variant, device: str, llama: tuple[Any, Any]) -> LoadedPipeline:
+def load_pipeline(layout: WeightsLayout, model: str, device: str, llama: tuple[Any, Any]) -> LoadedPipeline:
+    """One model by key: an I1 variant, or E1 (E1-Full, E1.1) built on I1-Full's components."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
+
+    layout.check(model)
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    refine = None
+    transformer = None
+    base = model
+    if model == E1_FULL:
+        from diffusers import HiDreamImageTransformer2DModel
+
+        from hidream_service.inference.hidream_e1 import apply_e1_full
+
+        base = "full"
+        transformer = HiDreamImageTransformer2DModel.from_pretrained(
+            layout.variant_dir(base), subfolder="transformer", dtype=dtype, local_files_only=True
+        )
+        refine = apply_e1_full(transformer, layout.e1_full_weights)
+    elif model == E1_1:
+        from hidream_service.inference.hidream_e1 import load_e1_1_transformer
+
+        base = "full"
+        transformer = load_e1_1_transformer(layout.variant_dir(base), layout.e1_1_transformer, dtype)
+    pipeline = _load_i1_components(layout, VARIANTS[base], dtype, llama, transformer)
+    pipeline.to(device)
+    pipeline.set_progress_bar_config(disable=True)
+    pipeline.default_sample_size = layout.default_sample_size(model)
+    return LoadedPipeline(
+        pipeline=pipeline,
+        area_side=pipeline.default_sample_size * pipeline.vae_scale_factor,
+        vae_scale_factor=pipeline.vae_scale_factor,
+        refine=refine,
+    )
+
+
+def _load_i1_components(
+    layout: WeightsLayout, variant: Variant, dtype: Any, llama: tuple[Any, Any], transformer: Any
+) -> Any:
     from diffusers import HiDreamImagePipeline
 
-    layout.check(variant.name)
     directory = layout.variant_dir(variant.name)
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
     tokenizer_4, text_encoder_4 = llama
-    pipeline = HiDreamImagePipeline.from_pretrained(
+    extra = {} if transformer is None else {"transformer": transformer}
+    return HiDreamImagePipeline.from_pretrained(
         directory,
         scheduler=build_scheduler(variant, directory),
         tokenizer_4=tokenizer_4,
         text_encoder_4=text_encoder_4,
         dtype=dtype,
         local_files_only=True,
-    )
-    pipeline.to(device)
-    pipeline.set_progress_bar_config(disable=True)
-    pipeline.default_sample_size = layout.default_sample_size(variant.name)
-    return LoadedPipeline(
-        pipeline=pipeline,
-        area_side=pipeline.default_sample_size * pipeline.vae_scale_factor,
-        vae_scale_factor=pipeline.vae_scale_factor,
+        **extra,
     )
 
 
@@ -123,20 +153,21 @@ class PipelineCache:
         self._loaded: OrderedDict[str, LoadedPipeline] = OrderedDict()
         self._llama: tuple[Any, Any] | None = None
 
-    def get(self, variant: Variant) -> LoadedPipeline:
-        if variant.name in self._loaded:
-            self._loaded.move_to_end(variant.name)
-            return self._loaded[variant.name]
+    def get(self, model: str) -> LoadedPipeline:
+        """The loaded pipeline of a model key (I1 variant name, e1-full or e1-1)."""
+        if model in self._loaded:
+            self._loaded.move_to_end(model)
+            return self._loaded[model]
         while len(self._loaded) >= self.max_loaded:
             evicted, _ = self._loaded.popitem(last=False)
-            log.info("unloading HiDream-I1 %s to make room", evicted)
+            log.info("unloading %s to make room", evicted)
             _free_accelerator_memory()
         quiet_loading()
         if self._llama is None:
             self._llama = load_llama(self.layout, self.device)
-        log.info("loading HiDream-I1 %s from %s on %s", variant.name, self.layout.root, self.device)
-        loaded = load_i1_pipeline(self.layout, variant, self.device, self._llama)
-        self._loaded[variant.name] = loaded
+        log.info("loading %s from %s on %s", model, self.layout.root, self.device)
+        loaded = load_pipeline(self.layout, model, self.device, self._llama)
+        self._loaded[model] = loaded
         return loaded
 
 

@@ -1,4 +1,4 @@
-"""Tiny random-weight HiDream-I1 weights, built offline and saved exactly like real ones.
+"""Tiny random-weight HiDream-I1 and E1 weights, built offline and saved exactly like real ones.
 
 Same architectures as the real checkpoints (CLIP-L/G, T5, Llama, 16-channel VAE with 8x scale,
 the sparse-MoE HiDream transformer), a few thousand parameters each, tokenizers built in memory. The
@@ -17,7 +17,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from hidream_service.inference.weights import LLAMA_DIRECTORY, SERVICE_METADATA, WeightsLayout
+from hidream_service.inference.weights import (
+    E1_1,
+    E1_1_TRANSFORMER,
+    E1_FULL,
+    E1_FULL_WEIGHTS,
+    LLAMA_DIRECTORY,
+    MODEL_DIRECTORIES,
+    SERVICE_METADATA,
+    WeightsLayout,
+)
 from hidream_service.models.hidream_i1 import VARIANTS
 
 TINY_SAMPLE_SIZE = 8  # latent side; x8 VAE scale = 64 px renders
@@ -53,7 +62,8 @@ def ensure_tiny_weights(layout: WeightsLayout) -> None:
 
 
 def build_tiny_weights(root: Path) -> None:
-    """Write tiny HiDream-I1-{Full,Dev,Fast} and the tiny Llama text encoder under `root`."""
+    """Write tiny HiDream-I1-{Full,Dev,Fast}, E1-Full's LoRA file, E1.1's transformer and the tiny
+    Llama text encoder under `root`."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
     from diffusers import HiDreamImagePipeline
@@ -67,6 +77,7 @@ def build_tiny_weights(root: Path) -> None:
     llama.save_pretrained(root / LLAMA_DIRECTORY)
     llama_tokenizer.save_pretrained(root / LLAMA_DIRECTORY)
 
+    transformers = {}
     for index, variant in enumerate(VARIANTS.values()):
         torch.manual_seed(1000 + index)  # each variant gets its own random transformer
         pipeline = HiDreamImagePipeline(
@@ -82,10 +93,55 @@ def build_tiny_weights(root: Path) -> None:
             tokenizer_4=llama_tokenizer,
             transformer=_transformer(),
         )
+        transformers[variant.name] = pipeline.transformer
         directory = root / variant.directory
         pipeline.save_pretrained(directory)
         _drop_llama_like_the_published_repos(directory)
-        (directory / SERVICE_METADATA).write_text(json.dumps({"default_sample_size": TINY_SAMPLE_SIZE}) + "\n")
+        _write_metadata(directory)
+    _e1_full_lora_file(transformers["full"], root / MODEL_DIRECTORIES[E1_FULL])
+    _e1_1_transformer(root / MODEL_DIRECTORIES[E1_1])
+
+
+def _write_metadata(directory: Path) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / SERVICE_METADATA).write_text(json.dumps({"default_sample_size": TINY_SAMPLE_SIZE}) + "\n")
+
+
+#: Full tensors the tiny E1-Full file replaces besides its LoRA, standing in for the real file's.
+_E1_FULL_REPLACED = ("x_embedder.proj.weight", "x_embedder.proj.bias")
+
+
+def _e1_full_lora_file(i1_full_transformer: Any, directory: Path) -> None:
+    """Like HiDream-E1-Full.safetensors: the E1 LoRA (non-zero, so it changes the output) and a few
+    full tensors, named as they are on an I1-Full transformer with that adapter added."""
+    import copy
+
+    import torch
+    from safetensors.torch import save_file
+
+    from hidream_service.inference.hidream_e1 import lora_config
+
+    torch.manual_seed(2000)
+    transformer = copy.deepcopy(i1_full_transformer)
+    transformer.add_adapter(lora_config())
+    state = transformer.state_dict()
+    kept = {}
+    for name, value in state.items():
+        if "lora_" in name:
+            kept[name] = torch.randn_like(value) * 0.1
+        elif name in _E1_FULL_REPLACED:
+            kept[name] = value + torch.randn_like(value) * 0.1
+    _write_metadata(directory)
+    save_file({name: value.contiguous() for name, value in kept.items()}, str(directory / E1_FULL_WEIGHTS))
+
+
+def _e1_1_transformer(directory: Path) -> None:
+    """Like HiDream-E1-1/transformer: a full I1-Full-shaped transformer, sharded."""
+    import torch
+
+    torch.manual_seed(3000)
+    _write_metadata(directory)
+    _transformer().save_pretrained(directory / E1_1_TRANSFORMER, max_shard_size="600KB")
 
 
 def _drop_llama_like_the_published_repos(directory: Path) -> None:

@@ -6,9 +6,12 @@ Layout of a weights directory (real or tiny), see docs/weights.md:
       HiDream-I1-Full/          diffusers layout of HiDream-ai/HiDream-I1-Full
       HiDream-I1-Dev/           ... HiDream-ai/HiDream-I1-Dev
       HiDream-I1-Fast/          ... HiDream-ai/HiDream-I1-Fast
+      HiDream-E1-Full/HiDream-E1-Full.safetensors   HiDream-ai/HiDream-E1-Full's LoRA file (over I1-Full)
+      HiDream-E1-1/transformer/                     HiDream-ai/HiDream-E1-1's transformer folder
       Llama-3.1-8B-Instruct/    transformers layout of meta-llama/Llama-3.1-8B-Instruct (text_encoder_4)
 
-Only the variants present are served. A variant directory may hold `hidream_service.json` with
+Only the models present are served; E1 needs HiDream-I1-Full beside it (its VAE, text encoders and
+base transformer). A model directory may hold `hidream_service.json` with
 `{"default_sample_size": N}` to change the rendered area (tiny weights use it; real ones do not).
 """
 
@@ -21,10 +24,22 @@ from pathlib import Path
 from hidream_service.models.hidream_i1 import VARIANTS
 
 TINY = "tiny"
-TINY_VERSION = "tiny-v1"  # bump when the tiny architecture changes, so old builds are not reused
+TINY_VERSION = "tiny-v2"  # bump when the tiny architecture changes, so old builds are not reused
 LLAMA_DIRECTORY = "Llama-3.1-8B-Instruct"
 SERVICE_METADATA = "hidream_service.json"
 REAL_DEFAULT_SAMPLE_SIZE = 128  # latent side; x8 VAE scale = 1024 px
+E1_FULL = "e1-full"
+E1_1 = "e1-1"
+#: Model key -> directory under the weights root. I1 keys are the variant names.
+MODEL_DIRECTORIES = {
+    **{name: variant.directory for name, variant in VARIANTS.items()},
+    E1_FULL: "HiDream-E1-Full",
+    E1_1: "HiDream-E1-1",
+}
+#: E1-Full edits at 768x768 (official inference.py); E1.1 at about 1 MP.
+REAL_SAMPLE_SIZES = {E1_FULL: 96}
+E1_FULL_WEIGHTS = "HiDream-E1-Full.safetensors"
+E1_1_TRANSFORMER = "transformer"
 
 
 class WeightsError(Exception):
@@ -37,28 +52,50 @@ class WeightsLayout:
     tiny: bool = False
 
     def variant_dir(self, variant: str) -> Path:
-        return self.root / VARIANTS[variant].directory
+        return self.root / MODEL_DIRECTORIES[variant]
 
     @property
     def llama_dir(self) -> Path:
         return self.root / LLAMA_DIRECTORY
 
+    @property
+    def e1_full_weights(self) -> Path:
+        return self.variant_dir(E1_FULL) / E1_FULL_WEIGHTS
+
+    @property
+    def e1_1_transformer(self) -> Path:
+        return self.variant_dir(E1_1) / E1_1_TRANSFORMER
+
     def available_variants(self) -> set[str]:
+        """Model keys this layout can serve: I1 variants, e1-full and e1-1."""
         if self.tiny:
-            return set(VARIANTS)  # built on first use by the worker
-        return {name for name in VARIANTS if (self.variant_dir(name) / "model_index.json").is_file()}
+            return set(MODEL_DIRECTORIES)  # built on first use by the worker
+        found = {name for name in VARIANTS if (self.variant_dir(name) / "model_index.json").is_file()}
+        if "full" in found:
+            if self.e1_full_weights.is_file():
+                found.add(E1_FULL)
+            if (self.e1_1_transformer / "config.json").is_file() or any(self.e1_1_transformer.glob("*.safetensors")):
+                found.add(E1_1)
+        return found
 
     def default_sample_size(self, variant: str) -> int:
         metadata = self.variant_dir(variant) / SERVICE_METADATA
         if metadata.is_file():
             return int(json.loads(metadata.read_text())["default_sample_size"])
-        return REAL_DEFAULT_SAMPLE_SIZE
+        return REAL_SAMPLE_SIZES.get(variant, REAL_DEFAULT_SAMPLE_SIZE)
 
     def check(self, variant: str) -> None:
-        """Raise WeightsError naming the first missing piece for this variant."""
-        index = self.variant_dir(variant) / "model_index.json"
+        """Raise WeightsError naming the first missing piece for this model."""
+        if variant == E1_FULL and not self.e1_full_weights.is_file():
+            raise WeightsError(f"{self.e1_full_weights} not found: put HiDream-ai/HiDream-E1-Full's LoRA file there")
+        if variant == E1_1 and not self.e1_1_transformer.is_dir():
+            raise WeightsError(
+                f"{self.e1_1_transformer} not found: put HiDream-ai/HiDream-E1-1's transformer folder there"
+            )
+        base = "full" if variant in (E1_FULL, E1_1) else variant
+        index = self.variant_dir(base) / "model_index.json"
         if not index.is_file():
-            raise WeightsError(f"{index} not found: put the diffusers folder of {VARIANTS[variant].directory} there")
+            raise WeightsError(f"{index} not found: put the diffusers folder of {MODEL_DIRECTORIES[base]} there")
         if not (self.llama_dir / "config.json").is_file():
             raise WeightsError(
                 f"{self.llama_dir}/config.json not found: HiDream-I1 needs meta-llama/Llama-3.1-8B-Instruct "

@@ -23,7 +23,8 @@ from hidream_service.jobs.model import ErrorType, Lease, LogLine
 from hidream_service.jobs.service import JobService, build_service
 from hidream_service.jobs.store import SqliteJobStore
 from hidream_service.models.base import ImageFile, InputError, JobCancelled, Runner
-from hidream_service.storage import LocalOutputStorage
+from hidream_service.safety import SafetyChecker
+from hidream_service.storage import LocalOutputStorage, load_stored_image
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ class WorkerRunContext:
     job_id: str
     base_url: str
     storage: LocalOutputStorage
+    safety: SafetyChecker
     cancel_event: threading.Event = field(default_factory=threading.Event)
     _pending: list[LogLine] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -58,6 +60,16 @@ class WorkerRunContext:
         return self.storage.save_image(
             self.job_id, index, image, output_format, base_url=self.base_url, sync_mode=sync_mode
         )
+
+    def load_image(self, url: str) -> Any:
+        return load_stored_image(self.storage, url)
+
+    def screen(self, images: list[Any]) -> tuple[list[Any], list[bool]]:
+        screened = self.safety.screen(images)
+        for index, (flagged, score) in enumerate(zip(screened.flagged, screened.scores, strict=True)):
+            if flagged:
+                self.log(f"image {index} flagged by the safety checker (score {score:.2f}); replaced with black")
+        return screened.images, screened.flagged
 
 
 @dataclass(frozen=True)
@@ -82,9 +94,15 @@ class Runners:
             from hidream_service.models.noop import run_noop
 
             return run_noop
-        from hidream_service.models.hidream_i1 import VARIANTS, HiDreamI1Runner
-
         assert endpoint.variant is not None
+        if endpoint.family == "hidream-e1":
+            from hidream_service.models.hidream_e1 import HiDreamE1Runner
+
+            return HiDreamE1Runner(endpoint.variant, self._pipeline_cache())
+        from hidream_service.models.hidream_i1 import VARIANTS, HiDreamI1ImageToImageRunner, HiDreamI1Runner
+
+        if endpoint.family == "hidream-i1-image-to-image":
+            return HiDreamI1ImageToImageRunner(VARIANTS[endpoint.variant], self._pipeline_cache())
         return HiDreamI1Runner(VARIANTS[endpoint.variant], self._pipeline_cache())
 
     def _pipeline_cache(self) -> Any:
@@ -118,6 +136,7 @@ class Worker:
         self.runners = runners
         self.wake = wake
         self.storage = LocalOutputStorage(settings.outputs_dir)
+        self.safety = SafetyChecker(settings.nsfw_threshold)
 
     def run_forever(self, parent_pid: int) -> None:
         while os.getppid() == parent_pid:
@@ -130,7 +149,7 @@ class Worker:
 
     def run_one(self, lease: Lease) -> None:
         job = lease.job
-        ctx = WorkerRunContext(job.id, job.base_url, self.storage)
+        ctx = WorkerRunContext(job.id, job.base_url, self.storage, self.safety)
         ctx.log(f"running on worker {self.name} (attempt {job.attempts})")
         stop_heartbeat = threading.Event()
         heartbeat = threading.Thread(

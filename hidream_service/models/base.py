@@ -56,6 +56,12 @@ class RunContext(Protocol):
     def save_image(self, index: int, image: Any, output_format: str, *, sync_mode: bool) -> ImageFile:
         """Encode and store one output image (or make it a data URI in sync mode)."""
 
+    def load_image(self, url: str) -> Any:
+        """An image input as an RGB PIL image. The API already fetched, checked and stored it."""
+
+    def screen(self, images: list[Any]) -> tuple[list[Any], list[bool]]:
+        """Run the safety checker: flagged images come back black, with their flags."""
+
 
 class Runner(Protocol):
     def __call__(self, inputs: dict[str, Any], ctx: RunContext) -> dict[str, Any]:

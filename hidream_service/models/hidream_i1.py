@@ -7,25 +7,22 @@ size up front, log it and report it; we never pretend the requested size was mad
 
 from __future__ import annotations
 
-import contextlib
 import enum
-import functools
-import hashlib
-import inspect
 import math
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from hidream_service.models.base import JobCancelled, RunContext, StrictInput
+from hidream_service.inference.denoising import step_noise_from
+from hidream_service.models.base import InputError, JobCancelled, RunContext, StrictInput
+from hidream_service.models.running import MAX_SEED, generators_for, image_outputs, seed_for, step_reporter
 
 if TYPE_CHECKING:
     from hidream_service.inference.pipelines import PipelineCache
 
-MAX_SEED = 2**63 - 1
+MAX_IMAGE_URL_LENGTH = 30 << 20  # a data URI of the largest image input, base64
 MAX_ASPECT_RATIO = 4.0  # 1 MP at 4:1 is 2048x512: the transformer's 128-patch limit per side
 
 
@@ -91,12 +88,7 @@ class _I1InputBase(StrictInput):
 
     @model_validator(mode="after")
     def _aspect_ratio_in_range(self) -> _I1InputBase:
-        width, height = requested_size(self.image_size)
-        if max(width / height, height / width) > MAX_ASPECT_RATIO:
-            raise ValueError(
-                f"image_size {width}x{height} is more elongated than {MAX_ASPECT_RATIO:g}:1, "
-                "which HiDream cannot render"
-            )
+        check_aspect_ratio(*requested_size(self.image_size))
         return self
 
 
@@ -114,11 +106,52 @@ class HiDreamI1FastInput(_I1InputBase):
     guidance_scale: float = Field(default=0.0, ge=0.0, le=20.0)
 
 
+class HiDreamI1ImageToImageInput(StrictInput):
+    """fal-ai/hidream-i1-full/image-to-image: the Full recipe started from an image."""
+
+    prompt: str = Field(min_length=1, max_length=10_000, description="What the image should become.")
+    image_url: str = Field(
+        min_length=1,
+        max_length=MAX_IMAGE_URL_LENGTH,
+        description="The starting image: an http(s) URL, a data URI, or a URL of a file uploaded here.",
+    )
+    strength: float = Field(
+        default=0.75,
+        gt=0.0,
+        le=1.0,
+        description="How much to change the image: the share of the schedule that is run (1.0 ignores it).",
+    )
+    negative_prompt: str = Field(default="", max_length=10_000, description="What to steer away from.")
+    image_size: ImageSizeName | ImageSize | None = Field(
+        default=None, description="Output aspect ratio; unset keeps the input image's."
+    )
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED, description="Same seed, same image.")
+    num_images: int = Field(default=1, ge=1, le=4)
+    enable_safety_checker: bool = True
+    output_format: str = Field(default="jpeg", pattern="^(jpeg|png|webp)$")
+    sync_mode: bool = Field(default=False, description="Return data URIs instead of stored file URLs.")
+    num_inference_steps: int = Field(default=50, ge=1, le=50)
+    guidance_scale: float = Field(default=5.0, ge=0.0, le=20.0, description="Above 1 turns on CFG.")
+
+    @model_validator(mode="after")
+    def _aspect_ratio_in_range(self) -> HiDreamI1ImageToImageInput:
+        if self.image_size is not None:
+            check_aspect_ratio(*requested_size(self.image_size))
+        return self
+
+
 INPUT_MODELS: dict[str, type[_I1InputBase]] = {
     "full": HiDreamI1FullInput,
     "dev": HiDreamI1DevInput,
     "fast": HiDreamI1FastInput,
 }
+
+
+def check_aspect_ratio(width: int, height: int, what: str = "image_size") -> None:
+    if max(width / height, height / width) > MAX_ASPECT_RATIO:
+        raise ValueError(
+            f"{what} {width}x{height} is more elongated than {MAX_ASPECT_RATIO:g}:1, which HiDream cannot render"
+        )
 
 
 def requested_size(size: ImageSizeName | ImageSize) -> tuple[int, int]:
@@ -134,26 +167,6 @@ def rendered_size(width: int, height: int, area_side: int, multiple: int = 16) -
     return int(width * scale // multiple * multiple), int(height * scale // multiple * multiple)
 
 
-@contextlib.contextmanager
-def _step_noise_from(scheduler: Any, generators: list[Any]) -> Iterator[None]:
-    """Make a stochastic scheduler (FlowMatchLCM, used by Dev and Fast) draw its per-step noise from
-    the per-image generators. The pipeline does not pass one, so it would draw from torch's global
-    RNG and the same seed would give a different image on every call."""
-    if "generator" not in inspect.signature(scheduler.step).parameters:
-        yield
-        return
-    scheduler.step = functools.partial(type(scheduler).step, scheduler, generator=generators)
-    try:
-        yield
-    finally:
-        del scheduler.step
-
-
-def seed_for(job_id: str) -> int:
-    """The seed of a job that did not choose one: random per job, yet the same if the job runs again."""
-    return int.from_bytes(hashlib.sha256(job_id.encode()).digest()[:8], "big") % (MAX_SEED - 8)
-
-
 class HiDreamI1Runner:
     """Runs one I1 variant through diffusers' HiDreamImagePipeline."""
 
@@ -162,10 +175,8 @@ class HiDreamI1Runner:
         self.pipelines = pipelines
 
     def __call__(self, inputs: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
-        import torch  # the worker is the only process that imports torch
-
         params = INPUT_MODELS[self.variant.name].model_validate(inputs)
-        loaded = self.pipelines.get(self.variant)
+        loaded = self.pipelines.get(self.variant.name)
         pipe = loaded.pipeline
         want_w, want_h = requested_size(params.image_size)
         width, height = rendered_size(want_w, want_h, loaded.area_side, 2 * loaded.vae_scale_factor)
@@ -175,28 +186,22 @@ class HiDreamI1Runner:
                 f"area, so the output is {width}x{height}"
             )
         seed = params.seed if params.seed is not None else seed_for(ctx.job_id)
-        # One generator per image: image i depends only on seed + i, not on how many were asked for.
-        generators = [
-            torch.Generator(device="cpu").manual_seed((seed + index) % 2**64) for index in range(params.num_images)
-        ]
-        total = params.num_inference_steps
-        if not params.enable_safety_checker:
-            ctx.log("safety checker disabled by request")
+        generators = generators_for(seed, params.num_images)
+        report_step = step_reporter(ctx)
 
         def on_step_end(pipeline: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-            ctx.log(f"step {step + 1}/{total}")
-            if ctx.cancelled():
+            if report_step(step, params.num_inference_steps):
                 pipeline._interrupt = True  # diffusers skips the remaining steps
             return tensors
 
         started = time.perf_counter()
-        with _step_noise_from(pipe.scheduler, generators):
+        with step_noise_from(pipe.scheduler, generators):
             result = pipe(
                 prompt=params.prompt,
                 negative_prompt=params.negative_prompt or None,
                 height=want_h,
                 width=want_w,
-                num_inference_steps=total,
+                num_inference_steps=params.num_inference_steps,
                 guidance_scale=params.guidance_scale,
                 num_images_per_prompt=params.num_images,
                 generator=generators,
@@ -210,15 +215,73 @@ class HiDreamI1Runner:
         for image in images:
             if image.size != (width, height):
                 raise RuntimeError(f"pipeline rendered {image.size}, expected {(width, height)}")
-        files = [
-            ctx.save_image(index, image, params.output_format, sync_mode=params.sync_mode)
-            for index, image in enumerate(images)
-        ]
-        return {
-            "images": [file.model_dump() for file in files],
-            "seed": seed,
-            # No classifier runs yet: nothing is flagged, whatever enable_safety_checker says.
-            "has_nsfw_concepts": [False] * len(files),
-            "prompt": params.prompt,
-            "timings": {"inference": inference_seconds},
-        }
+        return _output(ctx, params, images, seed, inference_seconds)
+
+
+class HiDreamI1ImageToImageRunner:
+    """I1 image-to-image: the I1 loop started from the input image noised to `strength`."""
+
+    def __init__(self, variant: Variant, pipelines: PipelineCache) -> None:
+        self.variant = variant
+        self.pipelines = pipelines
+
+    def __call__(self, inputs: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
+        from hidream_service.inference.image_to_image import image_to_image, steps_to_run
+
+        params = HiDreamI1ImageToImageInput.model_validate(inputs)
+        if steps_to_run(params.num_inference_steps, params.strength) < 1:
+            raise InputError(
+                f"strength {params.strength} of {params.num_inference_steps} steps is less than one step; "
+                "raise strength or num_inference_steps"
+            )
+        loaded = self.pipelines.get(self.variant.name)
+        source = ctx.load_image(params.image_url)
+        want_w, want_h = requested_size(params.image_size) if params.image_size is not None else source.size
+        width, height = rendered_size(want_w, want_h, loaded.area_side, 2 * loaded.vae_scale_factor)
+        ctx.log(f"input image {source.width}x{source.height}, output {width}x{height}")
+        seed = params.seed if params.seed is not None else seed_for(ctx.job_id)
+        started = time.perf_counter()
+        images = image_to_image(
+            loaded.pipeline,
+            prompt=params.prompt,
+            negative_prompt=params.negative_prompt,
+            image=cover_and_crop(source, width, height),
+            strength=params.strength,
+            num_inference_steps=params.num_inference_steps,
+            guidance_scale=params.guidance_scale,
+            generators=generators_for(seed, params.num_images),
+            on_step=step_reporter(ctx),
+        )
+        if ctx.cancelled():
+            raise JobCancelled()
+        return _output(ctx, params, images, seed, time.perf_counter() - started)
+
+
+def cover_and_crop(image: Any, width: int, height: int) -> Any:
+    """Scale the image to cover width x height, then crop the centre: no stretching."""
+    from PIL import Image
+
+    cover = max(width / image.width, height / image.height)
+    scaled = image.resize(
+        (max(width, round(image.width * cover)), max(height, round(image.height * cover))),
+        resample=Image.Resampling.BICUBIC,
+    )
+    left, top = (scaled.width - width) // 2, (scaled.height - height) // 2
+    return scaled.crop((left, top, left + width, top + height))
+
+
+def _output(ctx: RunContext, params: Any, images: list[Any], seed: int, inference_seconds: float) -> dict[str, Any]:
+    files, flagged = image_outputs(
+        ctx,
+        images,
+        enable_safety_checker=params.enable_safety_checker,
+        output_format=params.output_format,
+        sync_mode=params.sync_mode,
+    )
+    return {
+        "images": files,
+        "seed": seed,
+        "has_nsfw_concepts": flagged,
+        "prompt": params.prompt,
+        "timings": {"inference": inference_seconds},
+    }

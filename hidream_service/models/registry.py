@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hidream_service.models import hidream_i1
+from hidream_service.models import hidream_e1, hidream_i1
 from hidream_service.models.base import StrictInput
 from hidream_service.models.noop import NoopInput
 
@@ -16,8 +16,9 @@ class Endpoint:
     id: str  # the fal app id
     title: str
     input_model: type[StrictInput]
-    family: str  # "noop" | "hidream-i1"
-    variant: str | None = None
+    family: str  # "noop" | "hidream-i1" | "hidream-i1-image-to-image" | "hidream-e1"
+    variant: str | None = None  # the model key the weights layout serves: full, dev, fast, e1-full, e1-1
+    image_fields: tuple[str, ...] = ()  # inputs holding image URLs, fetched and checked at submit
 
     @property
     def needs_weights(self) -> bool:
@@ -31,12 +32,36 @@ ENDPOINTS: dict[str, Endpoint] = {
         Endpoint("fal-ai/hidream-i1-full", "HiDream-I1 Full", hidream_i1.HiDreamI1FullInput, "hidream-i1", "full"),
         Endpoint("fal-ai/hidream-i1-dev", "HiDream-I1 Dev", hidream_i1.HiDreamI1DevInput, "hidream-i1", "dev"),
         Endpoint("fal-ai/hidream-i1-fast", "HiDream-I1 Fast", hidream_i1.HiDreamI1FastInput, "hidream-i1", "fast"),
+        Endpoint(
+            "fal-ai/hidream-i1-full/image-to-image",
+            "HiDream-I1 Full image-to-image",
+            hidream_i1.HiDreamI1ImageToImageInput,
+            "hidream-i1-image-to-image",
+            "full",
+            image_fields=("image_url",),
+        ),
+        Endpoint(
+            "fal-ai/hidream-e1-full",
+            "HiDream-E1 Full instruction editing",
+            hidream_e1.HiDreamE1FullInput,
+            "hidream-e1",
+            hidream_e1.E1_FULL,
+            image_fields=("image_url",),
+        ),
+        Endpoint(
+            "fal-ai/hidream-e1-1",
+            "HiDream-E1.1 instruction editing",
+            hidream_e1.HiDreamE1_1Input,
+            "hidream-e1",
+            hidream_e1.E1_1,
+            image_fields=("image_url",),
+        ),
     ]
 }
 
 
 def served_endpoints(available_variants: set[str]) -> dict[str, Endpoint]:
-    """The endpoints this server answers: noop, plus the I1 variants whose weights it has."""
+    """The endpoints this server answers: noop, plus those whose weights it has."""
     return {
         endpoint_id: endpoint
         for endpoint_id, endpoint in ENDPOINTS.items()

@@ -145,6 +145,7 @@ class Reply:
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0  # seconds to wait before answering (to outlast a client timeout)
+    body: bytes = b"ok"
 
 
 @dataclass
@@ -152,11 +153,13 @@ class WebhookReceiver:
     """A real HTTP server on loopback that records every POST and answers as scripted.
 
     `responses` are status codes used in order, then 200; `responder(path, nth_call)` decides
-    instead when given.
+    instead when given. GETs are answered from `files` (path -> Reply), else 404: it doubles as a
+    remote host of image inputs.
     """
 
     responses: list[int] = field(default_factory=list)
     responder: Callable[[str, int], Reply] | None = None
+    files: dict[str, Reply] = field(default_factory=dict)
     received: list[ReceivedWebhook] = field(default_factory=list)
     port: int = 0
 
@@ -179,14 +182,20 @@ class WebhookReceiver:
                     receiver.received.append(
                         ReceivedWebhook(self.path, {k.lower(): v for k, v in self.headers.items()}, body, time.time())
                     )
+                self._answer(reply)
+
+            def do_GET(self) -> None:
+                self._answer(receiver.files.get(self.path, Reply(404, body=b"not found")))
+
+            def _answer(self, reply: Reply) -> None:
                 time.sleep(reply.delay)
                 try:
                     self.send_response(reply.status)
                     for name, value in reply.headers.items():
                         self.send_header(name, value)
-                    self.send_header("content-length", "2")
+                    self.send_header("content-length", str(len(reply.body)))
                     self.end_headers()
-                    self.wfile.write(b"ok")
+                    self.wfile.write(reply.body)
                 except OSError:
                     pass  # the sender gave up waiting
 

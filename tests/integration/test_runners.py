@@ -1,4 +1,4 @@
-"""The HiDream-I1 runner on tiny weights, in this process: cancel stops the denoising loop."""
+"""The HiDream runners on tiny weights, in this process: loading, cancel, E1's weight switching."""
 
 from __future__ import annotations
 
@@ -7,10 +7,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
+from diffusers import HiDreamImageTransformer2DModel
+from PIL import Image
 
+from hidream_service.inference.hidream_e1 import load_sharded_state
 from hidream_service.inference.pipelines import PipelineCache
 from hidream_service.inference.weights import WeightsLayout
 from hidream_service.models.base import ImageFile, JobCancelled
+from hidream_service.models.hidream_e1 import E1_1, E1_FULL, HiDreamE1Runner
 from hidream_service.models.hidream_i1 import VARIANTS, HiDreamI1Runner
 
 
@@ -20,6 +25,7 @@ class RecordingContext:
     cancel_after_step: int | None = None
     lines: list[str] = field(default_factory=list)
     saved: list[Any] = field(default_factory=list)
+    inputs: dict[str, Any] = field(default_factory=dict)  # url -> PIL image
 
     def log(self, message: str, level: str = "INFO") -> None:
         self.lines.append(message)
@@ -27,6 +33,12 @@ class RecordingContext:
     def cancelled(self) -> bool:
         steps = sum(line.startswith("step ") for line in self.lines)
         return self.cancel_after_step is not None and steps >= self.cancel_after_step
+
+    def load_image(self, url: str) -> Any:
+        return self.inputs[url]
+
+    def screen(self, images: list[Any]) -> tuple[list[Any], list[bool]]:
+        return images, [False] * len(images)
 
     def save_image(self, index: int, image: Any, output_format: str, *, sync_mode: bool) -> ImageFile:
         self.saved.append(image)
@@ -39,7 +51,7 @@ class RecordingContext:
 
 @pytest.fixture(scope="module")
 def pipelines(tiny_weights: Path) -> PipelineCache:
-    return PipelineCache(WeightsLayout(tiny_weights), "cpu", max_loaded=3)
+    return PipelineCache(WeightsLayout(tiny_weights), "cpu", max_loaded=5)
 
 
 def test_cancel_interrupts_at_the_next_step(pipelines: PipelineCache) -> None:
@@ -58,8 +70,72 @@ def test_every_variant_loads_with_its_scheduler_and_runs(pipelines: PipelineCach
         ctx = RecordingContext()
         output = HiDreamI1Runner(variant, pipelines)({"prompt": "a boat", "num_inference_steps": 2, "seed": 5}, ctx)
 
-        scheduler = pipelines.get(variant).pipeline.scheduler
+        scheduler = pipelines.get(name).pipeline.scheduler
         assert type(scheduler).__name__ == expected[name]
         shift = scheduler.config.get("flow_shift") or scheduler.config.get("shift")
         assert shift == variant.shift
         assert output["seed"] == 5 and len(ctx.saved) == 1
+
+
+def source_picture() -> Image.Image:
+    return Image.effect_noise((96, 64), 60).convert("RGB")
+
+
+@pytest.mark.parametrize("model", [E1_FULL, E1_1])
+def test_e1_cancel_interrupts_at_the_next_step(pipelines: PipelineCache, model: str) -> None:
+    ctx = RecordingContext(cancel_after_step=2, inputs={"mem://in": source_picture()})
+
+    with pytest.raises(JobCancelled):
+        HiDreamE1Runner(model, pipelines)(
+            {"image_url": "mem://in", "edit_instruction": "x", "num_inference_steps": 10, "seed": 1}, ctx
+        )
+
+    assert [line for line in ctx.lines if line.startswith("step ")] == ["step 1/10", "step 2/10"]
+    assert ctx.saved == []
+
+
+def transformer_output(transformer: Any, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    config = transformer.config
+    latents = torch.randn(1, config.in_channels, 8, 16, generator=generator)
+    t5 = torch.randn(1, 8, config.caption_channels[0], generator=generator)
+    llama = torch.randn(len(config.llama_layers), 1, 8, config.caption_channels[1], generator=generator)
+    pooled = torch.randn(1, config.text_emb_dim, generator=generator)
+    with torch.inference_mode():
+        output: torch.Tensor = transformer(
+            hidden_states=latents,
+            timesteps=torch.tensor([500.0]),
+            encoder_hidden_states_t5=t5,
+            encoder_hidden_states_llama3=llama,
+            pooled_embeds=pooled,
+            return_dict=False,
+        )[0]
+    return output
+
+
+def test_e1_full_refines_with_the_plain_i1_full_transformer(pipelines: PipelineCache, tiny_weights: Path) -> None:
+    i1_full = HiDreamImageTransformer2DModel.from_pretrained(tiny_weights / "HiDream-I1-Full", subfolder="transformer")
+    e1 = pipelines.get(E1_FULL)
+    switch = e1.refine
+    transformer = e1.pipeline.transformer
+
+    editing = transformer_output(transformer)
+    switch.refining()
+    refining = transformer_output(transformer)
+    switch.editing()
+    editing_again = transformer_output(transformer)
+
+    reference = transformer_output(i1_full.eval())
+    assert torch.equal(refining, reference)  # adapters off and the replaced tensors restored, exactly
+    assert not torch.allclose(editing, reference)  # the LoRA and E1's own tensors do change the model
+    assert torch.equal(editing, editing_again)
+
+
+def test_e1_1_loads_its_own_transformer_over_the_i1_full_config(pipelines: PipelineCache, tiny_weights: Path) -> None:
+    shards = tiny_weights / "HiDream-E1-1" / "transformer"
+    stored = load_sharded_state(shards)
+    loaded = pipelines.get(E1_1).pipeline.transformer.state_dict()
+
+    assert len(list(shards.glob("*.safetensors"))) > 1  # sharded, like the published folder
+    assert set(stored) == set(loaded)
+    assert all(torch.equal(stored[name], loaded[name]) for name in stored)

@@ -1,0 +1,103 @@
+"""Image inputs at submit time: fetch (guarded), decode, store a clean PNG, point the job at it.
+
+A bad image is answered at once with a 413 or 422 and never becomes a job. The job's input then
+holds a URL of ours (`/files/input-<sha256>/image.png`) to a PNG this process wrote, so workers
+(and a re-run of the job) read a known-good file from storage instead of the caller's bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import urllib.parse
+from dataclasses import dataclass
+
+import httpx
+
+from hidream_service.image_inputs import ImageInputError, decode_image, encode_png
+from hidream_service.storage import LocalOutputStorage, files_key
+
+INPUT_FILE_NAME = "image.png"
+_DATA_URI_PREFIX = "data:"
+
+
+@dataclass
+class ImageInputs:
+    client: httpx.AsyncClient  # the SSRF-guarded client, redirects off
+    storage: LocalOutputStorage
+    max_bytes: int
+    max_pixels: int
+    timeout: float
+
+    async def prepare(self, url: str, *, own_hosts: set[str]) -> str:
+        """Fetch and check one image input; return the storage key of its normalized PNG."""
+        data = await self._read(url, own_hosts)
+        decoded = await asyncio.to_thread(decode_image, data, max_pixels=self.max_pixels)
+        png = await asyncio.to_thread(encode_png, decoded.image)
+        key = f"input-{hashlib.sha256(png).hexdigest()[:40]}/{INPUT_FILE_NAME}"
+        path = self.storage.path_for(key)
+        if path is None or not path.is_file():  # content-addressed: the same image is stored once
+            self.storage.put(key, png)
+        return key
+
+    async def _read(self, url: str, own_hosts: set[str]) -> bytes:
+        if url.startswith(_DATA_URI_PREFIX):
+            return self._data_uri(url)
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ImageInputError(422, "image URLs must be http(s) URLs, data URIs, or URLs of files uploaded here")
+        key = files_key(url)
+        if key is not None and parts.netloc in own_hosts:
+            return self._own_file(key)
+        return await self._download(url)
+
+    def _data_uri(self, url: str) -> bytes:
+        header, comma, payload = url[len(_DATA_URI_PREFIX) :].partition(",")
+        if not comma or not header.endswith(";base64"):
+            raise ImageInputError(422, "data URIs must be base64: data:image/png;base64,<data>")
+        if len(payload) * 3 // 4 > self.max_bytes:
+            raise ImageInputError(413, f"the image is larger than {self.max_bytes} bytes")
+        try:
+            return base64.b64decode(payload, validate=True)
+        except (binascii.Error, ValueError):
+            raise ImageInputError(422, "the data URI is not valid base64") from None
+
+    def _own_file(self, key: str) -> bytes:
+        path = self.storage.path_for(key)
+        if path is None or not path.is_file():
+            raise ImageInputError(422, "no file was uploaded at that URL (it may have expired or never existed)")
+        if path.stat().st_size > self.max_bytes:
+            raise ImageInputError(413, f"the image is larger than {self.max_bytes} bytes")
+        return path.read_bytes()
+
+    async def _download(self, url: str) -> bytes:
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await self._stream(url)
+        except TimeoutError:
+            raise ImageInputError(422, f"downloading the image took longer than {self.timeout:g} s") from None
+        except httpx.HTTPError as exc:
+            raise ImageInputError(422, f"could not download the image: {exc}") from None
+
+    async def _stream(self, url: str) -> bytes:
+        async with self.client.stream("GET", url, timeout=self.timeout) as response:
+            if response.is_redirect:
+                location = response.headers.get("location", "?")
+                raise ImageInputError(
+                    422,
+                    f"the image URL answered {response.status_code} (redirect to {location}); redirects are "
+                    "not followed, so send the final URL",
+                )
+            if response.status_code != 200:
+                raise ImageInputError(422, f"the image URL answered HTTP {response.status_code}")
+            declared = response.headers.get("content-length")
+            if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+                raise ImageInputError(413, f"the image is larger than {self.max_bytes} bytes")
+            data = bytearray()
+            async for chunk in response.aiter_bytes():
+                data += chunk
+                if len(data) > self.max_bytes:
+                    raise ImageInputError(413, f"the image is larger than {self.max_bytes} bytes")
+            return bytes(data)

@@ -1,0 +1,49 @@
+"""What every image runner does around its model call: seeds, step logs and cancel, outputs."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import Any
+
+from hidream_service.models.base import RunContext
+
+MAX_SEED = 2**63 - 1
+
+
+def seed_for(job_id: str) -> int:
+    """The seed of a job that did not choose one: random per job, yet the same if the job runs again."""
+    return int.from_bytes(hashlib.sha256(job_id.encode()).digest()[:8], "big") % (MAX_SEED - 8)
+
+
+def generators_for(seed: int, count: int) -> list[Any]:
+    """One generator per image: image i depends only on seed + i, not on how many were asked for."""
+    import torch
+
+    return [torch.Generator(device="cpu").manual_seed((seed + index) % 2**64) for index in range(count)]
+
+
+def step_reporter(ctx: RunContext) -> Callable[[int, int], bool]:
+    """Logs `step i/n` (the progress protocol every dialect reads) and says whether to stop."""
+
+    def on_step(index: int, total: int) -> bool:
+        ctx.log(f"step {index + 1}/{total}")
+        return ctx.cancelled()
+
+    return on_step
+
+
+def image_outputs(
+    ctx: RunContext, images: list[Any], *, enable_safety_checker: bool, output_format: str, sync_mode: bool
+) -> tuple[list[dict[str, Any]], list[bool]]:
+    """Screen (unless disabled), then store: fal's `images` list and `has_nsfw_concepts`."""
+    if enable_safety_checker:
+        images, flagged = ctx.screen(images)
+    else:
+        ctx.log("safety checker disabled by request")
+        flagged = [False] * len(images)
+    files = [
+        ctx.save_image(index, image, output_format, sync_mode=sync_mode).model_dump()
+        for index, image in enumerate(images)
+    ]
+    return files, flagged
