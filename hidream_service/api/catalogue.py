@@ -20,7 +20,7 @@ def _names(endpoint_id: str) -> dict[str, str | None]:
         "fal": endpoint_id,
         "replicate": lookup(replicate.MODELS),
         "wavespeed": lookup(wavespeed.MODELS),
-        "openai": lookup(openai.MODELS),
+        "openai": lookup(openai.MODELS) or lookup(openai.EDIT_MODELS),
     }
 
 

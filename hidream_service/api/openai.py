@@ -10,6 +10,7 @@ request id, whose result stays available through the fal queue API.
 
 from __future__ import annotations
 
+import base64
 import time
 from typing import Any
 
@@ -18,12 +19,27 @@ from starlette.datastructures import UploadFile
 
 from hidream_service.api import submission
 from hidream_service.api.openapi import json_body
-from hidream_service.api.state import app_state
+from hidream_service.api.state import AppState, app_state
 from hidream_service.dialects import openai
 
 router = APIRouter(prefix="/v1")
 
-EDIT_FIELDS = {"image", "image[]", "mask", "prompt", "model", "n", "size", "response_format", "output_format", "user"}
+EDIT_FIELDS = {
+    "image",
+    "image[]",
+    "mask",
+    "prompt",
+    "model",
+    "n",
+    "size",
+    "response_format",
+    "output_format",
+    "user",
+    "seed",
+    "negative_prompt",
+    "num_inference_steps",
+    "guidance_scale",
+}
 
 
 @router.post("/images/generations", openapi_extra=json_body(openai.GenerationRequest))
@@ -35,21 +51,13 @@ async def generations(request: Request) -> dict[str, Any]:
     if endpoint is None:
         raise HTTPException(404, f"The model '{body.model}' does not exist; models here: {', '.join(openai.MODELS)}")
     job = await submission.submit(state, request, endpoint_id=endpoint, fal_input=body.to_fal(), dialect="openai")
-    done = await submission.until_terminal(state, job.id, owner, state.settings.sync_timeout_seconds)
-    if not done.status.is_terminal():
-        raise HTTPException(
-            504, f"the image is not ready after {state.settings.sync_timeout_seconds:g} s (request {job.id})"
-        )
-    if not done.succeeded:
-        raise HTTPException(done.error_http_status, done.error or "the image could not be made")
-    assert done.result is not None
-    return openai.render_images_response(done.result, int(done.created_at), body.output_format)
+    return await _answer(state, job.id, owner, int(job.created_at), body.output_format)
 
 
 @router.post("/images/edits")
 async def edits(request: Request) -> dict[str, Any]:
     state = app_state(request)
-    state.api_keys.owner(request)
+    owner = state.api_keys.owner(request)
     form = await request.form()
     try:
         unknown = sorted(set(form.keys()) - EDIT_FIELDS)
@@ -58,23 +66,50 @@ async def edits(request: Request) -> dict[str, Any]:
         images = [part for part in form.getlist("image") + form.getlist("image[]") if isinstance(part, UploadFile)]
         if not images:
             raise HTTPException(400, submission.one_error(["body", "image"], "at least one image file", "missing"))
-        prompt = form.get("prompt")
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise HTTPException(400, submission.one_error(["body", "prompt"], "a prompt is required", "missing"))
-        model = form.get("model") or "hidream-e1-full"
-        if model not in openai.EDIT_MODELS:
-            raise HTTPException(404, f"The model '{model}' does not edit images; editing models: hidream-e1-full")
-        # The request is well formed, but no editing model (E1, I1 image-to-image) is served yet.
-        raise HTTPException(404, f"The model '{model}' cannot edit images on this server yet")
+        if len(images) > 1:
+            raise HTTPException(400, submission.one_error(["body", "image"], "these models edit one image", "too_long"))
+        if "mask" in form:
+            raise HTTPException(
+                400, submission.one_error(["body", "mask"], "masks are not supported: HiDream edits by instruction", "")
+            )
+        fields = {name: value for name, value in form.items() if isinstance(value, str) and name in EDIT_FIELDS}
+        body = submission.parse(openai.EditRequest, fields)
+        endpoint = openai.EDIT_MODELS.get(body.model)
+        if endpoint is None:
+            raise HTTPException(
+                404, f"The model '{body.model}' does not edit images; editing models: {', '.join(openai.EDIT_MODELS)}"
+            )
+        data = await images[0].read(state.settings.max_image_bytes + 1)
+        if len(data) > state.settings.max_image_bytes:
+            raise HTTPException(413, f"the image is larger than {state.settings.max_image_bytes} bytes")
     finally:
         await form.close()
+    image_url = f"data:application/octet-stream;base64,{base64.b64encode(data).decode()}"
+    job = await submission.submit(
+        state, request, endpoint_id=endpoint, fal_input=body.to_fal(endpoint, image_url), dialect="openai"
+    )
+    return await _answer(state, job.id, owner, int(job.created_at), body.output_format)
+
+
+async def _answer(state: AppState, job_id: str, owner: str, created: int, output_format: str) -> dict[str, Any]:
+    """Wait for the job, then OpenAI's ImagesResponse, or the error it ended with."""
+    done = await submission.until_terminal(state, job_id, owner, state.settings.sync_timeout_seconds)
+    if not done.status.is_terminal():
+        raise HTTPException(
+            504, f"the image is not ready after {state.settings.sync_timeout_seconds:g} s (request {job_id})"
+        )
+    if not done.succeeded:
+        raise HTTPException(done.error_http_status, done.error or "the image could not be made")
+    assert done.result is not None
+    return openai.render_images_response(done.result, created, output_format)
 
 
 @router.get("/models")
 async def models(request: Request) -> dict[str, Any]:
     state = app_state(request)
     state.api_keys.owner(request)
-    served = [name for name, endpoint in openai.MODELS.items() if endpoint in state.endpoints]
+    names = {**openai.MODELS, **openai.EDIT_MODELS}
+    served = [name for name, endpoint in names.items() if endpoint in state.endpoints]
     created = int(time.time())
     return {
         "object": "list",

@@ -64,7 +64,7 @@ async def submit(request: Request, owner: str, model: str, webhook: str | None =
     body_webhook = payload.pop("webhook_url", None)
     if body_webhook is not None and not isinstance(body_webhook, str):
         raise HTTPException(422, submission.one_error(["body", "webhook_url"], "must be a URL string", "string_type"))
-    inputs = submission.parse(wavespeed.WaveSpeedImageInput, payload)
+    inputs = submission.parse(wavespeed.input_model(model_id), payload)
     job = await submission.submit(
         state,
         request,

@@ -14,9 +14,21 @@ MODELS = {
     "hidream-i1-dev": "fal-ai/hidream-i1-dev",
     "hidream-i1-fast": "fal-ai/hidream-i1-fast",
 }
-EDIT_MODELS = ("hidream-e1-full", "hidream-i1-full")  # E1 editing, and I1 image-to-image
+#: /v1/images/edits: E1 instruction editing, and I1 image-to-image under the I1 name.
+EDIT_MODELS = {
+    "hidream-e1-full": "fal-ai/hidream-e1-full",
+    "hidream-e1-1": "fal-ai/hidream-e1-1",
+    "hidream-i1-full": "fal-ai/hidream-i1-full/image-to-image",
+}
 DEFAULT_MODEL = "hidream-i1-full"
+DEFAULT_EDIT_MODEL = "hidream-e1-full"
 SIZE = re.compile(r"^(\d{2,4})x(\d{2,4})$")
+
+
+def checked_size(value: str) -> str:
+    if value != "auto" and SIZE.match(value) is None:
+        raise ValueError('size must be "auto" or "WIDTHxHEIGHT", e.g. "1024x1024"')
+    return value
 
 
 class GenerationRequest(StrictInput):
@@ -39,9 +51,7 @@ class GenerationRequest(StrictInput):
     @field_validator("size")
     @classmethod
     def _size(cls, value: str) -> str:
-        if value != "auto" and SIZE.match(value) is None:
-            raise ValueError('size must be "auto" or "WIDTHxHEIGHT", e.g. "1024x1024"')
-        return value
+        return checked_size(value)
 
     def to_fal(self) -> dict[str, Any]:
         fal: dict[str, Any] = {
@@ -51,6 +61,47 @@ class GenerationRequest(StrictInput):
             "sync_mode": self.response_format == "b64_json",
         }
         if self.size != "auto":
+            width, height = (int(side) for side in self.size.split("x"))
+            fal["image_size"] = {"width": width, "height": height}
+        for name in ("seed", "negative_prompt", "num_inference_steps", "guidance_scale"):
+            value = getattr(self, name)
+            if value is not None:
+                fal[name] = value
+        return fal
+
+
+class EditRequest(StrictInput):
+    """`POST /v1/images/edits` form fields besides the image. Like generations, `seed`,
+    `negative_prompt`, `num_inference_steps` and `guidance_scale` may be sent too."""
+
+    prompt: str = Field(min_length=1, max_length=10_000)
+    model: str = DEFAULT_EDIT_MODEL
+    n: int = Field(default=1, ge=1, le=4)
+    size: str = "auto"
+    response_format: Literal["url", "b64_json"] = "url"
+    output_format: Literal["png", "jpeg", "webp"] = "png"
+    user: str | None = Field(default=None, max_length=256)
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    negative_prompt: str | None = Field(default=None, max_length=10_000)
+    num_inference_steps: int | None = Field(default=None, ge=1, le=50)
+    guidance_scale: float | None = Field(default=None, ge=0.0, le=20.0)
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, value: str) -> str:
+        return checked_size(value)
+
+    def to_fal(self, endpoint: str, image_url: str) -> dict[str, Any]:
+        """The fal input of the editing endpoint: the prompt is E1's instruction, I1's prompt."""
+        editing = "hidream-e1" in endpoint
+        fal: dict[str, Any] = {
+            "edit_instruction" if editing else "prompt": self.prompt,
+            "image_url": image_url,
+            "num_images": self.n,
+            "output_format": self.output_format,
+            "sync_mode": self.response_format == "b64_json",
+        }
+        if self.size != "auto" and not editing:  # E1 keeps the source's aspect ratio
             width, height = (int(side) for side in self.size.split("x"))
             fal["image_size"] = {"width": width, "height": height}
         for name in ("seed", "negative_prompt", "num_inference_steps", "guidance_scale"):

@@ -15,6 +15,8 @@ MODELS = {
     "hidream-ai/hidream-i1-full": "fal-ai/hidream-i1-full",
     "hidream-ai/hidream-i1-dev": "fal-ai/hidream-i1-dev",
     "hidream-ai/hidream-i1-fast": "fal-ai/hidream-i1-fast",
+    "hidream-ai/hidream-e1-full": "fal-ai/hidream-e1-full",
+    "hidream-ai/hidream-e1-1": "fal-ai/hidream-e1-1",
     "hidream/noop": "hidream/noop",
 }
 ENDPOINT_TO_MODEL = {endpoint: model for model, endpoint in MODELS.items()}
@@ -64,8 +66,46 @@ class ReplicateNoopInput(StrictInput):
         return fal
 
 
-def input_model(model: str) -> type[ReplicateImageInput] | type[ReplicateNoopInput]:
-    return ReplicateNoopInput if MODELS[model] == "hidream/noop" else ReplicateImageInput
+class ReplicateEditInput(StrictInput):
+    """E1 editing in Replicate's names: `image` is a URL (the client uploads local files first)."""
+
+    image: str = Field(min_length=1, description="The image to edit: a URL or a data URI.")
+    prompt: str = Field(min_length=1, max_length=10_000, description="The edit instruction.")
+    target_image_description: str | None = Field(default=None, max_length=10_000)
+    negative_prompt: str | None = Field(default=None, max_length=10_000)
+    num_outputs: int = Field(default=1, ge=1, le=4)
+    num_inference_steps: int | None = Field(default=None, ge=1, le=50)
+    guidance_scale: float | None = Field(default=None, ge=0.0, le=20.0)
+    image_guidance_scale: float | None = Field(default=None, ge=0.0, le=20.0)
+    refine_strength: float | None = Field(default=None, ge=0.0, le=1.0)
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    output_format: Literal["webp", "jpg", "png"] = "webp"
+    disable_safety_checker: bool = False
+
+    def to_fal(self) -> dict[str, Any]:
+        fal: dict[str, Any] = {
+            "image_url": self.image,
+            "edit_instruction": self.prompt,
+            "num_images": self.num_outputs,
+            "output_format": "jpeg" if self.output_format == "jpg" else self.output_format,
+            "enable_safety_checker": not self.disable_safety_checker,
+        }
+        optional = ("target_image_description", "negative_prompt", "num_inference_steps", "guidance_scale")
+        for name in (*optional, "image_guidance_scale", "refine_strength", "seed"):
+            value = getattr(self, name)
+            if value is not None:
+                fal[name] = value
+        return fal
+
+
+ReplicateInput = type[ReplicateImageInput] | type[ReplicateNoopInput] | type[ReplicateEditInput]
+
+
+def input_model(model: str) -> ReplicateInput:
+    endpoint = MODELS[model]
+    if endpoint == "hidream/noop":
+        return ReplicateNoopInput
+    return ReplicateEditInput if "hidream-e1" in endpoint else ReplicateImageInput
 
 
 STATUS = {

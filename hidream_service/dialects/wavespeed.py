@@ -15,6 +15,7 @@ MODELS = {
     "wavespeed-ai/hidream-i1-full": "fal-ai/hidream-i1-full",
     "wavespeed-ai/hidream-i1-dev": "fal-ai/hidream-i1-dev",
     "wavespeed-ai/hidream-i1-fast": "fal-ai/hidream-i1-fast",
+    "wavespeed-ai/hidream-e1-full": "fal-ai/hidream-e1-full",
 }
 ENDPOINT_TO_MODEL = {endpoint: model for model, endpoint in MODELS.items()}
 SIZE = re.compile(r"^(\d{2,4})\*(\d{2,4})$")
@@ -62,6 +63,34 @@ class WaveSpeedImageInput(StrictInput):
             if value is not None:
                 fal[name] = value
         return fal
+
+
+class WaveSpeedEditInput(StrictInput):
+    """wavespeed-ai/hidream-e1-full: `image` (a URL) and `prompt` (the instruction)."""
+
+    image: str = Field(min_length=1, description="The image to edit: a URL or a data URI.")
+    prompt: str = Field(min_length=1, max_length=10_000, description="What to change.")
+    seed: int = Field(default=-1, ge=-1, le=2**63 - 1, description="-1 picks one at random")
+    output_format: Literal["jpeg", "png", "webp"] = "jpeg"
+    enable_base64_output: bool = False
+    enable_safety_checker: bool = True
+    enable_sync_mode: bool = False
+
+    def to_fal(self) -> dict[str, Any]:
+        fal: dict[str, Any] = {
+            "image_url": self.image,
+            "edit_instruction": self.prompt,
+            "output_format": self.output_format,
+            "enable_safety_checker": self.enable_safety_checker,
+            "sync_mode": self.enable_base64_output,
+        }
+        if self.seed != -1:
+            fal["seed"] = self.seed
+        return fal
+
+
+def input_model(model: str) -> type[WaveSpeedImageInput] | type[WaveSpeedEditInput]:
+    return WaveSpeedEditInput if "hidream-e1" in MODELS[model] else WaveSpeedImageInput
 
 
 def status_of(job: Job) -> str:

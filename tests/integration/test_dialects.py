@@ -53,6 +53,19 @@ def test_replicate_run_returns_the_images_with_and_without_waiting(rep: replicat
     assert len(polled) == 2 and str(polled[0]).endswith(".webp")
 
 
+def test_replicate_runs_e1_with_a_local_file(rep: replicate.Client, tmp_path: Path) -> None:
+    picture = tmp_path / "room.png"
+    Image.new("RGB", (64, 64), "green").save(picture)
+
+    with picture.open("rb") as image:  # the client uploads it to /v1/files and sends the URL
+        output = rep.run(
+            "hidream-ai/hidream-e1-full",
+            input={"image": image, "prompt": "paint the walls red", "num_inference_steps": 2, "seed": 4},
+        )
+
+    assert png_size(httpx.get(str(output[0])).content) == (64, 64)
+
+
 def test_replicate_create_poll_and_cancel(rep: replicate.Client) -> None:
     prediction = rep.predictions.create(model="hidream/noop", input={"num_steps": 200, "step_seconds": 0.05})
     assert prediction.status in ("starting", "processing")
@@ -143,6 +156,20 @@ def test_wavespeed_run_polls_to_the_outputs(server: ServerProcess) -> None:
     assert width > height
 
 
+def test_wavespeed_edits_with_e1(server: ServerProcess) -> None:
+    client = wavespeed.Client(api_key="unused", base_url=server.url)
+    buffer = io.BytesIO()
+    Image.new("RGB", (128, 64), "white").save(buffer, format="PNG")
+    image = f"data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}"
+
+    result = client.run(
+        "wavespeed-ai/hidream-e1-full", {"image": image, "prompt": "add a cat", "seed": 2}, poll_interval=0.1
+    )
+
+    (url,) = result["outputs"]
+    assert png_size(httpx.get(url).content) == (91, 45)  # the source's 2:1 at the 64² area
+
+
 def test_wavespeed_sync_mode_and_base64_output(server: ServerProcess) -> None:
     client = wavespeed.Client(api_key="unused", base_url=server.url)
 
@@ -212,22 +239,50 @@ def test_openai_errors_are_openai_shaped(oai: openai.OpenAI) -> None:
     assert bad.value.param == "size"
 
 
-def test_openai_edits_check_their_input_and_say_editing_is_not_served_yet(oai: openai.OpenAI, tmp_path: Path) -> None:
+def test_openai_edits_with_e1_and_image_to_image(oai: openai.OpenAI, tmp_path: Path) -> None:
+    picture = tmp_path / "in.png"
+    Image.new("RGB", (96, 64), "orange").save(picture)
+    extra: dict[str, Any] = {"seed": 3, "num_inference_steps": 2}
+
+    with picture.open("rb") as image:
+        edited = oai.images.edit(model="hidream-e1-full", image=image, prompt="make it blue", extra_body=extra)
+    with picture.open("rb") as image:
+        restyled = oai.images.edit(
+            model="hidream-i1-full", image=image, prompt="a blue car", size="1024x1024", response_format="b64_json"
+        )
+
+    assert edited.data[0].url is not None
+    assert png_size(httpx.get(edited.data[0].url).content) == (78, 52)  # the source's 3:2 at the 64² area
+    assert restyled.data[0].b64_json is not None and restyled.size == "64x64"
+
+
+def test_openai_edits_check_their_input(oai: openai.OpenAI, tmp_path: Path) -> None:
     picture = tmp_path / "in.png"
     Image.new("RGB", (8, 8)).save(picture)
+    not_an_image = tmp_path / "notes.txt"
+    not_an_image.write_text("hello")
 
     with pytest.raises(openai.BadRequestError):
         oai.images.edit(image=[], prompt="make it blue")
-    with (
-        picture.open("rb") as first,
-        picture.open("rb") as second,
-        pytest.raises(openai.NotFoundError, match="cannot edit images on this server yet"),
-    ):
+    with picture.open("rb") as first, picture.open("rb") as second, pytest.raises(openai.BadRequestError) as two:
         oai.images.edit(model="hidream-e1-full", image=[first, second], prompt="blue")
+    with picture.open("rb") as image, pytest.raises(openai.NotFoundError):
+        oai.images.edit(model="dall-e-2", image=image, prompt="blue")
+    with not_an_image.open("rb") as text, pytest.raises(openai.BadRequestError) as undecodable:
+        oai.images.edit(model="hidream-e1-full", image=text, prompt="blue")
+
+    assert "one image" in str(two.value)
+    assert "JPEG, PNG or WebP" in str(undecodable.value) and undecodable.value.param == "image_url"
 
 
 def test_openai_lists_the_models(oai: openai.OpenAI) -> None:
-    assert {model.id for model in oai.models.list()} == {"hidream-i1-full", "hidream-i1-dev", "hidream-i1-fast"}
+    assert {model.id for model in oai.models.list()} == {
+        "hidream-i1-full",
+        "hidream-i1-dev",
+        "hidream-i1-fast",
+        "hidream-e1-full",
+        "hidream-e1-1",
+    }
 
 
 # -- fal sync and storage ------------------------------------------------------------------------
