@@ -127,9 +127,11 @@ def test_a_body_that_is_not_a_json_object_is_a_422(http: httpx.Client, raw: byte
 
 
 def test_an_oversized_body_is_a_413(http: httpx.Client) -> None:
-    response = http.post(f"/{I1}", json={"prompt": "x" * (2 << 20)})
+    # Bodies may hold one image input as a data URI (20 MiB by default, base64), plus 1 MiB.
+    response = http.post(f"/{I1}", json={"prompt": "x" * (30 << 20)})
 
     assert response.status_code == 413
+    assert "request body is larger than" in response.json()["detail"]
 
 
 def test_a_webhook_that_is_not_an_http_url_is_a_422(http: httpx.Client) -> None:
