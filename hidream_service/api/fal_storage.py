@@ -98,12 +98,17 @@ async def initiate(request: Request) -> dict[str, str]:
     state = app_state(request)
     state.api_keys.owner(request)
     body = await submission.read_json_object(request)
-    name = clean_name(str(body.get("file_name") or "upload.bin"))
+    upload_url, file_url = begin_upload(state, request, str(body.get("file_name") or "upload.bin"))
+    return {"upload_url": upload_url, "file_url": file_url}
+
+
+def begin_upload(state: AppState, request: Request, file_name: str) -> tuple[str, str]:
+    """A one-time PUT URL (valid an hour) and the URL the file will have once it is put."""
+    name = clean_name(file_name)
     upload_id = new_upload_id()
-    expires = int(time.time()) + TOKEN_SECONDS
-    state.pending_uploads[upload_id] = expires
+    state.pending_uploads[upload_id] = int(time.time()) + TOKEN_SECONDS
     base = submission.base_url(state, request)
-    return {"upload_url": f"{base}/storage/upload/{upload_id}/{name}", "file_url": f"{base}/files/{upload_id}/{name}"}
+    return f"{base}/storage/upload/{upload_id}/{name}", f"{base}/files/{upload_id}/{name}"
 
 
 @router.put("/storage/upload/{upload_id}/{name}")

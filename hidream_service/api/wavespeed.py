@@ -4,6 +4,7 @@
     GET  /api/v3/predictions/{id}/result           the task (the SDK polls this)
     GET  /api/v3/predictions/{id}                  the same, as the REST docs name it
     GET  /api/v3/webhook/secret                    the signing secret, as WaveSpeed serves it
+    POST /api/v3/media/uploads                     {filename, size} -> a PUT instruction and download_url
 
 Webhooks carry the bare `data` object, signed WaveSpeed's way (`webhook-signature: v3,<hex>`).
 """
@@ -15,7 +16,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 
-from hidream_service.api import submission
+from hidream_service.api import fal_storage, submission
 from hidream_service.api.openapi import json_body
 from hidream_service.api.state import app_state
 from hidream_service.dialects import wavespeed
@@ -51,6 +52,21 @@ async def _get(request: Request, task_id: str) -> JSONResponse:
     if job is None or job.dialect != "wavespeed":
         raise HTTPException(404, f"task {task_id} not found")
     return _answer(job)
+
+
+@router.post("/media/uploads", openapi_extra=json_body(wavespeed.UploadTicketRequest))
+async def media_upload(request: Request) -> dict[str, Any]:
+    """The upload ticket `wavespeed.upload()` asks for; the file then goes to our one-time PUT URL."""
+    state = app_state(request)
+    state.api_keys.owner(request)
+    ticket = submission.parse(wavespeed.UploadTicketRequest, await submission.read_json_object(request))
+    if ticket.size > state.settings.max_upload_bytes:
+        raise HTTPException(413, f"uploads are limited to {state.settings.max_upload_bytes} bytes")
+    upload_url, file_url = fal_storage.begin_upload(state, request, ticket.filename)
+    headers = {"Content-Type": ticket.content_type} if ticket.content_type else {}
+    return wavespeed.envelope(
+        {"upload": {"method": "PUT", "url": upload_url, "headers": headers}, "download_url": file_url}
+    )
 
 
 @router.post("/{owner}/{model}", openapi_extra=json_body(wavespeed.WaveSpeedImageInput))

@@ -89,6 +89,14 @@ class WaveSpeedEditInput(StrictInput):
         return fal
 
 
+class UploadTicketRequest(StrictInput):
+    """What `wavespeed.upload()` posts to /api/v3/media/uploads before it PUTs the file."""
+
+    filename: str = Field(min_length=1, max_length=1000)
+    size: int = Field(ge=0)
+    content_type: str | None = Field(default=None, max_length=200)
+
+
 def input_model(model: str) -> type[WaveSpeedImageInput] | type[WaveSpeedEditInput]:
     return WaveSpeedEditInput if "hidream-e1" in MODELS[model] else WaveSpeedImageInput
 

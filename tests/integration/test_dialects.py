@@ -156,11 +156,12 @@ def test_wavespeed_run_polls_to_the_outputs(server: ServerProcess) -> None:
     assert width > height
 
 
-def test_wavespeed_edits_with_e1(server: ServerProcess) -> None:
+def test_wavespeed_uploads_and_edits_with_e1(server: ServerProcess, tmp_path: Path) -> None:
     client = wavespeed.Client(api_key="unused", base_url=server.url)
-    buffer = io.BytesIO()
-    Image.new("RGB", (128, 64), "white").save(buffer, format="PNG")
-    image = f"data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}"
+    picture = tmp_path / "wide.png"
+    Image.new("RGB", (128, 64), "white").save(picture)
+
+    image = client.upload(str(picture))  # a ticket from /api/v3/media/uploads, then a PUT
 
     result = client.run(
         "wavespeed-ai/hidream-e1-full", {"image": image, "prompt": "add a cat", "seed": 2}, poll_interval=0.1
