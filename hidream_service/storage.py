@@ -1,7 +1,8 @@
-"""Output storage: images under the data dir, served by the API at stable URLs.
+"""Output storage: images (and uploads) under stable keys, served by the API at /files/<key>.
 
 Keys are derived from the job id and the image index, so a job that runs twice overwrites its own
-files with the same names instead of leaving orphans.
+files with the same names instead of leaving orphans. One machine keeps them under the data dir
+(LocalOutputStorage); Modal keeps them in a Volume (modal_backend.storage.VolumeOutputStorage).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import io
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from hidream_service.models.base import ImageFile
 
@@ -31,9 +32,28 @@ def encode_image(image: Any, output_format: str) -> bytes:
     return buffer.getvalue()
 
 
+class OutputStorage(Protocol):
+    """Where outputs and uploads are kept, and how the API reads them back."""
+
+    def put(self, key: str, data: bytes) -> None:
+        """Store `data` under `key`, all at once: a reader never sees half of it."""
+
+    def lookup(self, key: str) -> Path | bytes | None:
+        """A local file to stream, the stored bytes, or None for a missing or foreign key."""
+
+    def save_image(
+        self, job_id: str, index: int, image: Any, output_format: str, *, base_url: str, sync_mode: bool
+    ) -> ImageFile:
+        """Encode and store one output image (or make it a data URI in sync mode)."""
+
+
 class LocalOutputStorage:
     def __init__(self, root: Path) -> None:
         self.root = root
+
+    def lookup(self, key: str) -> Path | None:
+        path = self.path_for(key)
+        return path if path is not None and path.is_file() else None
 
     def path_for(self, key: str) -> Path | None:
         """The file behind a key, or None for anything that is not one of our keys."""

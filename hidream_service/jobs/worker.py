@@ -23,7 +23,7 @@ from hidream_service.jobs.model import ErrorType, Lease, LogLine
 from hidream_service.jobs.service import JobService, build_service
 from hidream_service.jobs.store import SqliteJobStore
 from hidream_service.models.base import ImageFile, InputError, JobCancelled, Runner
-from hidream_service.storage import LocalOutputStorage
+from hidream_service.storage import LocalOutputStorage, OutputStorage
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ class WorkerRunContext:
 
     job_id: str
     base_url: str
-    storage: LocalOutputStorage
+    storage: OutputStorage
     cancel_event: threading.Event = field(default_factory=threading.Event)
     _pending: list[LogLine] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -110,16 +110,18 @@ class Worker:
         settings: Settings,
         service: JobService,
         runners: Runners,
-        wake: Event,
+        wake: Event | None = None,
+        storage: OutputStorage | None = None,
     ) -> None:
         self.name = name
         self.settings = settings
         self.service = service
         self.runners = runners
         self.wake = wake
-        self.storage = LocalOutputStorage(settings.outputs_dir)
+        self.storage = storage or LocalOutputStorage(settings.outputs_dir)
 
     def run_forever(self, parent_pid: int) -> None:
+        assert self.wake is not None, "a polling worker needs its wake-up event"
         while os.getppid() == parent_pid:
             self.wake.clear()
             lease = self.service.lease_next(self.name)
@@ -138,9 +140,13 @@ class Worker:
         )
         heartbeat.start()
         started = time.perf_counter()
-        outcome = self._execute(job.endpoint, job.input, ctx)
-        stop_heartbeat.set()
-        heartbeat.join()
+        try:
+            outcome = self._execute(job.endpoint, job.input, ctx)
+        finally:
+            # Also when the run is interrupted from outside (Modal's input cancellation is a
+            # BaseException): a heartbeat left running would keep renewing a lease nobody serves.
+            stop_heartbeat.set()
+            heartbeat.join()
         ctx.log("cancelled" if outcome.cancelled else "failed" if outcome.error else "done")
         self.service.heartbeat(lease, ctx.take_logs())  # every log line lands before the job ends
         if outcome.result is not None:
@@ -223,5 +229,5 @@ def worker_main(name: str, settings: Settings, wake: Event, changes: Queue[str],
     def changed(job_id: str) -> None:
         changes.put(job_id)
 
-    service = build_service(settings, store, on_submitted=wake.set, on_changed=changed)
+    service = build_service(settings, store, on_submitted=lambda job: wake.set(), on_changed=changed)
     Worker(name, settings, service, Runners(settings), wake).run_forever(parent_pid)
