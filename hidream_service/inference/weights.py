@@ -56,6 +56,10 @@ class WeightsLayout:
 
     def check(self, variant: str) -> None:
         """Raise WeightsError naming the first missing piece for this variant."""
+        from hidream_service.inference.manifest import verify_directory
+
+        for downloaded in (self.variant_dir(variant), self.llama_dir):
+            verify_directory(downloaded)  # a downloaded directory must match its pinned manifest
         index = self.variant_dir(variant) / "model_index.json"
         if not index.is_file():
             raise WeightsError(f"{index} not found: put the diffusers folder of {VARIANTS[variant].directory} there")
