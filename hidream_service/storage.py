@@ -51,7 +51,7 @@ class LocalOutputStorage:
     def __init__(self, root: Path) -> None:
         self.root = root
 
-    def lookup(self, key: str) -> Path | None:
+    def lookup(self, key: str) -> Path | bytes | None:
         path = self.path_for(key)
         return path if path is not None and path.is_file() else None
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 _NO_DEFAULT = object()
 
 
@@ -138,3 +140,57 @@ class Spawner:
 
     def of(self, function: str) -> list[StandInCall]:
         return [call for call in self.calls.values() if call.function == function]
+
+
+TEST_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # the Standard Webhooks spec's example key
+DICT_ROLES = ("jobs", "active", "listing", "deliveries", "due", "runtime")
+
+
+class StandInModal:
+    """Settings and handles for one test deployment: Dicts shared by every container, one Volume
+    that each container mounts on its own, and spawns that are recorded for the test to run."""
+
+    def __init__(self, tmp_path: Path, **settings: Any) -> None:
+        self.dicts = {role: InProcessDict() for role in DICT_ROLES}
+        self.outputs = VolumeServer(tmp_path / "outputs-volume")
+        self.spawner = Spawner()
+        self.mounts: list[VolumeMount] = []
+        self._settings = {
+            "data_dir": tmp_path / "data",
+            "webhook_secret": TEST_SECRET,
+            "allow_private_urls": True,  # the test's webhook receiver is on loopback
+            "api_keys": [],
+            "lease_seconds": 5.0,
+            "heartbeat_seconds": 0.05,
+            "webhook_retry_schedule": [0.0, 0.2, 0.4],
+            **settings,
+        }
+
+    def settings(self) -> Any:
+        from hidream_service.config import Settings
+
+        return Settings(**self._settings)
+
+    def handles(self) -> Any:
+        """The handles of a new container (each gets its own view of the Volume)."""
+        from hidream_service.modal_backend.deployment import ModalHandles
+
+        mount = self.outputs.mount()
+        self.mounts.append(mount)
+        return ModalHandles(
+            **self.dicts,
+            outputs=mount,
+            outputs_dir=mount.path,
+            dispatch=lambda endpoint, job_id: self.spawner.spawn(endpoint.family, job_id),
+            call_from_id=self.spawner.from_id,
+            send_webhooks=lambda: self.spawner.spawn("send_webhooks"),
+        )
+
+    def deployment(self) -> Any:
+        from hidream_service.modal_backend.deployment import ModalDeployment
+
+        return ModalDeployment(self.settings(), self.handles())
+
+
+#: `.local()` of a function with Volumes warns that they are not mounted: here the stand-in mounts them.
+VOLUMES_ARE_STAND_INS = pytest.mark.filterwarnings("ignore:The .* function is executing locally:UserWarning")

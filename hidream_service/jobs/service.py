@@ -3,7 +3,8 @@
     submit ──► IN_QUEUE ──lease──► IN_PROGRESS ──► COMPLETED (result, or error)
                   │   ▲                 │  │
                   │   └──lease expired──┘  └──cancel seen by the worker──► CANCELLED
-                  └──cancel──────────────────────────────────────────────► CANCELLED
+                  ├──cancel──────────────────────────────────────────────► CANCELLED
+                  └──could not be started (fail_unstarted)────────────────► COMPLETED (error)
 
 Every terminal transition writes the job's webhook delivery in the same atomic step. Every process
 (the API and each worker; on Modal, each web, GPU and CPU container) builds its own JobService over
@@ -211,6 +212,18 @@ class JobService:
             error=message,
             error_type=error_type,
             error_detail=detail,
+        )
+
+    def fail_unstarted(self, job: Job, error_type: ErrorType, message: str) -> bool:
+        """End a queued job that its executor could not start at all (on Modal: the container it was
+        spawned into failed before running it, after Modal's own retries)."""
+        return self._end(
+            job,
+            None,
+            expected=(JobStatus.IN_QUEUE,),
+            status=JobStatus.COMPLETED,
+            error=message,
+            error_type=error_type,
         )
 
     def acknowledge_cancel(self, lease: Lease) -> bool:

@@ -87,6 +87,18 @@ class Runners:
         assert endpoint.variant is not None
         return HiDreamI1Runner(VARIANTS[endpoint.variant], self._pipeline_cache())
 
+    def preload(self, endpoint_id: str) -> None:
+        """Load the model behind `endpoint_id` now instead of at its first job (a Modal container's
+        @enter hook, so that the first request does not pay for it)."""
+        from hidream_service.models.registry import ENDPOINTS
+
+        endpoint = ENDPOINTS[endpoint_id]
+        if endpoint.family == "hidream-i1":
+            from hidream_service.models.hidream_i1 import VARIANTS
+
+            assert endpoint.variant is not None
+            self._pipeline_cache().get(VARIANTS[endpoint.variant])
+
     def _pipeline_cache(self) -> Any:
         if self._pipelines is None:
             from hidream_service.inference.pipelines import PipelineCache, pick_device

@@ -181,6 +181,10 @@ class DictJobStore:
         record = self._records.get(f"job:{job_id}")
         return None if record is None else record["lease_token"]
 
+    def unfinished(self) -> list[Job]:
+        """Jobs queued or running, in submit order (the sweeper's worklist)."""
+        return [self._job(record) for record in self._active_records()]
+
     def _active_records(self) -> list[Record]:
         """The records behind `active`, in submit order; entries of ended jobs are dropped."""
         records = []
