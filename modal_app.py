@@ -243,14 +243,20 @@ class HiDreamI1:
 
     @modal.enter(snap=True)
     def check_weights(self) -> None:
+        from hidream_service.inference.weights import resolve_weights
         from hidream_service.jobs.worker import Runners
         from hidream_service.models.registry import ENDPOINTS
 
-        # Refuse weights that do not match the pinned manifest before anything is snapshotted.
+        settings = container_settings()
+        layout = resolve_weights(settings.weights, settings.data_dir)
+        assert layout is not None, "HIDREAM_WEIGHTS is set in the image"
+        # Refuse weights that are missing or do not match their pinned manifest, before anything is
+        # snapshotted: the input fails with that message, and the sweeper ends the job with it.
+        layout.check(self.variant)
         self.endpoint_id = next(
             e.id for e in ENDPOINTS.values() if e.family == "hidream-i1" and e.variant == self.variant
         )
-        self.runners = Runners(container_settings())
+        self.runners = Runners(settings)
         if GPU_SNAPSHOT:  # the GPU is visible now, and the loaded pipeline goes into the snapshot
             self.runners.preload(self.endpoint_id)
 
