@@ -1,4 +1,5 @@
-"""This server's webhook signing material, kept in the data dir (mode 0600).
+"""This server's webhook signing material, kept in the data dir (mode 0600), or on Modal in a
+modal.Dict shared by every container (modal_backend.keys).
 
 - Standard Webhooks secrets (`whsec_`): the current one signs every webhook; after a rotation the
   previous one keeps signing beside it for a grace period, so receivers can switch without a gap.
@@ -15,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
@@ -30,10 +31,42 @@ class SecretPinned(Exception):
     """HIDREAM_WEBHOOK_SECRET fixes the secret; rotate it by changing that variable."""
 
 
+class KeyStateStore(Protocol):
+    """Where the signing state lives. Every process of one deployment must see the same state."""
+
+    def load_or_create(self, fresh: dict[str, Any]) -> dict[str, Any]:
+        """The stored state; or, when there is none yet, store `fresh` and return what was stored
+        (with several processes starting at once, one state wins and all of them use it)."""
+
+    def save(self, state: dict[str, Any]) -> None: ...
+
+
+class FileKeyState:
+    """The state as one JSON file, written atomically with mode 0600."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+
+    def load_or_create(self, fresh: dict[str, Any]) -> dict[str, Any]:
+        if self._path.is_file():
+            state: dict[str, Any] = json.loads(self._path.read_text())
+            return state
+        self.save(fresh)
+        return fresh
+
+    def save(self, state: dict[str, Any]) -> None:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self._path.with_name(self._path.name + ".partial")
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(state, handle, indent=2)
+        os.replace(partial, self._path)
+
+
 class SigningKeys:
     def __init__(
         self,
-        path: Path,
+        where: Path | KeyStateStore,
         *,
         pinned_secret: str | None = None,
         grace_seconds: float = 86400.0,
@@ -41,7 +74,7 @@ class SigningKeys:
     ) -> None:
         if pinned_secret is not None:
             secret_bytes(pinned_secret)  # fail at start-up, not at the first webhook
-        self._path = path
+        self._store = FileKeyState(where) if isinstance(where, Path) else where
         self._pinned = pinned_secret
         self._grace = grace_seconds
         self._clock = clock
@@ -87,7 +120,7 @@ class SigningKeys:
             previous[0]["retired_at"] = now
             kept = [entry for entry in previous if now < entry["retired_at"] + self._grace]
             self._state["standard"] = [{"secret": generate_secret(), "created_at": now, "retired_at": None}, *kept]
-            self._save(self._state)
+            self._store.save(self._state)
         return self.current_secret, now + self._grace
 
     # -- fal Ed25519 -----------------------------------------------------------------------------
@@ -102,22 +135,10 @@ class SigningKeys:
     # -- storage ---------------------------------------------------------------------------------
 
     def _load_or_create(self) -> dict[str, Any]:
-        if self._path.is_file():
-            state: dict[str, Any] = json.loads(self._path.read_text())
-            return state
         now = self._clock()
         seed = Ed25519PrivateKey.generate().private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
-        state = {
+        fresh = {
             "standard": [{"secret": generate_secret(), "created_at": now, "retired_at": None}],
             "ed25519": [{"private_key": base64.b64encode(seed).decode(), "created_at": now}],
         }
-        self._save(state)
-        return state
-
-    def _save(self, state: dict[str, Any]) -> None:
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        partial = self._path.with_name(self._path.name + ".partial")
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            json.dump(state, handle, indent=2)
-        os.replace(partial, self._path)
+        return self._store.load_or_create(fresh)

@@ -1,7 +1,8 @@
-"""Output storage: images under the data dir, served by the API at stable URLs.
+"""Output storage: images (and uploads) under stable keys, served by the API at /files/<key>.
 
 Keys are derived from the job id and the image index, so a job that runs twice overwrites its own
-files with the same names instead of leaving orphans.
+files with the same names instead of leaving orphans. One machine keeps them under the data dir
+(LocalOutputStorage); Modal keeps them in a Volume (modal_backend.storage.VolumeOutputStorage).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import os
 import re
 import urllib.parse
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from hidream_service.models.base import ImageFile
 
@@ -32,17 +33,32 @@ def encode_image(image: Any, output_format: str) -> bytes:
     return buffer.getvalue()
 
 
-def load_stored_image(storage: LocalOutputStorage, url: str) -> Any:
+class OutputStorage(Protocol):
+    """Where outputs and uploads are kept, and how the API reads them back."""
+
+    def put(self, key: str, data: bytes) -> None:
+        """Store `data` under `key`, all at once: a reader never sees half of it."""
+
+    def lookup(self, key: str) -> Path | bytes | None:
+        """A local file to stream, the stored bytes, or None for a missing or foreign key."""
+
+    def save_image(
+        self, job_id: str, index: int, image: Any, output_format: str, *, base_url: str, sync_mode: bool
+    ) -> ImageFile:
+        """Encode and store one output image (or make it a data URI in sync mode)."""
+
+
+def load_stored_image(storage: OutputStorage, url: str) -> Any:
     """Open an image input the API stored (a /files/ URL of ours) as RGB."""
     from PIL import Image
 
     from hidream_service.models.base import InputError
 
     key = files_key(url)
-    path = None if key is None else storage.path_for(key)
-    if path is None or not path.is_file():
+    stored = None if key is None else storage.lookup(key)
+    if stored is None:
         raise InputError(f"image input {url} is not stored on this server (was it submitted through the API?)")
-    with Image.open(path) as image:
+    with Image.open(stored if isinstance(stored, Path) else io.BytesIO(stored)) as image:
         return image.convert("RGB")
 
 
@@ -55,6 +71,10 @@ def files_key(url: str) -> str | None:
 class LocalOutputStorage:
     def __init__(self, root: Path) -> None:
         self.root = root
+
+    def lookup(self, key: str) -> Path | bytes | None:
+        path = self.path_for(key)
+        return path if path is not None and path.is_file() else None
 
     def path_for(self, key: str) -> Path | None:
         """The file behind a key, or None for anything that is not one of our keys."""

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from hidream_service.storage import LocalOutputStorage
+from hidream_service.storage import OutputStorage
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 MAX_NAME_LENGTH = 100
@@ -45,7 +45,7 @@ def new_upload_id() -> str:
 
 
 async def store_upload(
-    storage: LocalOutputStorage,
+    storage: OutputStorage,
     chunks: AsyncIterator[bytes],
     *,
     name: str | None,

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from webhooks.outbox import RESPONSE_HEAD_BYTES, AttemptRecord, Delivery, DeliveryState, SqliteOutbox
+from webhooks.outbox import RESPONSE_HEAD_BYTES, AttemptRecord, Delivery, DeliveryState, Outbox
 
 log = logging.getLogger(__name__)
 
@@ -136,12 +136,13 @@ async def _read_head(response: httpx.Response) -> bytes:
 class Deliverer:
     """Sends what the outbox says is due, records every attempt, schedules retries.
 
-    Runs as one asyncio task beside the API; `wake()` makes it look at the outbox at once.
+    Runs as one asyncio task beside the API (`run_forever`; `wake()` makes it look at the outbox at
+    once), or in short bursts from a function that is started when something is due (`run_until_idle`).
     """
 
     def __init__(
         self,
-        outbox: SqliteOutbox,
+        outbox: Outbox,
         signers: Mapping[str, Signer],
         schedule: RetrySchedule,
         client: httpx.AsyncClient,
@@ -171,22 +172,37 @@ class Deliverer:
             self._start_due()
             await self._sleep_until_next()
 
+    async def run_until_idle(self, linger: float) -> int:
+        """Send what is due, and keep going while the next attempt is due within `linger` seconds
+        (short retries wait here; later ones are left to the next run). Returns attempts started."""
+        started = 0
+        while True:
+            started += self._start_due()
+            if self._in_flight:
+                await asyncio.wait(set(self._in_flight))
+                continue
+            next_due = self._outbox.next_due_at()
+            if next_due is None or next_due - time.time() > linger:
+                return started
+            await asyncio.sleep(max(next_due - time.time(), 0.0))
+
     async def abandon_in_flight(self) -> None:
         """Stop attempts in flight, at shutdown. Their rows stay claimed; the next start resends them."""
         for task in list(self._in_flight):
             task.cancel()
         await asyncio.gather(*self._in_flight, return_exceptions=True)
 
-    def _start_due(self) -> None:
+    def _start_due(self) -> int:
         free = self._max_concurrency - len(self._in_flight)
         if free <= 0:
-            return
+            return 0
         # The claim outlives the attempt's timeout, so a crash mid-attempt only delays a retry.
         due = self._outbox.claim_due(time.time(), claim_seconds=self._timeout + 30, limit=free)
         for delivery in due:
             task = asyncio.create_task(self._deliver(delivery))
             self._in_flight.add(task)
             task.add_done_callback(self._finished)
+        return len(due)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._in_flight.discard(task)

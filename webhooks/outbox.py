@@ -2,7 +2,7 @@
 
 A delivery row is written with `enqueue` inside the caller's own transaction (the one that ends the
 job), so a job can never end without its webhook being on record. Delivery itself happens later,
-elsewhere, from `SqliteOutbox`.
+elsewhere, from `SqliteOutbox` (or any other `Outbox`, such as one kept in a modal.Dict).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import enum
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS webhook_deliveries (
@@ -89,6 +90,33 @@ class AttemptRecord:
     error: str | None = None
     response_head: str | None = None
     replay: bool = False
+
+
+class Outbox(Protocol):
+    """The delivery side of an outbox, as the Deliverer and the delivery history API use it."""
+
+    def close(self) -> None: ...
+
+    def claim_due(self, now: float, *, claim_seconds: float, limit: int) -> list[Delivery]:
+        """Take up to `limit` due deliveries; a claim that is never recorded runs out after `claim_seconds`."""
+
+    def release_claims(self, now: float) -> int:
+        """Make deliveries a dead sender had in flight due at once."""
+
+    def next_due_at(self) -> float | None: ...
+
+    def record_attempt(
+        self, delivery_id: str, attempt: AttemptRecord, *, state: DeliveryState, next_attempt_at: float | None
+    ) -> None:
+        """Store one attempt and the delivery's new state together."""
+
+    def record_replay(self, delivery_id: str, attempt: AttemptRecord, *, delivered: bool) -> None: ...
+
+    def get(self, delivery_id: str) -> Delivery | None: ...
+
+    def attempts(self, delivery_id: str) -> list[AttemptRecord]: ...
+
+    def for_subject(self, subject: str) -> list[Delivery]: ...
 
 
 def create_tables(conn: sqlite3.Connection) -> None:

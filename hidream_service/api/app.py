@@ -1,4 +1,8 @@
-"""create_app(): the whole server (API, worker pool, webhook delivery) from one Settings object."""
+"""create_app(): the whole server (API, worker pool, webhook delivery) from one Settings object.
+
+Where jobs are stored and run is the runtime's business: `embedded_runtime` (SQLite, worker
+processes, a delivery task) for `hidream serve`, or the Modal one (modal_backend.runtime).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ import fcntl
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
 import httpx
@@ -20,10 +24,10 @@ from hidream_service.api.auth import ApiKeys
 from hidream_service.api.errors import install_error_handlers
 from hidream_service.api.events import JobEvents
 from hidream_service.api.image_fetch import ImageInputs
-from hidream_service.api.state import AppState, app_state
+from hidream_service.api.state import AppState, Runtime, app_state
 from hidream_service.config import Settings
 from hidream_service.inference.weights import resolve_weights
-from hidream_service.jobs.pool import WorkerPool
+from hidream_service.jobs.pool import LocalExecutor, WorkerPool
 from hidream_service.jobs.service import build_service
 from hidream_service.jobs.store import SqliteJobStore
 from hidream_service.models.registry import served_endpoints
@@ -31,7 +35,7 @@ from hidream_service.signing_keys import SigningKeys
 from hidream_service.storage import LocalOutputStorage
 from hidream_service.webhook_payloads import FAL_SIGNER, STANDARD_SIGNER, WAVESPEED_SIGNER
 from webhooks.delivery import Deliverer, RetrySchedule, Signer
-from webhooks.outbox import Delivery, SqliteOutbox
+from webhooks.outbox import Delivery, Outbox, SqliteOutbox
 from webhooks.signing import fal_sign_headers, sign_headers, wavespeed_sign_headers
 from webhooks.ssrf import GuardedTransport
 
@@ -73,82 +77,107 @@ def webhook_signers(keys: SigningKeys) -> Mapping[str, Signer]:
     return {STANDARD_SIGNER: standard, FAL_SIGNER: fal, WAVESPEED_SIGNER: wavespeed}
 
 
-def create_app(settings: Settings, *, start_workers: bool = True) -> FastAPI:
-    """Build the app. Its lifespan starts the worker pool and the webhook delivery loop."""
-    layout = resolve_weights(settings.weights, settings.data_dir)
-    endpoints = served_endpoints(layout.available_variants() if layout else set())
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        with data_dir_lock(settings):
-            keys = SigningKeys.for_settings(settings)
-            store = SqliteJobStore(settings.database_path, synchronous=settings.sqlite_synchronous)
-            outbox = SqliteOutbox(settings.database_path, synchronous=settings.sqlite_synchronous)
-            client = httpx.AsyncClient(
-                transport=GuardedTransport(allow_private=settings.private_urls_allowed),
-                follow_redirects=False,
-                trust_env=False,
-            )
-            deliverer = Deliverer(
-                outbox,
-                webhook_signers(keys),
-                RetrySchedule(settings.webhook_retry_schedule),
-                client,
-                timeout=settings.webhook_timeout_seconds,
-                throttle_seconds=settings.webhook_throttle_seconds,
-                max_concurrency=settings.webhook_max_concurrency,
-            )
-            storage = LocalOutputStorage(settings.outputs_dir)
-            events = JobEvents(asyncio.get_running_loop(), on_change=deliverer.wake)
-            pool: WorkerPool | None = None
-            service = build_service(
-                settings,
-                store,
-                on_submitted=lambda: pool.wake() if pool else None,
-                on_changed=events.notify_threadsafe,
-            )
-            released = outbox.release_claims(time.time())
-            if released:
-                log.warning("%d webhook attempt(s) were in flight when the last server stopped; resending", released)
-            recovered = service.recover_all_in_progress()
-            if recovered:
-                log.warning("recovered %d job(s) left running by a previous server", recovered)
-            if start_workers:
-                pool = WorkerPool(settings, service, on_job_changed=events.notify_threadsafe)
-                pool.start()
-            app.state.hidream = AppState(
-                settings=settings,
+@contextlib.asynccontextmanager
+async def embedded_runtime(settings: Settings, *, start_workers: bool = True) -> AsyncIterator[Runtime]:
+    """One machine: SQLite in the data dir, worker processes, and the webhook deliverer as a task here."""
+    with data_dir_lock(settings):
+        keys = SigningKeys.for_settings(settings)
+        store = SqliteJobStore(settings.database_path, synchronous=settings.sqlite_synchronous)
+        outbox = SqliteOutbox(settings.database_path, synchronous=settings.sqlite_synchronous)
+        client = webhook_client(settings)
+        deliverer = build_deliverer(settings, outbox, keys, client)
+        events = JobEvents(asyncio.get_running_loop(), on_change=deliverer.wake)
+        executor = LocalExecutor()
+        service = build_service(settings, store, on_submitted=executor.submitted, on_changed=events.notify_threadsafe)
+        released = outbox.release_claims(time.time())
+        if released:
+            log.warning("%d webhook attempt(s) were in flight when the last server stopped; resending", released)
+        recovered = service.recover_all_in_progress()
+        if recovered:
+            log.warning("recovered %d job(s) left running by a previous server", recovered)
+        if start_workers:
+            executor.pool = WorkerPool(settings, service, on_job_changed=events.notify_threadsafe)
+            executor.pool.start()
+        delivery_task = asyncio.create_task(deliverer.run_forever(), name="webhook-delivery")
+        try:
+            yield Runtime(
                 service=service,
-                endpoints=endpoints,
-                api_keys=ApiKeys(settings.api_keys),
-                storage=storage,
+                storage=LocalOutputStorage(settings.outputs_dir),
                 events=events,
-                pool=pool,
+                executor=executor,
                 keys=keys,
                 outbox=outbox,
                 deliverer=deliverer,
+            )
+        finally:
+            delivery_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await delivery_task
+            await deliverer.abandon_in_flight()
+            if executor.pool is not None:
+                await asyncio.to_thread(executor.pool.stop)
+            await client.aclose()
+            outbox.close()
+            store.close()
+
+
+def webhook_client(settings: Settings) -> httpx.AsyncClient:
+    """The client every webhook attempt goes through: SSRF-guarded, never following redirects."""
+    return httpx.AsyncClient(
+        transport=GuardedTransport(allow_private=settings.private_urls_allowed),
+        follow_redirects=False,
+        trust_env=False,
+    )
+
+
+def build_deliverer(settings: Settings, outbox: Outbox, keys: SigningKeys, client: httpx.AsyncClient) -> Deliverer:
+    return Deliverer(
+        outbox,
+        webhook_signers(keys),
+        RetrySchedule(settings.webhook_retry_schedule),
+        client,
+        timeout=settings.webhook_timeout_seconds,
+        throttle_seconds=settings.webhook_throttle_seconds,
+        max_concurrency=settings.webhook_max_concurrency,
+    )
+
+
+def create_app(
+    settings: Settings,
+    *,
+    start_workers: bool = True,
+    runtime: Callable[[], contextlib.AbstractAsyncContextManager[Runtime]] | None = None,
+) -> FastAPI:
+    """Build the app. Its lifespan opens the runtime: by default the embedded one (worker pool and
+    webhook delivery loop here); `modal_app.py` passes the Modal one. The routes are the same."""
+    layout = resolve_weights(settings.weights, settings.data_dir)
+    endpoints = served_endpoints(layout.available_variants() if layout else set())
+    open_runtime = runtime or (lambda: embedded_runtime(settings, start_workers=start_workers))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with open_runtime() as opened, webhook_client(settings) as image_client:
+            app.state.hidream = AppState(
+                settings=settings,
+                service=opened.service,
+                endpoints=endpoints,
+                api_keys=ApiKeys(settings.api_keys),
+                storage=opened.storage,
+                events=opened.events,
+                executor=opened.executor,
+                keys=opened.keys,
+                outbox=opened.outbox,
+                deliverer=opened.deliverer,
                 image_inputs=ImageInputs(
-                    client,
-                    storage,
+                    image_client,  # image URLs go through the same address guard as webhooks
+                    opened.storage,
                     max_bytes=settings.max_image_bytes,
                     max_pixels=settings.max_image_pixels,
                     timeout=settings.image_fetch_timeout_seconds,
                 ),
             )
-            delivery_task = asyncio.create_task(deliverer.run_forever(), name="webhook-delivery")
             _log_start(settings, endpoints)
-            try:
-                yield
-            finally:
-                delivery_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await delivery_task
-                await deliverer.abandon_in_flight()
-                if pool is not None:
-                    await asyncio.to_thread(pool.stop)
-                await client.aclose()
-                outbox.close()
-                store.close()
+            yield
 
     app = FastAPI(title="HiDream service", version="0.1.0", lifespan=lifespan)
 
@@ -157,11 +186,7 @@ def create_app(settings: Settings, *, start_workers: bool = True) -> FastAPI:
     @app.get("/health")
     async def health(request: Request) -> dict[str, Any]:
         state = app_state(request)
-        return {
-            "status": "ok",
-            "workers": state.pool.alive() if state.pool else 0,
-            "endpoints": sorted(state.endpoints),
-        }
+        return {"status": "ok", **state.executor.health(), "endpoints": sorted(state.endpoints)}
 
     for module in (files, webhook_routes, catalogue, fal_storage, replicate, wavespeed, openai):
         app.include_router(module.router)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import mimetypes
 
 from fastapi import APIRouter, HTTPException, Request
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response
 
 from hidream_service.api.state import app_state
 from hidream_service.storage import CONTENT_TYPES, EXTENSIONS
@@ -19,10 +19,13 @@ _MEDIA_TYPES = {extension: CONTENT_TYPES[fmt] for fmt, extension in EXTENSIONS.i
 
 
 @router.get("/files/{request_id}/{name}")
-async def get_file(request: Request, request_id: str, name: str) -> FileResponse:
-    path = app_state(request).storage.path_for(f"{request_id}/{name}")
-    if path is None or not path.is_file():
+async def get_file(request: Request, request_id: str, name: str) -> Response:
+    stored = app_state(request).storage.lookup(f"{request_id}/{name}")
+    if stored is None:
         raise HTTPException(404, "file not found")
-    media_type = _MEDIA_TYPES.get(path.suffix.lstrip(".")) or mimetypes.guess_type(path.name)[0]
-    media_type = media_type or "application/octet-stream"
-    return FileResponse(path, media_type=media_type, headers={"Cache-Control": "public, max-age=31536000, immutable"})
+    extension = name.rsplit(".", 1)[-1] if "." in name else ""
+    media_type = _MEDIA_TYPES.get(extension) or mimetypes.guess_type(name)[0] or "application/octet-stream"
+    headers = {"Cache-Control": "public, max-age=31536000, immutable"}
+    if isinstance(stored, bytes):
+        return Response(stored, media_type=media_type, headers=headers)
+    return FileResponse(stored, media_type=media_type, headers=headers)

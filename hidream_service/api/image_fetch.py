@@ -13,11 +13,12 @@ import binascii
 import hashlib
 import urllib.parse
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 
 from hidream_service.image_inputs import ImageInputError, decode_image, encode_png
-from hidream_service.storage import LocalOutputStorage, files_key
+from hidream_service.storage import OutputStorage, files_key
 
 INPUT_FILE_NAME = "image.png"
 _DATA_URI_PREFIX = "data:"
@@ -26,7 +27,7 @@ _DATA_URI_PREFIX = "data:"
 @dataclass
 class ImageInputs:
     client: httpx.AsyncClient  # the SSRF-guarded client, redirects off
-    storage: LocalOutputStorage
+    storage: OutputStorage
     max_bytes: int
     max_pixels: int
     timeout: float
@@ -37,8 +38,7 @@ class ImageInputs:
         decoded = await asyncio.to_thread(decode_image, data, max_pixels=self.max_pixels)
         png = await asyncio.to_thread(encode_png, decoded.image)
         key = f"input-{hashlib.sha256(png).hexdigest()[:40]}/{INPUT_FILE_NAME}"
-        path = self.storage.path_for(key)
-        if path is None or not path.is_file():  # content-addressed: the same image is stored once
+        if self.storage.lookup(key) is None:  # content-addressed: the same image is stored once
             self.storage.put(key, png)
         return key
 
@@ -65,12 +65,13 @@ class ImageInputs:
             raise ImageInputError(422, "the data URI is not valid base64") from None
 
     def _own_file(self, key: str) -> bytes:
-        path = self.storage.path_for(key)
-        if path is None or not path.is_file():
+        stored = self.storage.lookup(key)
+        if stored is None:
             raise ImageInputError(422, "no file was uploaded at that URL (it may have expired or never existed)")
-        if path.stat().st_size > self.max_bytes:
+        size = stored.stat().st_size if isinstance(stored, Path) else len(stored)
+        if size > self.max_bytes:
             raise ImageInputError(413, f"the image is larger than {self.max_bytes} bytes")
-        return path.read_bytes()
+        return stored.read_bytes() if isinstance(stored, Path) else stored
 
     async def _download(self, url: str) -> bytes:
         try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from fastapi import Request
 
@@ -11,15 +10,26 @@ from hidream_service.api.auth import ApiKeys
 from hidream_service.api.events import JobEvents
 from hidream_service.api.image_fetch import ImageInputs
 from hidream_service.config import Settings
+from hidream_service.jobs.protocols import Executor
 from hidream_service.jobs.service import JobService
 from hidream_service.models.registry import Endpoint
 from hidream_service.signing_keys import SigningKeys
-from hidream_service.storage import LocalOutputStorage
+from hidream_service.storage import OutputStorage
 from webhooks.delivery import Deliverer
-from webhooks.outbox import SqliteOutbox
+from webhooks.outbox import Outbox
 
-if TYPE_CHECKING:
-    from hidream_service.jobs.pool import WorkerPool
+
+@dataclass(frozen=True)
+class Runtime:
+    """What a runtime opens for the app: the same pieces, backed locally or by Modal."""
+
+    service: JobService
+    storage: OutputStorage
+    events: JobEvents
+    executor: Executor
+    keys: SigningKeys
+    outbox: Outbox
+    deliverer: Deliverer  # replays by hand; the embedded runtime also runs its delivery loop
 
 
 @dataclass
@@ -28,11 +38,11 @@ class AppState:
     service: JobService
     endpoints: dict[str, Endpoint]
     api_keys: ApiKeys
-    storage: LocalOutputStorage
+    storage: OutputStorage
     events: JobEvents
-    pool: WorkerPool | None
+    executor: Executor
     keys: SigningKeys
-    outbox: SqliteOutbox
+    outbox: Outbox
     deliverer: Deliverer
     image_inputs: ImageInputs
     pending_uploads: dict[str, float] = field(default_factory=dict)  # upload id -> expiry, from initiate

@@ -86,6 +86,8 @@ class WeightsLayout:
 
     def check(self, variant: str) -> None:
         """Raise WeightsError naming the first missing piece for this model."""
+        from hidream_service.inference.manifest import verify_directory
+
         if variant == E1_FULL and not self.e1_full_weights.is_file():
             raise WeightsError(f"{self.e1_full_weights} not found: put HiDream-ai/HiDream-E1-Full's LoRA file there")
         if variant == E1_1 and not self.e1_1_transformer.is_dir():
@@ -93,6 +95,8 @@ class WeightsLayout:
                 f"{self.e1_1_transformer} not found: put HiDream-ai/HiDream-E1-1's transformer folder there"
             )
         base = "full" if variant in (E1_FULL, E1_1) else variant
+        for downloaded in {self.variant_dir(base), self.variant_dir(variant), self.llama_dir}:
+            verify_directory(downloaded)  # a downloaded directory must match its pinned manifest
         index = self.variant_dir(base) / "model_index.json"
         if not index.is_file():
             raise WeightsError(f"{index} not found: put the diffusers folder of {MODEL_DIRECTORIES[base]} there")

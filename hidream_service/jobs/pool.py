@@ -16,12 +16,30 @@ from multiprocessing.context import SpawnProcess
 from typing import Any
 
 from hidream_service.config import Settings
+from hidream_service.jobs.model import Job
 from hidream_service.jobs.service import JobService
 from hidream_service.jobs.worker import worker_main
 
 log = logging.getLogger(__name__)
 
 MONITOR_SECONDS = 0.5
+
+
+class LocalExecutor:
+    """The embedded executor: a queued job needs only to wake an idle worker, which leases it."""
+
+    def __init__(self) -> None:
+        self.pool: WorkerPool | None = None  # None until started (and in tests that run no workers)
+
+    def submitted(self, job: Job) -> None:
+        if self.pool is not None:
+            self.pool.wake()
+
+    def cancel_requested(self, job: Job) -> None:
+        """Nothing to do: the worker's heartbeat sees the flag and stops at the next step."""
+
+    def health(self) -> dict[str, Any]:
+        return {"workers": self.pool.alive() if self.pool is not None else 0}
 
 
 class WorkerPool:

@@ -3,10 +3,12 @@
     submit ──► IN_QUEUE ──lease──► IN_PROGRESS ──► COMPLETED (result, or error)
                   │   ▲                 │  │
                   │   └──lease expired──┘  └──cancel seen by the worker──► CANCELLED
-                  └──cancel──────────────────────────────────────────────► CANCELLED
+                  ├──cancel──────────────────────────────────────────────► CANCELLED
+                  └──could not be started (fail_unstarted)────────────────► COMPLETED (error)
 
-Every terminal transition writes the job's webhook delivery in the same transaction. The API
-process and every worker process each build their own JobService over the same SQLite file.
+Every terminal transition writes the job's webhook delivery in the same atomic step. Every process
+(the API and each worker; on Modal, each web, GPU and CPU container) builds its own JobService over
+the one shared store: SQLite on one machine, modal.Dict on Modal.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from typing import Any
 from hidream_service import webhook_payloads
 from hidream_service.config import Settings
 from hidream_service.jobs.model import ErrorType, Job, JobRequest, JobStatus, Lease, LogLine
-from hidream_service.jobs.store import DuplicateIdempotencyKey, SqliteJobStore
+from hidream_service.jobs.protocols import JobStore
+from hidream_service.jobs.store import DuplicateIdempotencyKey
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +59,14 @@ def request_fingerprint(request: JobRequest) -> str:
 class JobService:
     def __init__(
         self,
-        store: SqliteJobStore,
+        store: JobStore,
         *,
         lease_seconds: float = 30.0,
         max_attempts: int = 3,
         webhook_first_delay: Callable[[], float] = lambda: 0.0,
-        on_submitted: Callable[[], None] = lambda: None,
+        on_submitted: Callable[[Job], None] = lambda job: None,
         on_changed: Callable[[str], None] = lambda job_id: None,
+        on_cancel_requested: Callable[[Job], None] = lambda job: None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -71,6 +75,7 @@ class JobService:
         self._webhook_first_delay = webhook_first_delay
         self._on_submitted = on_submitted
         self._on_changed = on_changed
+        self._on_cancel_requested = on_cancel_requested
         self._clock = clock
         self._logs_events: dict[str, tuple[float, int]] = {}  # job id -> (last logs event, events sent)
 
@@ -95,9 +100,9 @@ class JobService:
             existing = self._existing(request, fingerprint)
             assert existing is not None
             return existing, False
-        self._on_submitted()
         job = self.store.get(job_id)
         assert job is not None
+        self._on_submitted(job)
         return job, True
 
     def _existing(self, request: JobRequest, fingerprint: str) -> Job | None:
@@ -123,10 +128,12 @@ class JobService:
             return CancelOutcome.NOT_FOUND
         if job.status is JobStatus.IN_QUEUE:
             if self._end(job, None, expected=(JobStatus.IN_QUEUE,), **_cancelled()):
+                self._on_cancel_requested(job)
                 return CancelOutcome.CANCELLED
             job = self.store.get(job_id) or job  # a worker took it meanwhile
         if job.status is JobStatus.IN_PROGRESS and self.store.request_cancel(job_id):
             self._on_changed(job_id)
+            self._on_cancel_requested(job)
             return CancelOutcome.CANCELLATION_REQUESTED
         return CancelOutcome.ALREADY_COMPLETED
 
@@ -136,7 +143,20 @@ class JobService:
         """Lease the oldest queued job for `holder` (a worker name, the prefix of the lease token)."""
         token = f"{holder}:{uuid.uuid4().hex}"
         now = self._clock()
-        job = self.store.lease_next(token, now, now + self.lease_seconds)
+        return self._leased(self.store.lease_next(token, now, now + self.lease_seconds), token, now)
+
+    def lease(self, job_id: str, holder: str) -> Lease | None:
+        """Lease one named job for `holder` (on Modal, the FunctionCall that was spawned for it).
+
+        None when the job has ended or another holder runs it. The same holder may take over its own
+        lease: Modal re-runs an input whose container was preempted under the same call.
+        """
+        token = f"{holder}:{uuid.uuid4().hex}"
+        now = self._clock()
+        job = self.store.lease_job(job_id, token, now, now + self.lease_seconds, holder=holder)
+        return self._leased(job, token, now)
+
+    def _leased(self, job: Job | None, token: str, now: float) -> Lease | None:
         if job is None:
             return None
         started = webhook_payloads.progress_message(job, "start")
@@ -194,6 +214,18 @@ class JobService:
             error_detail=detail,
         )
 
+    def fail_unstarted(self, job: Job, error_type: ErrorType, message: str) -> bool:
+        """End a queued job that its executor could not start at all (on Modal: the container it was
+        spawned into failed before running it, after Modal's own retries)."""
+        return self._end(
+            job,
+            None,
+            expected=(JobStatus.IN_QUEUE,),
+            status=JobStatus.COMPLETED,
+            error=message,
+            error_type=error_type,
+        )
+
     def acknowledge_cancel(self, lease: Lease) -> bool:
         return self._end(lease.job, lease.token, expected=(JobStatus.IN_PROGRESS,), **_cancelled())
 
@@ -217,7 +249,7 @@ class JobService:
             )
         elif self.store.requeue(job.id, token):
             log.warning("re-queued %s: its worker is gone (attempt %d)", job.id, job.attempts)
-            self._on_submitted()
+            self._on_submitted(job)
             self._on_changed(job.id)
 
     def recover_expired_leases(self) -> int:
@@ -273,12 +305,13 @@ class JobService:
 
 def build_service(
     settings: Settings,
-    store: SqliteJobStore,
+    store: JobStore,
     *,
-    on_submitted: Callable[[], None],
+    on_submitted: Callable[[Job], None],
     on_changed: Callable[[str], None],
+    on_cancel_requested: Callable[[Job], None] = lambda job: None,
 ) -> JobService:
-    """The JobService every process of one server builds, from the one Settings object."""
+    """The JobService every process of one deployment builds, from the one Settings object."""
     first_delay = settings.webhook_retry_schedule[0]
     return JobService(
         store,
@@ -287,6 +320,7 @@ def build_service(
         webhook_first_delay=lambda: first_delay,
         on_submitted=on_submitted,
         on_changed=on_changed,
+        on_cancel_requested=on_cancel_requested,
     )
 
 

@@ -216,6 +216,18 @@ class SqliteJobStore:
             ).fetchone()
         return None if row is None else _row_to_job(row)
 
+    def lease_job(self, job_id: str, token: str, now: float, expires_at: float, *, holder: str) -> Job | None:
+        """Lease one named job: from IN_QUEUE, or take over a lease `holder` itself held before."""
+        prefix = holder + ":"
+        with self._lock:
+            row = self._conn.execute(
+                "UPDATE jobs SET status = 'IN_PROGRESS', lease_token = ?, lease_expires_at = ?,"
+                " attempts = attempts + 1, started_at = ? WHERE id = ? AND (status = 'IN_QUEUE'"
+                " OR (status = 'IN_PROGRESS' AND substr(lease_token, 1, ?) = ?)) RETURNING *",
+                (token, expires_at, now, job_id, len(prefix), prefix),
+            ).fetchone()
+        return None if row is None else _row_to_job(row)
+
     def renew_lease(self, job_id: str, token: str, expires_at: float) -> tuple[bool, bool]:
         """Extend a lease. Returns (still ours, cancel requested)."""
         with self._lock:

@@ -24,7 +24,7 @@ from hidream_service.jobs.service import JobService, build_service
 from hidream_service.jobs.store import SqliteJobStore
 from hidream_service.models.base import ImageFile, InputError, JobCancelled, Runner
 from hidream_service.safety import SafetyChecker
-from hidream_service.storage import LocalOutputStorage, load_stored_image
+from hidream_service.storage import LocalOutputStorage, OutputStorage, load_stored_image
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class WorkerRunContext:
 
     job_id: str
     base_url: str
-    storage: LocalOutputStorage
+    storage: OutputStorage
     safety: SafetyChecker
     cancel_event: threading.Event = field(default_factory=threading.Event)
     _pending: list[LogLine] = field(default_factory=list)
@@ -105,6 +105,15 @@ class Runners:
             return HiDreamI1ImageToImageRunner(VARIANTS[endpoint.variant], self._pipeline_cache())
         return HiDreamI1Runner(VARIANTS[endpoint.variant], self._pipeline_cache())
 
+    def preload(self, endpoint_id: str) -> None:
+        """Load the model behind `endpoint_id` now instead of at its first job (a Modal container's
+        @enter hook, so that the first request does not pay for it)."""
+        from hidream_service.models.registry import ENDPOINTS
+
+        endpoint = ENDPOINTS[endpoint_id]
+        if endpoint.variant is not None:
+            self._pipeline_cache().get(endpoint.variant)
+
     def _pipeline_cache(self) -> Any:
         if self._pipelines is None:
             from hidream_service.inference.pipelines import PipelineCache, pick_device
@@ -128,17 +137,19 @@ class Worker:
         settings: Settings,
         service: JobService,
         runners: Runners,
-        wake: Event,
+        wake: Event | None = None,
+        storage: OutputStorage | None = None,
     ) -> None:
         self.name = name
         self.settings = settings
         self.service = service
         self.runners = runners
         self.wake = wake
-        self.storage = LocalOutputStorage(settings.outputs_dir)
+        self.storage = storage or LocalOutputStorage(settings.outputs_dir)
         self.safety = SafetyChecker(settings.nsfw_threshold)
 
     def run_forever(self, parent_pid: int) -> None:
+        assert self.wake is not None, "a polling worker needs its wake-up event"
         while os.getppid() == parent_pid:
             self.wake.clear()
             lease = self.service.lease_next(self.name)
@@ -157,9 +168,13 @@ class Worker:
         )
         heartbeat.start()
         started = time.perf_counter()
-        outcome = self._execute(job.endpoint, job.input, ctx)
-        stop_heartbeat.set()
-        heartbeat.join()
+        try:
+            outcome = self._execute(job.endpoint, job.input, ctx)
+        finally:
+            # Also when the run is interrupted from outside (Modal's input cancellation is a
+            # BaseException): a heartbeat left running would keep renewing a lease nobody serves.
+            stop_heartbeat.set()
+            heartbeat.join()
         ctx.log("cancelled" if outcome.cancelled else "failed" if outcome.error else "done")
         self.service.heartbeat(lease, ctx.take_logs())  # every log line lands before the job ends
         if outcome.result is not None:
@@ -242,5 +257,5 @@ def worker_main(name: str, settings: Settings, wake: Event, changes: Queue[str],
     def changed(job_id: str) -> None:
         changes.put(job_id)
 
-    service = build_service(settings, store, on_submitted=wake.set, on_changed=changed)
+    service = build_service(settings, store, on_submitted=lambda job: wake.set(), on_changed=changed)
     Worker(name, settings, service, Runners(settings), wake).run_forever(parent_pid)

@@ -1,0 +1,92 @@
+"""The seams between the job pipeline and the place it runs.
+
+    JobService ──► JobStore   SqliteJobStore (one machine)  | DictJobStore (Modal, modal.Dict)
+        │
+        └──hooks──► Executor  WorkerPool wake-ups (one machine) | SpawnExecutor (Modal, Function.spawn)
+
+The service decides every state change; a store only persists them, each write a compare-and-set
+naming the state (and lease token) it expects. The executor only hears that a job wants running or
+stopping; it never changes a job's state itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
+
+from hidream_service.jobs.model import Job, JobRequest, JobStatus, LogLine
+from webhooks.outbox import OutboxMessage
+
+
+class JobStore(Protocol):
+    """Persists jobs, their logs and the webhook deliveries their endings produce."""
+
+    def close(self) -> None: ...
+
+    def insert(self, job_id: str, request: JobRequest, request_hash: str, now: float) -> None:
+        """Persist a new queued job. Raises DuplicateIdempotencyKey if (owner, key) is taken."""
+
+    def find_by_idempotency_key(self, owner: str, key: str) -> tuple[Job, str] | None:
+        """The job holding this key and the fingerprint of the request that created it."""
+
+    def get(self, job_id: str, *, with_logs: bool = False) -> Job | None:
+        """The job with its queue position while queued."""
+
+    def logs(self, job_id: str) -> list[LogLine]: ...
+
+    def page(self, owner: str, dialect: str, *, before_seq: int | None, limit: int) -> list[Job]:
+        """Newest first: up to `limit` jobs of this owner and dialect submitted before `before_seq`."""
+
+    def enqueue_webhook(self, message: OutboxMessage, due_at: float) -> None:
+        """A progress event's delivery, outside any state change."""
+
+    def expired_leases(self, now: float) -> list[Job]: ...
+
+    def in_progress(self) -> list[Job]: ...
+
+    def lease_token(self, job_id: str) -> str | None: ...
+
+    def lease_next(self, token: str, now: float, expires_at: float) -> Job | None:
+        """Move the oldest queued job to IN_PROGRESS under a new lease."""
+
+    def lease_job(self, job_id: str, token: str, now: float, expires_at: float, *, holder: str) -> Job | None:
+        """Move this job to IN_PROGRESS under a new lease: from IN_QUEUE, or from IN_PROGRESS when the
+        current lease is `holder`'s own (a re-run of the same call after its container was lost)."""
+
+    def renew_lease(self, job_id: str, token: str, expires_at: float) -> tuple[bool, bool]:
+        """Extend a lease. Returns (still ours, cancel requested)."""
+
+    def lease_state(self, job_id: str, token: str) -> tuple[bool, bool]:
+        """Read-only: (still leased by this token, cancel requested)."""
+
+    def append_logs(self, job_id: str, lines: Iterable[LogLine]) -> None: ...
+
+    def requeue(self, job_id: str, token: str) -> bool: ...
+
+    def request_cancel(self, job_id: str) -> bool:
+        """Flag a running job for cancellation; False unless it is IN_PROGRESS."""
+
+    def finish(
+        self,
+        job: Job,
+        *,
+        expected: Sequence[JobStatus],
+        token: str | None,
+        message: OutboxMessage | None,
+        deliver_at: float = 0.0,
+    ) -> bool:
+        """Write the terminal fields of `job` and its webhook delivery as one atomic step, only if the
+        stored job is still in one of `expected` (and, with a token, still leased by it)."""
+
+
+class Executor(Protocol):
+    """Gets queued jobs run somewhere: local worker processes, or GPU containers on Modal."""
+
+    def submitted(self, job: Job) -> None:
+        """`job` is queued (new, or given back after its worker was lost): see that it runs."""
+
+    def cancel_requested(self, job: Job) -> None:
+        """`job` was cancelled while queued or running: stop spending on it."""
+
+    def health(self) -> dict[str, Any]:
+        """What /health reports about the executor."""

@@ -1,0 +1,286 @@
+"""The job store contract, run against both stores: SQLite (one machine) and modal.Dict (Modal).
+
+The Dict store runs on an in-process stand-in for modal.Dict (tests/modal_stand_ins.py); everything
+above the Dict API is the production code.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from hidream_service.jobs.model import ErrorType, JobRequest, JobStatus, LogLine
+from hidream_service.jobs.protocols import JobStore
+from hidream_service.jobs.service import CancelOutcome, IdempotencyKeyReused, JobService
+from hidream_service.jobs.store import SqliteJobStore
+from hidream_service.modal_backend.job_store import DictJobStore
+from hidream_service.modal_backend.outbox import DictOutbox
+from tests.modal_stand_ins import InProcessDict
+from webhooks.outbox import Delivery, Outbox, SqliteOutbox
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class Backend:
+    store: JobStore
+    outbox: Outbox
+    reopen: Callable[[], JobStore]  # another process's view of the same data
+
+
+@pytest.fixture(params=["sqlite", "modal-dict"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    if request.param == "sqlite":
+        path = tmp_path / "jobs.sqlite3"
+        store = SqliteJobStore(path)
+        sqlite_outbox = SqliteOutbox(path)
+        yield Backend(store, sqlite_outbox, lambda: SqliteJobStore(path))
+        sqlite_outbox.close()
+        store.close()
+    else:
+        dicts = [InProcessDict() for _ in range(5)]
+
+        def open_store() -> DictJobStore:
+            jobs, active, listing, deliveries, due = dicts
+            return DictJobStore(jobs, active, listing, DictOutbox(deliveries, due))
+
+        dict_store = open_store()
+        yield Backend(dict_store, dict_store.outbox, open_store)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def service(backend: Backend, clock: Clock) -> JobService:
+    return JobService(backend.store, lease_seconds=10, max_attempts=2, clock=clock)
+
+
+def request(**overrides: object) -> JobRequest:
+    fields: dict[str, object] = {
+        "endpoint": "hidream/noop",
+        "input": {"prompt": "x"},
+        "webhook_url": "http://127.0.0.1:9/hook",
+        "base_url": "http://testserver",
+    }
+    fields.update(overrides)
+    return JobRequest(**fields)  # type: ignore[arg-type]
+
+
+def deliveries(backend: Backend, job_id: str) -> list[Delivery]:
+    return backend.outbox.for_subject(job_id)
+
+
+def test_a_submitted_job_is_visible_to_another_process_at_once(service: JobService, backend: Backend) -> None:
+    job, created = service.submit(request())
+
+    seen = backend.reopen().get(job.id)
+    assert created and seen is not None
+    assert seen.status is JobStatus.IN_QUEUE and seen.queue_position == 0 and seen.input == {"prompt": "x"}
+
+
+def test_queue_positions_count_jobs_ahead(service: JobService) -> None:
+    jobs = [service.submit(request())[0] for _ in range(3)]
+
+    assert [job.queue_position for job in jobs] == [0, 1, 2]
+    lease = service.lease_next("w")
+    assert lease is not None and lease.job.id == jobs[0].id
+    assert service.get(jobs[2].id, "").queue_position == 1  # type: ignore[union-attr]
+
+
+def test_an_ending_and_its_webhook_are_written_together(service: JobService, backend: Backend) -> None:
+    job, _ = service.submit(request())
+    lease = service.lease_next("w")
+    assert lease is not None
+
+    assert service.complete(lease, {"images": []}, 0.5)
+    (delivery,) = deliveries(backend, job.id)
+    assert json.loads(delivery.body) == {
+        "request_id": job.id,
+        "gateway_request_id": job.id,
+        "status": "OK",
+        "payload": {"images": []},
+        "error": None,
+    }
+    assert delivery.url == "http://127.0.0.1:9/hook" and delivery.state.value == "pending"
+    ended = service.get(job.id, "")
+    assert ended is not None and ended.succeeded and ended.result == {"images": []} and ended.inference_time == 0.5
+
+
+def test_a_job_without_webhook_writes_no_delivery(service: JobService, backend: Backend) -> None:
+    job, _ = service.submit(request(webhook_url=None))
+    lease = service.lease_next("w")
+    assert lease is not None
+    service.complete(lease, {}, 0.1)
+
+    assert deliveries(backend, job.id) == []
+
+
+def test_a_stale_lease_cannot_overwrite_a_newer_outcome(service: JobService, clock: Clock) -> None:
+    service.submit(request())
+    first = service.lease_next("w1")
+    assert first is not None
+    clock.now += 11
+    assert service.recover_expired_leases() == 1
+    second = service.lease_next("w2")
+    assert second is not None and second.job.id == first.job.id
+
+    assert not service.complete(first, {"from": "old"}, 1.0)
+    assert service.complete(second, {"from": "new"}, 1.0)
+    assert service.get(first.job.id, "").result == {"from": "new"}  # type: ignore[union-attr]
+
+
+def test_a_renewed_lease_does_not_expire(service: JobService, clock: Clock) -> None:
+    service.submit(request())
+    lease = service.lease_next("w")
+    assert lease is not None
+    clock.now += 8
+    assert service.heartbeat(lease, []) == (True, False)
+    clock.now += 8
+
+    assert service.recover_expired_leases() == 0
+    clock.now += 3
+    assert service.recover_expired_leases() == 1
+
+
+def test_a_job_that_keeps_killing_workers_is_failed(service: JobService, clock: Clock, backend: Backend) -> None:
+    job, _ = service.submit(request())
+    for holder in ("w1", "w2"):
+        assert service.lease_next(holder) is not None
+        clock.now += 11
+        service.recover_expired_leases()
+
+    ended = service.get(job.id, "")
+    assert ended is not None and ended.status is JobStatus.COMPLETED
+    assert ended.error_type is ErrorType.WORKER_LOST
+    assert json.loads(deliveries(backend, job.id)[0].body)["status"] == "ERROR"
+
+
+def test_recover_holder_requeues_at_once(service: JobService) -> None:
+    job, _ = service.submit(request())
+    assert service.lease_next("dead-worker") is not None
+
+    assert service.recover_holder("dead-worker") == 1
+    assert service.get(job.id, "").status is JobStatus.IN_QUEUE  # type: ignore[union-attr]
+    assert service.recover_holder("other-worker") == 0
+
+
+def test_cancel_queued_then_running_then_finished(service: JobService, backend: Backend) -> None:
+    queued, _ = service.submit(request())
+    running, _ = service.submit(request(input={"prompt": "y"}))
+    assert service.cancel(queued.id, "") is CancelOutcome.CANCELLED
+    lease = service.lease_next("w")
+    assert lease is not None and lease.job.id == running.id
+
+    assert service.cancel(running.id, "") is CancelOutcome.CANCELLATION_REQUESTED
+    assert service.heartbeat(lease, []) == (True, True)
+    assert service.acknowledge_cancel(lease)
+    assert service.cancel(running.id, "") is CancelOutcome.ALREADY_COMPLETED
+    assert service.cancel("missing", "") is CancelOutcome.NOT_FOUND
+    bodies = [json.loads(d.body) for job in (queued, running) for d in deliveries(backend, job.id)]
+    assert [body["error"] for body in bodies] == ["Request was cancelled"] * 2
+
+
+def test_a_dead_worker_with_a_cancel_pending_ends_cancelled(service: JobService, clock: Clock) -> None:
+    job, _ = service.submit(request())
+    assert service.lease_next("w") is not None
+    service.cancel(job.id, "")
+    clock.now += 11
+    service.recover_expired_leases()
+
+    assert service.get(job.id, "").status is JobStatus.CANCELLED  # type: ignore[union-attr]
+
+
+def test_idempotency_same_request_same_job_other_request_rejected(service: JobService) -> None:
+    first, created = service.submit(request(idempotency_key="k"))
+    again, created_again = service.submit(request(idempotency_key="k"))
+
+    assert created and not created_again and again.id == first.id
+    with pytest.raises(IdempotencyKeyReused):
+        service.submit(request(idempotency_key="k", input={"prompt": "different"}))
+    other_owner, created_other = service.submit(request(idempotency_key="k", owner="someone-else"))
+    assert created_other and other_owner.id != first.id
+
+
+def test_jobs_are_invisible_to_other_owners(service: JobService) -> None:
+    job, _ = service.submit(request(owner="alice"))
+
+    assert service.get(job.id, "bob") is None
+    assert service.cancel(job.id, "bob") is CancelOutcome.NOT_FOUND
+    assert service.get(job.id, "alice") is not None
+
+
+def test_a_job_that_ends_twice_sends_one_webhook_with_one_id(
+    service: JobService, clock: Clock, backend: Backend
+) -> None:
+    job, _ = service.submit(request())
+    first = service.lease_next("w1")
+    assert first is not None
+    clock.now += 11
+    service.recover_expired_leases()
+    second = service.lease_next("w2")
+    assert second is not None
+    service.complete(second, {}, 0.1)
+    service.complete(first, {}, 0.1)  # the stale run finishing late changes nothing
+
+    assert [delivery.id for delivery in deliveries(backend, job.id)] == [f"msg_{job.id.replace('-', '')}"]
+
+
+def test_a_named_job_is_leased_by_one_holder_and_retaken_only_by_the_same_one(service: JobService) -> None:
+    job, _ = service.submit(request())
+    first = service.lease(job.id, "fc-1")
+    assert first is not None and first.job.attempts == 1
+
+    assert service.lease(job.id, "fc-2") is None  # another call: the job is taken
+    rerun = service.lease(job.id, "fc-1")  # the same call again, as after a preemption
+    assert rerun is not None and rerun.job.attempts == 2
+    assert not service.complete(first, {"from": "preempted run"}, 1.0)
+    assert service.complete(rerun, {"from": "re-run"}, 1.0)
+    assert service.lease(job.id, "fc-1") is None  # ended: nothing more to run
+
+
+def test_logs_are_kept_in_order(service: JobService) -> None:
+    job, _ = service.submit(request())
+    lease = service.lease_next("w")
+    assert lease is not None
+    service.flush_logs(lease, [LogLine(1.0, "INFO", "step 1/2"), LogLine(2.0, "INFO", "step 2/2")])
+    service.flush_logs(lease, [LogLine(3.0, "WARNING", "done")])
+
+    seen = service.get(job.id, "", with_logs=True)
+    assert seen is not None
+    assert [(line.level, line.message) for line in seen.logs] == [
+        ("INFO", "step 1/2"),
+        ("INFO", "step 2/2"),
+        ("WARNING", "done"),
+    ]
+
+
+def test_pages_are_newest_first_per_owner_and_dialect(service: JobService, backend: Backend) -> None:
+    mine = [service.submit(request(owner="a", dialect="replicate", input={"prompt": str(n)}))[0] for n in range(3)]
+    service.submit(request(owner="b", dialect="replicate"))
+    service.submit(request(owner="a", dialect="fal"))
+
+    first_page = backend.store.page("a", "replicate", before_seq=None, limit=2)
+    assert [job.id for job in first_page] == [mine[2].id, mine[1].id]
+    rest = backend.store.page("a", "replicate", before_seq=first_page[-1].seq, limit=2)
+    assert [job.id for job in rest] == [mine[0].id]
+
+
+def test_a_progress_event_is_sent_once_and_not_retried(service: JobService, backend: Backend) -> None:
+    job, _ = service.submit(request(dialect="replicate", webhook_events=("start", "completed")))
+    assert service.lease_next("w") is not None
+
+    (started,) = deliveries(backend, job.id)
+    assert started.single_attempt and json.loads(started.body)["status"] == "processing"
