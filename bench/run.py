@@ -1,13 +1,14 @@
 """The benchmarks, each figure beside its peer measured in the same run, as a ratio.
 
-    .venv/bin/python bench/run.py [--quick] [--json bench-results.json] [--only overhead,inference,coldstart]
+    .venv/bin/python bench/run.py [--quick] [--json FILE] [--only overhead,inference,batching,coldstart]
 
 1. overhead   hidream/noop submit -> signed webhook received, against cog's production server
               (PyPI cog + coglet, a no-op predictor, async prediction with a webhook); then 32
               concurrent submitters: jobs/s, and p99 of GET status under that load.
 2. inference  a tiny-weights HiDream-I1 job through the whole service against the same pipeline
               called directly in this process, same size and steps.
-3. coldstart  process start -> /health 200 -> first image with tiny weights, and where the time goes.
+3. batching   8 tiny I1 jobs in flight, batching off against on: jobs/s and the ratio.
+4. coldstart  process start -> /health 200 -> first image with tiny weights, and where the time goes.
 
 cog runs from its own virtual environment (bench/.cog-venv, made on first use) so that it cannot
 disturb the service's dependencies. --quick runs a few jobs of each, only to prove the code works.
@@ -56,7 +57,7 @@ TERMINAL = {"succeeded", "failed", "canceled"}
 class Hidream:
     name = "hidream"
 
-    def __init__(self, data_dir: Path, weights: str | None = None) -> None:
+    def __init__(self, data_dir: Path, weights: str | None = None, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         command = [
@@ -72,7 +73,7 @@ class Hidream:
         if weights:
             command += ["--weights", weights]
         self.started = time.perf_counter()
-        self.process = Process(command)
+        self.process = Process(command, env=env)
         self.receiver = Receiver(lambda body: body.get("request_id"))
 
     def ready(self) -> float:
@@ -258,7 +259,44 @@ def inference(quick: bool, workdir: Path) -> dict[str, Any]:
     }
 
 
-# -- 3. cold start ---------------------------------------------------------------------------------
+# -- 3. dynamic batching --------------------------------------------------------------------------
+
+BATCH_ARGS = {"num_inference_steps": 20, "image_size": "square"}
+
+
+def batching(quick: bool, workdir: Path) -> dict[str, Any]:
+    """8 tiny I1 jobs submitted at once, `rounds` times: batching off (1) against on (up to 8)."""
+    rounds, in_flight = (1, 8) if quick else (4, 8)
+    results: dict[str, Any] = {}
+    for label, size in (("off", "1"), ("on", "8")):
+        env = {"HIDREAM_BATCH_MAX_SIZE": size, "HIDREAM_BATCH_WAIT_SECONDS": "0.2"}
+        server = Hidream(workdir / f"batching-{label}", weights=str(workdir / "tiny"), env=env)
+        try:
+            server.ready()
+            elapsed = batch_rounds(server, rounds, in_flight)
+        finally:
+            server.close()
+        results[label] = {"jobs_per_s": round(rounds * in_flight / elapsed, 2)}
+    results["ratio"] = round(results["on"]["jobs_per_s"] / results["off"]["jobs_per_s"], 2)
+    return results
+
+
+def batch_rounds(server: Hidream, rounds: int, in_flight: int) -> float:
+    """Seconds for `rounds` waves of `in_flight` jobs submitted together, each wave waited out."""
+    with httpx.Client(timeout=120) as client:
+        warm = server.job(client, "fal-ai/hidream-i1-full", {**BATCH_ARGS, "prompt": "warm up"})
+        server.receiver.wait(warm, timeout=300)  # the first job loads the pipeline
+        started = time.perf_counter()
+        for wave in range(rounds):
+            bodies = [{**BATCH_ARGS, "prompt": f"job {i}", "seed": wave * 100 + i} for i in range(in_flight)]
+            with ThreadPoolExecutor(in_flight) as pool:
+                keys = list(pool.map(lambda body: server.job(client, "fal-ai/hidream-i1-full", body), bodies))
+            for key in keys:
+                server.receiver.wait(key, timeout=300)
+        return time.perf_counter() - started
+
+
+# -- 4. cold start ---------------------------------------------------------------------------------
 
 
 def coldstart(quick: bool, workdir: Path) -> dict[str, Any]:
@@ -328,6 +366,16 @@ def print_table(results: dict[str, Any]) -> None:
                 f"{inf['ratio_p50']:.3f}",
             )
         )
+    if "batching" in results:
+        batched = results["batching"]
+        rows.append(
+            (
+                "tiny I1 jobs/s, 8 in flight",
+                f"{batched['on']['jobs_per_s']} (batching)",
+                f"{batched['off']['jobs_per_s']} (no batching)",
+                f"{batched['ratio']:.2f}",
+            )
+        )
     if "coldstart" in results:
         cold = results["coldstart"]
         for key, value in cold.items():
@@ -348,15 +396,20 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a few jobs each, to prove the benchmarks run")
     parser.add_argument("--json", type=Path, help="write the figures here")
-    parser.add_argument("--only", default="overhead,inference,coldstart")
+    parser.add_argument("--only", default="overhead,inference,batching,coldstart")
     args = parser.parse_args()
     sections = args.only.split(",")
     results: dict[str, Any] = {"quick": args.quick}
     with tempfile.TemporaryDirectory() as scratch:
         workdir = Path(scratch)
-        if {"inference", "coldstart"} & set(sections):
+        if {"inference", "batching", "coldstart"} & set(sections):
             build_tiny(workdir)
-        for name, section in (("overhead", overhead), ("inference", inference), ("coldstart", coldstart)):
+        for name, section in (
+            ("overhead", overhead),
+            ("inference", inference),
+            ("batching", batching),
+            ("coldstart", coldstart),
+        ):
             if name in sections:
                 print(f"running {name} ...", file=sys.stderr)
                 results[name] = section(args.quick, workdir)

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 #: Svix's published schedule: immediately, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h.
@@ -132,6 +132,19 @@ class Settings(BaseSettings):
         default="FULL",
         description="FULL survives power loss; NORMAL survives process crashes only and commits faster.",
     )
+    batch_max_size: int = Field(
+        default=4,
+        ge=1,
+        le=32,
+        description="Most compatible queued jobs (same endpoint, size, steps, guidance) a worker runs as one "
+        "pipeline call; 1 turns batching off.",
+    )
+    batch_wait_seconds: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=10.0,
+        description="How long a worker waits for compatible jobs to fill a batch; 0 batches only jobs already queued.",
+    )
     max_loaded_pipelines: int = Field(
         default=1,
         ge=1,
@@ -157,6 +170,13 @@ class Settings(BaseSettings):
         if any(delay < 0 for delay in value):
             raise ValueError("retry delays must be >= 0 seconds")
         return value
+
+    @model_validator(mode="after")
+    def _batch_wait_within_lease(self) -> Settings:
+        # A worker holds its first job's lease while it waits for batch mates, without renewing it.
+        if self.batch_wait_seconds >= self.lease_seconds / 3:
+            raise ValueError("batch_wait_seconds must be under a third of lease_seconds")
+        return self
 
     @property
     def private_urls_allowed(self) -> bool:

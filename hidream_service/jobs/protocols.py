@@ -49,6 +49,9 @@ class JobStore(Protocol):
     def lease_next(self, token: str, now: float, expires_at: float) -> Job | None:
         """Move the oldest queued job to IN_PROGRESS under a new lease."""
 
+    def queued(self, endpoint: str, limit: int) -> list[Job]:
+        """The oldest queued jobs of one endpoint, in queue order: candidates to run in one batch."""
+
     def lease_job(self, job_id: str, token: str, now: float, expires_at: float, *, holder: str) -> Job | None:
         """Move this job to IN_PROGRESS under a new lease: from IN_QUEUE, or from IN_PROGRESS when the
         current lease is `holder`'s own (a re-run of the same call after its container was lost)."""

@@ -156,6 +156,19 @@ class JobService:
         job = self.store.lease_job(job_id, token, now, now + self.lease_seconds, holder=holder)
         return self._leased(job, token, now)
 
+    def lease_batch_mates(self, first: Lease, holder: str, is_mate: Callable[[Job], bool], limit: int) -> list[Lease]:
+        """Lease up to `limit` more queued jobs of `first`'s endpoint that `is_mate` accepts, oldest
+        first, to run in one batch with it. Each keeps its own lease, result and webhook."""
+        mates: list[Lease] = []
+        for job in self.store.queued(first.job.endpoint, limit=limit * 4):
+            if len(mates) == limit:
+                break
+            if job.id != first.job.id and is_mate(job):
+                leased = self.lease(job.id, holder)
+                if leased is not None:
+                    mates.append(leased)
+        return mates
+
     def _leased(self, job: Job | None, token: str, now: float) -> Lease | None:
         if job is None:
             return None

@@ -216,6 +216,15 @@ class SqliteJobStore:
             ).fetchone()
         return None if row is None else _row_to_job(row)
 
+    def queued(self, endpoint: str, limit: int) -> list[Job]:
+        """The oldest queued jobs of one endpoint, in queue order (batching candidates)."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT * FROM jobs WHERE status = 'IN_QUEUE' AND endpoint = ? ORDER BY seq LIMIT ?",
+                (endpoint, limit),
+            ).fetchall()
+        return [_row_to_job(row) for row in rows]
+
     def lease_job(self, job_id: str, token: str, now: float, expires_at: float, *, holder: str) -> Job | None:
         """Lease one named job: from IN_QUEUE, or take over a lease `holder` itself held before."""
         prefix = holder + ":"

@@ -22,7 +22,7 @@ from hidream_service.config import Settings
 from hidream_service.jobs.model import ErrorType, Lease, LogLine
 from hidream_service.jobs.service import JobService, build_service
 from hidream_service.jobs.store import SqliteJobStore
-from hidream_service.models.base import ImageFile, InputError, JobCancelled, Runner
+from hidream_service.models.base import BatchRunner, ImageFile, InputError, JobCancelled, Runner
 from hidream_service.safety import SafetyChecker
 from hidream_service.storage import LocalOutputStorage, OutputStorage, load_stored_image
 
@@ -159,22 +159,63 @@ class Worker:
             self.run_one(lease)
 
     def run_one(self, lease: Lease) -> None:
-        job = lease.job
-        ctx = WorkerRunContext(job.id, job.base_url, self.storage, self.safety)
-        ctx.log(f"running on worker {self.name} (attempt {job.attempts})")
-        stop_heartbeat = threading.Event()
-        heartbeat = threading.Thread(
-            target=self._heartbeat, args=(lease, ctx, stop_heartbeat), name="heartbeat", daemon=True
-        )
-        heartbeat.start()
+        """Run a leased job, with compatible queued jobs as one batch when its runner can."""
+        mates = self._batch_mates(lease)
+        leases = [lease, *mates]
+        contexts = [WorkerRunContext(held.job.id, held.job.base_url, self.storage, self.safety) for held in leases]
+        for held, ctx in zip(leases, contexts, strict=True):
+            ctx.log(f"running on worker {self.name} (attempt {held.job.attempts})")
+        stop_heartbeats = threading.Event()
+        heartbeats = [
+            threading.Thread(target=self._heartbeat, args=(held, ctx, stop_heartbeats), name="heartbeat", daemon=True)
+            for held, ctx in zip(leases, contexts, strict=True)
+        ]
+        for heartbeat in heartbeats:
+            heartbeat.start()
         started = time.perf_counter()
         try:
-            outcome = self._execute(job.endpoint, job.input, ctx)
+            if mates:
+                outcomes = self._execute_batch(lease.job.endpoint, [held.job.input for held in leases], contexts)
+            else:
+                outcomes = [self._execute(lease.job.endpoint, lease.job.input, contexts[0])]
         finally:
             # Also when the run is interrupted from outside (Modal's input cancellation is a
             # BaseException): a heartbeat left running would keep renewing a lease nobody serves.
-            stop_heartbeat.set()
-            heartbeat.join()
+            stop_heartbeats.set()
+            for heartbeat in heartbeats:
+                heartbeat.join()
+        for held, ctx, outcome in zip(leases, contexts, outcomes, strict=True):
+            self._finish(held, ctx, outcome, started)
+
+    def _batch_mates(self, lease: Lease) -> list[Lease]:
+        """Queued jobs that can share `lease`'s model call, leased for this worker (none on Modal,
+        where each spawned input runs its own job)."""
+        limit = self.settings.batch_max_size - 1
+        if limit < 1 or self.wake is None:
+            return []
+        try:
+            runner = self.runners.get(lease.job.endpoint)
+        except Exception:
+            return []  # the run itself reports what is wrong
+        if not isinstance(runner, BatchRunner):
+            return []
+        key = runner.batch_key(lease.job.input)
+        if key is None:
+            return []
+        mates: list[Lease] = []
+        deadline = time.monotonic() + self.settings.batch_wait_seconds
+        while True:
+            mates += self.service.lease_batch_mates(
+                lease, self.name, lambda job: runner.batch_key(job.input) == key, limit - len(mates)
+            )
+            remaining = deadline - time.monotonic()
+            if len(mates) == limit or remaining <= 0:
+                return mates
+            self.wake.clear()
+            self.wake.wait(min(remaining, IDLE_POLL_SECONDS))
+
+    def _finish(self, lease: Lease, ctx: WorkerRunContext, outcome: _Outcome, started: float) -> None:
+        job = lease.job
         ctx.log("cancelled" if outcome.cancelled else "failed" if outcome.error else "done")
         self.service.heartbeat(lease, ctx.take_logs())  # every log line lands before the job ends
         if outcome.result is not None:
@@ -191,17 +232,22 @@ class Worker:
     def _execute(self, endpoint: str, inputs: dict[str, Any], ctx: WorkerRunContext) -> _Outcome:
         try:
             return _Outcome(result=self.runners.get(endpoint)(inputs, ctx))
-        except JobCancelled:
-            return _Outcome(cancelled=True)
-        except InputError as exc:
-            detail = [{"loc": ["body"], "msg": str(exc), "type": "value_error"}]
-            return _Outcome(error=(ErrorType.VALIDATION, str(exc), detail))
-        except ValidationError as exc:
-            errors = [{**error, "loc": ["body", *error["loc"]]} for error in exc.errors(include_url=False)]
-            return _Outcome(error=(ErrorType.VALIDATION, "input failed validation", errors))
         except Exception as exc:
-            log.exception("job %s failed", ctx.job_id)
-            return _Outcome(error=(ErrorType.INFERENCE, f"{type(exc).__name__}: {exc}", None))
+            return _failure(exc, ctx.job_id)
+
+    def _execute_batch(
+        self, endpoint: str, inputs: list[dict[str, Any]], contexts: list[WorkerRunContext]
+    ) -> list[_Outcome]:
+        runner = self.runners.get(endpoint)
+        assert isinstance(runner, BatchRunner)
+        try:
+            results = runner.run_batch(list(zip(inputs, contexts, strict=True)))
+        except Exception as exc:
+            return [_failure(exc, ctx.job_id) for ctx in contexts]
+        return [
+            _failure(result, ctx.job_id) if isinstance(result, Exception) else _Outcome(result=result)
+            for result, ctx in zip(results, contexts, strict=True)
+        ]
 
     def _heartbeat(self, lease: Lease, ctx: WorkerRunContext, stop: threading.Event) -> None:
         """Each tick a read-only look for a cancel; logs and the lease are written less often, because
@@ -228,6 +274,20 @@ class Worker:
                 continue
             if cancel or not ours:
                 ctx.cancel_event.set()
+
+
+def _failure(exc: Exception, job_id: str) -> _Outcome:
+    """How a runner's exception ends its job."""
+    if isinstance(exc, JobCancelled):
+        return _Outcome(cancelled=True)
+    if isinstance(exc, InputError):
+        detail = [{"loc": ["body"], "msg": str(exc), "type": "value_error"}]
+        return _Outcome(error=(ErrorType.VALIDATION, str(exc), detail))
+    if isinstance(exc, ValidationError):
+        errors = [{**error, "loc": ["body", *error["loc"]]} for error in exc.errors(include_url=False)]
+        return _Outcome(error=(ErrorType.VALIDATION, "input failed validation", errors))
+    log.error("job %s failed", job_id, exc_info=exc)
+    return _Outcome(error=(ErrorType.INFERENCE, f"{type(exc).__name__}: {exc}", None))
 
 
 def _die_with_parent() -> None:

@@ -215,6 +215,11 @@ class DictJobStore:
                     return leased
         return None
 
+    def queued(self, endpoint: str, limit: int) -> list[Job]:
+        """Serves the contract; on Modal each spawned input runs one job, so nothing batches here."""
+        records = [r for r in self._active_records() if r["status"] == IN_QUEUE and r["endpoint"] == endpoint]
+        return [self._job(record) for record in records[:limit]]
+
     def lease_job(self, job_id: str, token: str, now: float, expires_at: float, *, holder: str) -> Job | None:
         return self._lease(job_id, token, now, expires_at, holder=holder)
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from collections.abc import Hashable
+from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -66,3 +67,14 @@ class RunContext(Protocol):
 class Runner(Protocol):
     def __call__(self, inputs: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
         """Run one job's validated input; return the endpoint's output JSON."""
+
+
+@runtime_checkable
+class BatchRunner(Runner, Protocol):
+    """A runner that can also run compatible jobs as one model call."""
+
+    def batch_key(self, inputs: dict[str, Any]) -> Hashable | None:
+        """Jobs with equal keys can share a call; None: this job runs alone."""
+
+    def run_batch(self, jobs: list[tuple[dict[str, Any], RunContext]]) -> list[dict[str, Any] | Exception]:
+        """Each job's output, or the exception that job ended with (JobCancelled, InputError, ...)."""

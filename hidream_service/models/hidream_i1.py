@@ -10,10 +10,11 @@ from __future__ import annotations
 import enum
 import math
 import time
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from hidream_service.inference.denoising import step_noise_from
 from hidream_service.models.base import InputError, JobCancelled, RunContext, StrictInput
@@ -175,47 +176,78 @@ class HiDreamI1Runner:
         self.pipelines = pipelines
 
     def __call__(self, inputs: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
-        params = INPUT_MODELS[self.variant.name].model_validate(inputs)
+        (outcome,) = self.run_batch([(inputs, ctx)])
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    def batch_key(self, inputs: dict[str, Any]) -> Hashable | None:
+        """Jobs that differ only in prompt, seed and output options can share one pipeline call."""
+        try:
+            params = INPUT_MODELS[self.variant.name].model_validate(inputs)
+        except ValidationError:
+            return None
+        size = requested_size(params.image_size)
+        return (size, params.num_inference_steps, params.guidance_scale, params.num_images, params.negative_prompt)
+
+    def run_batch(self, jobs: list[tuple[dict[str, Any], RunContext]]) -> list[dict[str, Any] | Exception]:
+        """One pipeline call for every job (prompts as a batch); each job keeps its own seeds, so its
+        images are those it would get alone, up to float reduction order."""
+        model = INPUT_MODELS[self.variant.name]
+        params = [model.model_validate(inputs) for inputs, _ in jobs]
+        contexts = [ctx for _, ctx in jobs]
+        first = params[0]
         loaded = self.pipelines.get(self.variant.name)
         pipe = loaded.pipeline
-        want_w, want_h = requested_size(params.image_size)
+        want_w, want_h = requested_size(first.image_size)
         width, height = rendered_size(want_w, want_h, loaded.area_side, 2 * loaded.vae_scale_factor)
-        if (width, height) != (want_w, want_h):
-            ctx.log(
-                f"requested {want_w}x{want_h}; HiDream renders a fixed {loaded.area_side}x{loaded.area_side} "
-                f"area, so the output is {width}x{height}"
-            )
-        seed = params.seed if params.seed is not None else seed_for(ctx.job_id)
-        generators = generators_for(seed, params.num_images)
-        report_step = step_reporter(ctx)
+        seeds = [
+            p.seed if p.seed is not None else seed_for(ctx.job_id) for p, ctx in zip(params, contexts, strict=True)
+        ]
+        for ctx in contexts:
+            if (width, height) != (want_w, want_h):
+                ctx.log(
+                    f"requested {want_w}x{want_h}; HiDream renders a fixed {loaded.area_side}x{loaded.area_side} "
+                    f"area, so the output is {width}x{height}"
+                )
+            if len(jobs) > 1:
+                ctx.log(f"batched with {len(jobs) - 1} other job(s) in one pipeline call")
+        generators = [g for seed in seeds for g in generators_for(seed, first.num_images)]
+        reporters = [step_reporter(ctx) for ctx in contexts]
 
         def on_step_end(pipeline: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-            if report_step(step, params.num_inference_steps):
+            stops = [report(step, first.num_inference_steps) for report in reporters]
+            if all(stops):
                 pipeline._interrupt = True  # diffusers skips the remaining steps
             return tensors
 
         started = time.perf_counter()
         with step_noise_from(pipe.scheduler, generators):
             result = pipe(
-                prompt=params.prompt,
-                negative_prompt=params.negative_prompt or None,
+                prompt=[p.prompt for p in params],
+                negative_prompt=[first.negative_prompt] * len(params) if first.negative_prompt else None,
                 height=want_h,
                 width=want_w,
-                num_inference_steps=params.num_inference_steps,
-                guidance_scale=params.guidance_scale,
-                num_images_per_prompt=params.num_images,
+                num_inference_steps=first.num_inference_steps,
+                guidance_scale=first.guidance_scale,
+                num_images_per_prompt=first.num_images,
                 generator=generators,
                 callback_on_step_end=on_step_end,
                 output_type="pil",
             )
-        if ctx.cancelled():
-            raise JobCancelled()
         inference_seconds = time.perf_counter() - started
         images = list(result.images)
         for image in images:
             if image.size != (width, height):
                 raise RuntimeError(f"pipeline rendered {image.size}, expected {(width, height)}")
-        return _output(ctx, params, images, seed, inference_seconds)
+        outcomes: list[dict[str, Any] | Exception] = []
+        for index, (p, ctx, seed) in enumerate(zip(params, contexts, seeds, strict=True)):
+            if ctx.cancelled():
+                outcomes.append(JobCancelled())
+                continue
+            mine = images[index * first.num_images : (index + 1) * first.num_images]
+            outcomes.append(_output(ctx, p, mine, seed, inference_seconds))
+        return outcomes
 
 
 class HiDreamI1ImageToImageRunner:

@@ -284,3 +284,19 @@ def test_a_progress_event_is_sent_once_and_not_retried(service: JobService, back
 
     (started,) = deliveries(backend, job.id)
     assert started.single_attempt and json.loads(started.body)["status"] == "processing"
+
+
+def test_batch_mates_are_queued_jobs_of_the_same_endpoint_that_match(service: JobService) -> None:
+    first, _ = service.submit(request(input={"prompt": "a", "steps": 2}))
+    same = [service.submit(request(input={"prompt": p, "steps": 2}))[0] for p in ("b", "c", "d")]
+    other_steps, _ = service.submit(request(input={"prompt": "e", "steps": 3}))
+    other_endpoint, _ = service.submit(request(endpoint="fal-ai/hidream-i1-fast", input={"prompt": "f", "steps": 2}))
+    lease = service.lease_next("w")
+    assert lease is not None and lease.job.id == first.id
+
+    mates = service.lease_batch_mates(lease, "w", lambda job: job.input["steps"] == 2, limit=2)
+
+    assert [mate.job.id for mate in mates] == [same[0].id, same[1].id]  # oldest first, up to the limit
+    assert all(mate.job.status is JobStatus.IN_PROGRESS and mate.token != lease.token for mate in mates)
+    left = {job.id for job in (same[2], other_steps, other_endpoint)}
+    assert {job.id for job in (service.get(i, "") for i in left) if job and job.status is JobStatus.IN_QUEUE} == left
