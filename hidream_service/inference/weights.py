@@ -95,7 +95,7 @@ class WeightsLayout:
                 f"{self.e1_1_transformer} not found: put HiDream-ai/HiDream-E1-1's transformer folder there"
             )
         base = "full" if variant in (E1_FULL, E1_1) else variant
-        for downloaded in {self.variant_dir(base), self.variant_dir(variant), self.llama_dir}:
+        for downloaded in dict.fromkeys((self.variant_dir(variant), self.variant_dir(base), self.llama_dir)):
             verify_directory(downloaded)  # a downloaded directory must match its pinned manifest
         index = self.variant_dir(base) / "model_index.json"
         if not index.is_file():

@@ -22,7 +22,7 @@ FAST = "fal-ai/hidream-i1-fast"
 @pytest.fixture(scope="module")
 def batching(tmp_path_factory: pytest.TempPathFactory, tiny_weights: Path) -> Iterator[ServerProcess]:
     # A wait window long enough that jobs submitted together always meet in one batch.
-    env = {"HIDREAM_BATCH_MAX_SIZE": "4", "HIDREAM_BATCH_WAIT_SECONDS": "1.5"}
+    env = {"HIDREAM_BATCH_MAX_SIZE": "4", "HIDREAM_BATCH_WAIT_SECONDS": "1.5", "HIDREAM_LEASE_SECONDS": "6"}
     with ServerProcess(tmp_path_factory.mktemp("batching"), weights=str(tiny_weights), env=env) as running:
         yield running
 
