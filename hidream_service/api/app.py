@@ -15,6 +15,7 @@ import httpx
 from fastapi import FastAPI, Request
 
 from hidream_service.api import catalogue, fal, fal_storage, files, openai, replicate, wavespeed
+from hidream_service.api import requests as request_routes
 from hidream_service.api import webhooks as webhook_routes
 from hidream_service.api.auth import ApiKeys
 from hidream_service.api.errors import install_error_handlers
@@ -154,7 +155,16 @@ def create_app(settings: Settings, *, start_workers: bool = True) -> FastAPI:
             "endpoints": sorted(state.endpoints),
         }
 
-    for module in (files, webhook_routes, catalogue, fal_storage, replicate, wavespeed, openai):
+    for module in (
+        files,
+        webhook_routes,
+        request_routes,
+        catalogue,
+        fal_storage,
+        replicate,
+        wavespeed,
+        openai,
+    ):
         app.include_router(module.router)
     for endpoint in endpoints.values():
         fal.add_endpoint_routes(app, endpoint)
