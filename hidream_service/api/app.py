@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 from fastapi import FastAPI, Request
 
-from hidream_service.api import catalogue, fal, fal_storage, files, openai, replicate, wavespeed
+from hidream_service.api import catalogue, fal, fal_storage, files, openai, playground, replicate, wavespeed
 from hidream_service.api import requests as request_routes
 from hidream_service.api import webhooks as webhook_routes
 from hidream_service.api.auth import ApiKeys
@@ -156,6 +156,7 @@ def create_app(settings: Settings, *, start_workers: bool = True) -> FastAPI:
         }
 
     for module in (
+        playground,
         files,
         webhook_routes,
         request_routes,
