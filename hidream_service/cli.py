@@ -1,4 +1,4 @@
-"""The `hidream` command: `serve` runs the server; `run` is in commands/."""
+"""The `hidream` command: `serve` runs the server; `run`, `jobs` and `doctor` are in commands/."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from hidream_service.client import ServiceError
-from hidream_service.commands import run
+from hidream_service.commands import doctor, jobs, run
 from hidream_service.commands.common import UsageError, settings_from
 
 log = logging.getLogger("hidream_service")
@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve_parser.set_defaults(handler=serve)
 
     run.add_parser(commands)
+    jobs.add_parser(commands)
+    doctor.add_parser(commands)
     return parser
 
 

@@ -10,9 +10,10 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 from PIL import Image
 
-from tests.integration.harness import ServerProcess, wait_until
+from tests.integration.harness import Reply, ServerProcess, WebhookReceiver, wait_until
 
 
 def command_env(**extra: str) -> dict[str, str]:
@@ -134,3 +135,71 @@ def test_run_says_which_endpoints_take_what(server: ServerProcess, tmp_path: Pat
 
     assert unknown.returncode == 2 and "it serves: " in unknown.stderr and "hidream/noop" in unknown.stderr
     assert no_image.returncode == 2 and "takes no image input" in no_image.stderr
+
+
+def test_jobs_list_show_and_replay_a_failed_webhook(server: ServerProcess, tmp_path: Path) -> None:
+    answer = {"status": 500}
+    with WebhookReceiver(responder=lambda path, nth: Reply(answer["status"])) as receiver:
+        request_id = httpx.post(
+            f"{server.url}/hidream/noop", params={"fal_webhook": receiver.url()}, json={"prompt": "x"}
+        ).json()["request_id"]
+
+        def webhook_failed() -> bool:
+            summary = httpx.get(f"{server.url}/v1/requests/{request_id}").json()
+            return bool(summary["webhook"] and summary["webhook"]["state"] == "failed")
+
+        wait_until(webhook_failed)
+        listed = hidream("jobs", "--server", server.url, cwd=tmp_path)
+        shown = hidream("jobs", "show", request_id, "--server", server.url, cwd=tmp_path)
+        answer["status"] = 200
+        replayed = hidream("jobs", "replay-webhook", request_id, "--server", server.url, cwd=tmp_path)
+
+    row = next(line for line in listed.stdout.splitlines() if line.startswith(request_id))
+    assert "hidream/noop" in row and "succeeded" in row and "failed (4 attempts)" in row
+    assert shown.returncode == 0 and f"hidream jobs replay-webhook {request_id}" in shown.stdout
+    assert "HTTP 500" in shown.stdout
+    assert replayed.returncode == 0 and "delivered" in replayed.stdout and "HTTP 200" in replayed.stdout
+    assert len(receiver.for_path("/hook")) == 5
+
+
+def test_jobs_cancel_stops_a_running_request(server: ServerProcess, tmp_path: Path) -> None:
+    slow = {"num_steps": 300, "step_seconds": 0.1}
+    request_id = httpx.post(f"{server.url}/hidream/noop", json=slow).json()["request_id"]
+
+    cancelled = hidream("jobs", "cancel", request_id, "--server", server.url, cwd=tmp_path)
+    wait_until(lambda: httpx.get(f"{server.url}/v1/requests/{request_id}").json()["status"] == "CANCELLED")
+    again = hidream("jobs", "cancel", request_id, "--server", server.url, cwd=tmp_path)
+    unknown = hidream("jobs", "show", "no-such-request", "--server", server.url, cwd=tmp_path)
+
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert again.returncode == 1 and "already ended" in again.stderr
+    assert unknown.returncode == 1 and "no request no-such-request" in unknown.stderr
+
+
+def test_jobs_use_the_key_from_the_environment(tmp_path: Path) -> None:
+    with ServerProcess(tmp_path / "keyed", env={"HIDREAM_API_KEYS": "k1"}) as keyed:
+        refused = hidream("jobs", "list", "--server", keyed.url, cwd=tmp_path)
+        allowed = hidream("jobs", "list", cwd=tmp_path, env=command_env(HIDREAM_SERVER_URL=keyed.url, HIDREAM_KEY="k1"))
+
+    assert refused.returncode == 1 and "missing API key" in refused.stderr
+    assert allowed.returncode == 0 and "no requests yet" in allowed.stdout
+
+
+@pytest.mark.parametrize("weights", ["tiny", None])
+def test_doctor_passes_on_a_machine_that_can_serve(tmp_path: Path, weights: str | None) -> None:
+    args = ["doctor", "--data-dir", str(tmp_path / "data")] + (["--weights", weights] if weights else [])
+
+    done = hidream(*args, cwd=tmp_path)
+
+    assert done.returncode == 0, done.stdout
+    assert "ready to serve" in done.stdout
+    gpu = next(line for line in done.stdout.splitlines() if "  gpu  " in line)
+    assert "no GPU: CPU only" in gpu or gpu.startswith("ok")
+
+
+def test_doctor_fails_with_what_to_do(tmp_path: Path) -> None:
+    done = hidream("doctor", "--data-dir", str(tmp_path), "--weights", str(tmp_path / "nope"), "--json", cwd=tmp_path)
+
+    assert done.returncode == 1
+    weights = next(check for check in json.loads(done.stdout) if check["name"] == "weights")
+    assert weights["level"] == "FAIL" and "does not exist" in weights["message"] and weights["fix"]
