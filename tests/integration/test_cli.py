@@ -12,7 +12,12 @@ from pathlib import Path
 import httpx
 import pytest
 from PIL import Image
+from pydantic import BaseModel, Field
 
+from hidream_service.client import ServiceClient
+from hidream_service.commands.common import UsageError
+from hidream_service.commands.run import image_arguments
+from hidream_service.models.image_fields import image_fields
 from tests.integration.harness import Reply, ServerProcess, WebhookReceiver, wait_until
 
 
@@ -203,3 +208,32 @@ def test_doctor_fails_with_what_to_do(tmp_path: Path) -> None:
     assert done.returncode == 1
     weights = next(check for check in json.loads(done.stdout) if check["name"] == "weights")
     assert weights["level"] == "FAIL" and "does not exist" in weights["message"] and weights["fix"]
+
+
+class EditingInput(BaseModel):
+    """An editing endpoint's input shape (none is served on this branch yet)."""
+
+    prompt: str
+    image_url: str = Field(description="URL of the image to edit.")
+
+
+def test_image_goes_into_the_endpoints_image_input_uploading_local_files(server: ServerProcess, tmp_path: Path) -> None:
+    schema = EditingInput.model_json_schema()
+    editing = {
+        "id": "example/edit",
+        "input_schema": schema,
+        "image_fields": [f.to_json() for f in image_fields(schema)],
+    }
+    picture = tmp_path / "cat.png"
+    Image.new("RGB", (4, 4), (0, 128, 255)).save(picture)
+
+    with ServiceClient(server.url) as client:
+        uploaded = image_arguments(client, editing, [str(picture)])
+        linked = image_arguments(client, editing, ["https://example.com/cat.png"])
+        with pytest.raises(UsageError, match="takes one image"):
+            image_arguments(client, editing, [str(picture), str(picture)])
+        with pytest.raises(UsageError, match="no such file"):
+            image_arguments(client, editing, [str(tmp_path / "missing.png")])
+
+    assert httpx.get(uploaded["image_url"]).content == picture.read_bytes()
+    assert linked == {"image_url": "https://example.com/cat.png"}
