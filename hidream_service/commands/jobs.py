@@ -168,8 +168,9 @@ def jobs(args: argparse.Namespace) -> int:
             action = args.action or list_jobs
             code: int = action(client, args)
         except ServiceError as exc:
-            if exc.status == 404:
-                raise ServiceError(404, f"no request {args.request_id} on {args.server} for this key") from None
+            request_id = getattr(args, "request_id", None)
+            if exc.status == 404 and request_id is not None:
+                raise ServiceError(404, f"no request {request_id} on {args.server} for this key") from None
             raise
         return code
 

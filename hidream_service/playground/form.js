@@ -162,8 +162,11 @@ function imageControl(name, multiple, onChange, reportError) {
   const status = element("span", { className: "help" });
   const preview = element("div", { className: "thumbs" });
   const urls = () => text.value.split("\n").map((line) => line.trim()).filter(Boolean);
+  // Thumbnails only for files on this server (and data URIs): the page loads nothing from elsewhere.
+  const local = (url) => url.startsWith("data:") || new URL(url, location.href).origin === location.origin;
   const showPreview = () => {
-    preview.replaceChildren(...urls().map((url) => element("img", { src: url, alt: "", className: "thumb" })));
+    const shown = urls().filter((url) => URL.canParse(url, location.href) && local(url));
+    preview.replaceChildren(...shown.map((url) => element("img", { src: url, alt: "", className: "thumb" })));
   };
   const upload = async (files) => {
     reportError("");

@@ -251,3 +251,6 @@ def test_an_image_input_uploads_a_local_file_and_takes_its_url(
     assert httpx.get(url).content == picture.getvalue()
     assert page.evaluate("window.editingForm.values()")["image_url"] == url
     expect(page.locator("#editing-form .thumb")).to_have_count(1)
+    url_box.fill("https://example.com/elsewhere.png")
+    url_box.dispatch_event("change")
+    expect(page.locator("#editing-form .thumb")).to_have_count(0)  # no thumbnail fetched from another host
