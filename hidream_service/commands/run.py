@@ -219,15 +219,14 @@ def generate(client: ServiceClient, args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     if args.out is None and not args.json:
         raise UsageError("pass --out PATH to write the image, or --json to print the result")
-    with ServiceClient(args.server or "", args.key) as client:
-        if args.server:
+    if args.server:
+        with ServiceClient(args.server, args.key) as client:
             return generate(client, args)
-        settings = settings_from(args, host="127.0.0.1", port=0)
-        if settings.weights is None and args.endpoint != "hidream/noop":
-            raise UsageError("pass --weights PATH (real weights) or --weights tiny, or --server URL")
-        with InProcessServer(settings) as server:
-            client.base_url = server.url
-            return generate(client, args)
+    settings = settings_from(args, host="127.0.0.1", port=0)
+    if settings.weights is None and args.endpoint != "hidream/noop":
+        raise UsageError("pass --weights PATH (real weights) or --weights tiny, or --server URL")
+    with InProcessServer(settings) as server, ServiceClient(server.url, args.key) as client:
+        return generate(client, args)
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -40,9 +40,10 @@ def receiver() -> Iterator[WebhookReceiver]:
         yield running
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    """Debian's headless chromium, started once for the session's browser tests."""
+    """Debian's headless chromium for one module's tests. Not longer: Playwright's sync API keeps an
+    event loop running in this thread, and later tests' asyncio.run() would refuse to start."""
     with launched_chromium() as running:
         yield running
 
