@@ -95,12 +95,26 @@ def find_model(models: list[dict[str, Any]], endpoint: str) -> dict[str, Any]:
     raise UsageError(f"this server does not serve {endpoint!r}; it serves: {served}")
 
 
+def prompt_field(model: dict[str, Any]) -> str:
+    """Where the positional text goes: `prompt`, else the first required text input that is not an
+    image (an editing endpoint's `edit_instruction`)."""
+    schema = model["input_schema"]
+    properties = schema.get("properties", {})
+    if "prompt" in properties:
+        return "prompt"
+    images = {field["name"] for field in model.get("image_fields") or []}
+    for name in schema.get("required", []):
+        if name not in images and properties.get(name, {}).get("type") == "string":
+            return str(name)
+    return "prompt"
+
+
 def build_arguments(args: argparse.Namespace, model: dict[str, Any]) -> dict[str, Any]:
     """The endpoint's input from the command line, by the names its schema uses."""
     properties = model["input_schema"].get("properties", {})
     arguments: dict[str, Any] = {}
     if args.prompt is not None:
-        arguments["prompt"] = args.prompt
+        arguments[prompt_field(model)] = args.prompt
     if args.seed is not None:
         arguments["seed"] = args.seed
     if args.num_images is not None:
@@ -235,7 +249,9 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="make an image (or run any endpoint) and write it to a file",
         description="Queue one request, follow its progress, write its images. Ctrl-C cancels it.",
     )
-    parser.add_argument("prompt", nargs="?", help="the prompt (omit for endpoints that take none)")
+    parser.add_argument(
+        "prompt", nargs="?", help="the prompt, or an editing endpoint's instruction (omit where none is needed)"
+    )
     parser.add_argument("--out", type=Path, help="where to write the image (.png, .jpg or .webp); several get -1, -2…")
     parser.add_argument("--json", action="store_true", help="print the request id, result and files as JSON")
     parser.add_argument("--endpoint", default="fal-ai/hidream-i1-full", help="fal app id (see GET /models)")

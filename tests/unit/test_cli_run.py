@@ -5,19 +5,27 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel, Field
 
 from hidream_service.cli import build_parser
 from hidream_service.commands.common import UsageError
 from hidream_service.commands.run import build_arguments, output_paths, parse_assignment, progress_line
 from hidream_service.models.hidream_i1 import HiDreamI1DevInput
+from hidream_service.models.image_fields import image_fields
 from hidream_service.models.noop import NoopInput
 
 
-def model(input_model: type) -> dict[str, object]:
-    return {"id": "x", "input_schema": input_model.model_json_schema(), "image_fields": []}
+class EditingInput(BaseModel):
+    image_url: str = Field(description="The image to edit.")
+    edit_instruction: str
 
 
-def arguments(*argv: str, input_model: type = HiDreamI1DevInput) -> dict[str, object]:
+def model(input_model: type[BaseModel]) -> dict[str, object]:
+    schema = input_model.model_json_schema()
+    return {"id": "x", "input_schema": schema, "image_fields": [field.to_json() for field in image_fields(schema)]}
+
+
+def arguments(*argv: str, input_model: type[BaseModel] = HiDreamI1DevInput) -> dict[str, object]:
     return build_arguments(build_parser().parse_args(["run", *argv]), model(input_model))
 
 
@@ -67,3 +75,7 @@ def test_progress_line_shows_the_queue_then_the_last_step() -> None:
     logs = [{"message": "step 1/4"}, {"message": "step 2/4"}, {"message": "saving"}]
     assert progress_line({"status": "IN_PROGRESS", "logs": logs}).endswith("] step 2/4")
     assert progress_line({"status": "IN_PROGRESS", "logs": []}) == "in progress"
+
+
+def test_an_editing_endpoint_takes_the_text_as_its_instruction() -> None:
+    assert arguments("make it snow", "--json", input_model=EditingInput) == {"edit_instruction": "make it snow"}
