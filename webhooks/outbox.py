@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -117,6 +118,9 @@ class Outbox(Protocol):
     def attempts(self, delivery_id: str) -> list[AttemptRecord]: ...
 
     def for_subject(self, subject: str) -> list[Delivery]: ...
+
+    def final_for_subjects(self, subjects: Sequence[str]) -> dict[str, Delivery]:
+        """Each subject's newest retried delivery (the event that ends it), by subject."""
 
 
 def create_tables(conn: sqlite3.Connection) -> None:
@@ -269,6 +273,19 @@ class SqliteOutbox:
             )
             for row in rows
         ]
+
+    def final_for_subjects(self, subjects: Sequence[str]) -> dict[str, Delivery]:
+        """Each subject's newest retried delivery (the event that ends it), by subject; progress events,
+        sent once and never retried, are left out."""
+        if not subjects:
+            return {}
+        placeholders = ",".join("?" for _ in subjects)
+        rows = self._conn.execute(
+            f"SELECT * FROM webhook_deliveries WHERE single_attempt = 0 AND subject IN ({placeholders})"
+            " ORDER BY created_at",
+            list(subjects),
+        ).fetchall()
+        return {row["subject"]: _row_to_delivery(row) for row in rows}
 
     def for_subject(self, subject: str) -> list[Delivery]:
         rows = self._conn.execute(

@@ -18,7 +18,8 @@ from typing import Any
 import httpx
 from fastapi import FastAPI, Request
 
-from hidream_service.api import catalogue, fal, fal_storage, files, openai, replicate, wavespeed
+from hidream_service.api import catalogue, fal, fal_storage, files, openai, playground, replicate, wavespeed
+from hidream_service.api import requests as request_routes
 from hidream_service.api import webhooks as webhook_routes
 from hidream_service.api.auth import ApiKeys
 from hidream_service.api.errors import install_error_handlers
@@ -188,7 +189,17 @@ def create_app(
         state = app_state(request)
         return {"status": "ok", **state.executor.health(), "endpoints": sorted(state.endpoints)}
 
-    for module in (files, webhook_routes, catalogue, fal_storage, replicate, wavespeed, openai):
+    for module in (
+        playground,
+        files,
+        webhook_routes,
+        request_routes,
+        catalogue,
+        fal_storage,
+        replicate,
+        wavespeed,
+        openai,
+    ):
         app.include_router(module.router)
     for endpoint in endpoints.values():
         fal.add_endpoint_routes(app, endpoint)

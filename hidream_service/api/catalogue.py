@@ -1,4 +1,5 @@
-"""GET /models: every endpoint this server serves, its name in each dialect, its input schema and defaults."""
+"""GET /models: every endpoint this server serves, its name in each dialect, its input schema and defaults,
+and which of its inputs take images."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from fastapi import APIRouter, Request
 
 from hidream_service.api.state import app_state
 from hidream_service.dialects import openai, replicate, wavespeed
+from hidream_service.models.image_fields import image_fields
 
 router = APIRouter()
 
@@ -42,6 +44,7 @@ async def catalogue(request: Request) -> dict[str, Any]:
                 "names": _names(endpoint.id),
                 "input_schema": schema,
                 "defaults": {name: getattr(value, "value", value) for name, value in defaults.items()},
+                "image_fields": [field.to_json() for field in image_fields(schema)],
             }
         )
     return {"models": models}

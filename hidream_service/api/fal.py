@@ -45,7 +45,8 @@ def _app_of(endpoint: str) -> str:
     return "/".join(endpoint.split("/")[:2])
 
 
-def _urls(job: Job) -> dict[str, str]:
+def queue_urls(job: Job) -> dict[str, str]:
+    """fal's response, status and cancel URLs of a job, whichever dialect submitted it."""
     base = f"{job.base_url}/{_app_of(job.endpoint)}/requests/{job.id}"
     return {"response_url": base, "status_url": f"{base}/status", "cancel_url": f"{base}/cancel"}
 
@@ -65,7 +66,7 @@ def _logs(job: Job) -> list[dict[str, Any]]:
 def render_status(job: Job, *, with_logs: bool) -> dict[str, Any]:
     """fal's status object. Failed and cancelled jobs are COMPLETED with `error` (fal-client knows
     no other status strings); `logs` is always present, null unless asked for."""
-    body: dict[str, Any] = {"request_id": job.id, **_urls(job), "logs": _logs(job) if with_logs else None}
+    body: dict[str, Any] = {"request_id": job.id, **queue_urls(job), "logs": _logs(job) if with_logs else None}
     if job.status is JobStatus.IN_QUEUE:
         body.update(status="IN_QUEUE", queue_position=job.queue_position or 0)
     elif job.status is JobStatus.IN_PROGRESS:

@@ -34,8 +34,9 @@ class JobStore(Protocol):
 
     def logs(self, job_id: str) -> list[LogLine]: ...
 
-    def page(self, owner: str, dialect: str, *, before_seq: int | None, limit: int) -> list[Job]:
-        """Newest first: up to `limit` jobs of this owner and dialect submitted before `before_seq`."""
+    def page(self, owner: str, dialect: str | None, *, before_seq: int | None, limit: int) -> list[Job]:
+        """Newest first: up to `limit` jobs of this owner (and dialect; None: any) submitted before
+        `before_seq`."""
 
     def enqueue_webhook(self, message: OutboxMessage, due_at: float) -> None:
         """A progress event's delivery, outside any state change."""

@@ -47,6 +47,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs (owner, idempotency_key)
     WHERE idempotency_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, seq);
+CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner, seq);    -- one caller's recent requests
 CREATE TABLE IF NOT EXISTS job_logs (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     job_id TEXT NOT NULL,
@@ -172,12 +173,18 @@ class SqliteJobStore:
             ).fetchall()
         return [LogLine(row["timestamp"], row["level"], row["message"]) for row in rows]
 
-    def page(self, owner: str, dialect: str, *, before_seq: int | None, limit: int) -> list[Job]:
-        """Newest first: up to `limit` jobs of this owner and dialect submitted before `before_seq`."""
+    def page(self, owner: str, dialect: str | None, *, before_seq: int | None, limit: int) -> list[Job]:
+        """Newest first: up to `limit` jobs of this owner (and dialect, None: any) submitted before `before_seq`."""
         with self._lock:
             rows = self._conn.execute(
-                "SELECT * FROM jobs WHERE owner = ? AND dialect = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
-                (owner, dialect, before_seq if before_seq is not None else 2**62, limit),
+                "SELECT * FROM jobs WHERE owner = :owner AND (:dialect IS NULL OR dialect = :dialect)"
+                " AND seq < :before ORDER BY seq DESC LIMIT :limit",
+                {
+                    "owner": owner,
+                    "dialect": dialect,
+                    "before": before_seq if before_seq is not None else 2**62,
+                    "limit": limit,
+                },
             ).fetchall()
         return [_row_to_job(row) for row in rows]
 

@@ -145,13 +145,13 @@ class DictJobStore:
     def logs(self, job_id: str) -> list[LogLine]:
         return [LogLine(*line) for chunk in self._logs.read(f"logs:{job_id}") for line in chunk]
 
-    def page(self, owner: str, dialect: str, *, before_seq: int | None, limit: int) -> list[Job]:
+    def page(self, owner: str, dialect: str | None, *, before_seq: int | None, limit: int) -> list[Job]:
         limit_seq = before_seq if before_seq is not None else 2**62
         matching = sorted(
             (
                 (int(seq), entry["id"])
                 for seq, entry in self._listing.items()
-                if entry["owner"] == owner and entry["dialect"] == dialect and int(seq) < limit_seq
+                if entry["owner"] == owner and dialect in (None, entry["dialect"]) and int(seq) < limit_seq
             ),
             reverse=True,
         )

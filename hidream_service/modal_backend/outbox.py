@@ -12,7 +12,7 @@ spawns the CPU function that sends it, so nothing waits on a receiver inside a G
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from hidream_service.modal_backend.kv import AppendOnlyLog, KeyValueStore, Record, VersionedRecords
@@ -184,6 +184,15 @@ class DictOutbox:
         ids = dict.fromkeys(self._logs.read(f"subject:{subject}"))  # ordered, without repeats
         found = [self.get(delivery_id) for delivery_id in ids]
         return sorted((delivery for delivery in found if delivery is not None), key=lambda d: d.created_at)
+
+    def final_for_subjects(self, subjects: Sequence[str]) -> dict[str, Delivery]:
+        """Each subject's newest retried delivery (its ending's webhook); progress events are left out."""
+        finals: dict[str, Delivery] = {}
+        for subject in subjects:
+            retried = [delivery for delivery in self.for_subject(subject) if not delivery.single_attempt]
+            if retried:
+                finals[subject] = retried[-1]
+        return finals
 
     # -- the due index ---------------------------------------------------------------------------
 

@@ -6,7 +6,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import Browser
 
+from tests.integration.browser import PageWatch, launched_chromium
 from tests.integration.harness import ServerProcess, WebhookReceiver
 
 BUILD_TINY = (
@@ -36,3 +38,19 @@ def server(tmp_path_factory: pytest.TempPathFactory, tiny_weights: Path) -> Iter
 def receiver() -> Iterator[WebhookReceiver]:
     with WebhookReceiver() as running:
         yield running
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Debian's headless chromium for one module's tests. Not longer: Playwright's sync API keeps an
+    event loop running in this thread, and later tests' asyncio.run() would refuse to start."""
+    with launched_chromium() as running:
+        yield running
+
+
+@pytest.fixture
+def watch() -> Iterator[PageWatch]:
+    """Fails the test if its pages threw a script error or reached past loopback."""
+    watching = PageWatch()
+    yield watching
+    watching.check()

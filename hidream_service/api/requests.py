@@ -1,0 +1,122 @@
+"""The operator's view of the queue: recent requests of every dialect, with their webhook state.
+
+GET /v1/requests[?limit=N&before=REQUEST_ID]   newest first; `next` is the `before` of the next page
+GET /v1/requests/{request_id}                  one request: the summary plus its input, result and logs
+
+Like every other route, a caller sees only the requests its API key made. Deliveries and replays
+are at /v1/requests/{id}/webhooks and /v1/webhooks/deliveries/{id}/replay (api/webhooks.py);
+cancelling goes through the fal `cancel_url` each summary carries.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Query, Request
+
+from hidream_service.api.fal import queue_urls
+from hidream_service.api.state import app_state
+from hidream_service.api.submission import one_error
+from hidream_service.dialects.common import iso
+from hidream_service.jobs.model import Job, JobStatus
+from webhooks.outbox import Delivery, DeliveryState
+
+router = APIRouter(tags=["requests"])
+
+DEFAULT_PAGE = 20
+MAX_PAGE = 100
+MAX_ID_LENGTH = 100
+
+
+def _outcome(job: Job) -> str:
+    """One word for a person: queued, running, succeeded, failed or cancelled."""
+    if job.status is JobStatus.IN_QUEUE:
+        return "queued"
+    if job.status is JobStatus.IN_PROGRESS:
+        return "running"
+    if job.status is JobStatus.CANCELLED:
+        return "cancelled"
+    return "succeeded" if job.succeeded else "failed"
+
+
+def _seconds(start: float | None, end: float | None) -> float | None:
+    return None if start is None or end is None else round(end - start, 3)
+
+
+def webhook_summary(delivery: Delivery | None) -> dict[str, Any] | None:
+    """The request's final webhook: delivered, retrying (an attempt failed, more are due), pending
+    (not tried yet) or failed (every attempt failed)."""
+    if delivery is None:
+        return None
+    state = delivery.state.value
+    if delivery.state is DeliveryState.PENDING and delivery.attempts > 0:
+        state = "retrying"
+    return {
+        "delivery_id": delivery.id,
+        "url": delivery.url,
+        "state": state,
+        "attempts": delivery.attempts,
+        "last_error": delivery.last_error,
+        "next_attempt_at": iso(delivery.next_attempt_at) if delivery.state is DeliveryState.PENDING else None,
+    }
+
+
+def request_summary(job: Job, delivery: Delivery | None) -> dict[str, Any]:
+    return {
+        "request_id": job.id,
+        "endpoint": job.endpoint,
+        "dialect": job.dialect,
+        "status": job.status.value,
+        "outcome": _outcome(job),
+        "queue_position": job.queue_position,
+        "created_at": iso(job.created_at),
+        "started_at": iso(job.started_at),
+        "completed_at": iso(job.completed_at),
+        "queue_seconds": _seconds(job.created_at, job.started_at),
+        "total_seconds": _seconds(job.created_at, job.completed_at),
+        "inference_seconds": job.inference_time,
+        "error": None if job.succeeded else job.error,
+        "error_type": job.error_type.value if job.error_type else None,
+        "images": len(job.result.get("images", [])) if job.result else 0,
+        "webhook": webhook_summary(delivery),
+        **queue_urls(job),
+    }
+
+
+@router.get("/v1/requests", summary="Recent requests of every dialect, newest first")
+async def list_requests(
+    request: Request,
+    limit: int = Query(DEFAULT_PAGE, ge=1, le=MAX_PAGE),
+    before: str | None = Query(None, min_length=1, max_length=MAX_ID_LENGTH),
+) -> dict[str, Any]:
+    state = app_state(request)
+    owner = state.api_keys.owner(request)
+    before_seq = None
+    if before is not None:
+        cursor = state.service.get(before, owner)
+        if cursor is None:
+            raise HTTPException(422, one_error(["query", "before"], f"no request {before} to list from", "cursor"))
+        before_seq = cursor.seq
+    jobs = state.service.store.page(owner, None, before_seq=before_seq, limit=limit + 1)
+    page, more = jobs[:limit], len(jobs) > limit
+    deliveries = state.outbox.final_for_subjects([job.id for job in page])
+    return {
+        "requests": [request_summary(job, deliveries.get(job.id)) for job in page],
+        "next": page[-1].id if more else None,
+    }
+
+
+@router.get("/v1/requests/{request_id}", summary="One request: its state, input, result and logs")
+async def get_request(request: Request, request_id: str) -> dict[str, Any]:
+    state = app_state(request)
+    job = state.service.get(request_id, state.api_keys.owner(request), with_logs=True)
+    if job is None:
+        raise HTTPException(404, f"request {request_id} not found")
+    delivery = state.outbox.final_for_subjects([job.id]).get(job.id)
+    return {
+        **request_summary(job, delivery),
+        "input": job.input,
+        "result": job.result,
+        "error_detail": job.error_detail,
+        "logs": [{"timestamp": iso(line.timestamp), "level": line.level, "message": line.message} for line in job.logs],
+    }

@@ -1,0 +1,1 @@
+"""The `hidream` subcommands besides `serve`: run, jobs, doctor."""
