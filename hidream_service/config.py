@@ -145,15 +145,19 @@ class Settings(BaseSettings):
         le=10.0,
         description="How long a worker waits for compatible jobs to fill a batch; 0 batches only jobs already queued.",
     )
+    preload: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated endpoint ids whose models each worker loads at start, before its first job.",
+    )
     max_loaded_pipelines: int = Field(
         default=1,
         ge=1,
         description="Pipelines a worker keeps loaded. One real HiDream-I1 pipeline fills an 80 GB GPU.",
     )
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "preload", mode="before")
     @classmethod
-    def _parse_keys(cls, value: object) -> object:
+    def _parse_lists(cls, value: object) -> object:
         return _split_commas(value)
 
     @field_validator("webhook_retry_schedule", mode="before")
@@ -169,6 +173,16 @@ class Settings(BaseSettings):
     def _non_negative(cls, value: list[float]) -> list[float]:
         if any(delay < 0 for delay in value):
             raise ValueError("retry delays must be >= 0 seconds")
+        return value
+
+    @field_validator("preload")
+    @classmethod
+    def _known_endpoints(cls, value: list[str]) -> list[str]:
+        from hidream_service.models.registry import ENDPOINTS
+
+        unknown = [endpoint for endpoint in value if endpoint not in ENDPOINTS]
+        if unknown:
+            raise ValueError(f"unknown endpoint(s) to preload: {', '.join(unknown)}; known: {', '.join(ENDPOINTS)}")
         return value
 
     @model_validator(mode="after")

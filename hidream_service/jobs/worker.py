@@ -318,4 +318,14 @@ def worker_main(name: str, settings: Settings, wake: Event, changes: Queue[str],
         changes.put(job_id)
 
     service = build_service(settings, store, on_submitted=lambda job: wake.set(), on_changed=changed)
-    Worker(name, settings, service, Runners(settings), wake).run_forever(parent_pid)
+    runners = Runners(settings)
+    for endpoint_id in settings.preload:
+        # Before the first lease, so the first request does not pay for imports and the weight load.
+        started = time.perf_counter()
+        try:
+            runners.preload(endpoint_id)
+        except Exception:
+            log.exception("could not preload %s; it will load on its first job", endpoint_id)
+        else:
+            log.info("preloaded %s in %.1f s", endpoint_id, time.perf_counter() - started)
+    Worker(name, settings, service, runners, wake).run_forever(parent_pid)

@@ -211,7 +211,7 @@ def test_doctor_fails_with_what_to_do(tmp_path: Path) -> None:
 
 
 class EditingInput(BaseModel):
-    """An editing endpoint's input shape (none is served on this branch yet)."""
+    """An editing-shaped input, to check the argument mapping without a model."""
 
     prompt: str
     image_url: str = Field(description="URL of the image to edit.")
@@ -237,3 +237,36 @@ def test_image_goes_into_the_endpoints_image_input_uploading_local_files(server:
 
     assert httpx.get(uploaded["image_url"]).content == picture.read_bytes()
     assert linked == {"image_url": "https://example.com/cat.png"}
+
+
+def test_run_edits_a_local_image_with_e1(server: ServerProcess, tmp_path: Path) -> None:
+    picture = tmp_path / "street.png"
+    Image.new("RGB", (96, 64), (200, 120, 40)).save(picture)
+    out = tmp_path / "edited.png"
+
+    done = hidream(
+        "run", "make it snow", "--server", server.url, "--endpoint", "fal-ai/hidream-e1-full",
+        "--image", str(picture), "--steps", "2", "--seed", "1", "--out", str(out), cwd=tmp_path,
+    )  # fmt: skip
+
+    assert done.returncode == 0, done.stderr
+    assert "step 2/2" in done.stderr
+    with Image.open(out) as image:
+        assert image.size == (78, 52)  # the source's 3:2 at the tiny 64x64 area
+
+
+def test_workers_preload_models_before_the_first_job(tiny_weights: Path, tmp_path: Path) -> None:
+    env = {"HIDREAM_PRELOAD": "fal-ai/hidream-i1-fast,fal-ai/hidream-e1-1", "HIDREAM_MAX_LOADED_PIPELINES": "2"}
+    with ServerProcess(tmp_path / "data", weights=str(tiny_weights), env=env) as server:
+        wait_until(lambda: "preloaded fal-ai/hidream-e1-1" in server.log(), timeout=120)
+
+        log = server.log()
+        assert "preloaded fal-ai/hidream-i1-fast" in log
+        assert "loading fast from" in log and "loading e1-1 from" in log
+
+
+def test_an_unknown_endpoint_to_preload_is_refused_at_start(tmp_path: Path) -> None:
+    done = hidream("serve", "--data-dir", str(tmp_path), cwd=tmp_path, env=command_env(HIDREAM_PRELOAD="fal-ai/flux"))
+
+    assert done.returncode == 2
+    assert "unknown endpoint(s) to preload: fal-ai/flux" in done.stderr
