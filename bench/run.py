@@ -325,7 +325,24 @@ def coldstart(quick: bool, workdir: Path) -> dict[str, Any]:
         "warm_image_s": round(warm_s, 3),
         "of_which_model_imports_s": round(float(imports.stdout.strip()), 3),
         "start_to_first_image_s": round(health_s + first_s, 3),
+        "first_image_10s_after_health_preloaded_s": round(first_image_after_preload(workdir), 3),
     }
+
+
+def first_image_after_preload(workdir: Path, settle_s: float = 10.0) -> float:
+    """A first request that arrives a while after start, on a server that preloads its model."""
+    env = {"HIDREAM_PRELOAD": "fal-ai/hidream-i1-fast"}
+    server = Hidream(workdir / "preload-data", weights=str(workdir / "tiny"), env=env)
+    try:
+        server.ready()
+        time.sleep(settle_s)  # the worker imports and loads meanwhile, off the request path
+        with httpx.Client(timeout=120) as client:
+            started = time.perf_counter()
+            first = server.job(client, "fal-ai/hidream-i1-fast", {"prompt": "x", "num_inference_steps": 2})
+            server.receiver.wait(first, timeout=300)
+            return time.perf_counter() - started
+    finally:
+        server.close()
 
 
 # -- report ----------------------------------------------------------------------------------------
