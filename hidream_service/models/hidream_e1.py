@@ -86,7 +86,8 @@ class HiDreamE1Runner:
         self.pipelines = pipelines
 
     def __call__(self, inputs: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
-        from hidream_service.inference.hidream_e1 import edit, edit_prompt, resize_to_area, resize_to_square
+        from hidream_service.inference.hidream_e1 import edit, edit_prompt, resize_to_square
+        from hidream_service.inference.resizing import resize_to_area
 
         params = INPUT_MODELS[self.model].model_validate(inputs)
         loaded = self.pipelines.get(self.model)
