@@ -16,10 +16,21 @@ MODELS = {
     "wavespeed-ai/hidream-i1-dev": "fal-ai/hidream-i1-dev",
     "wavespeed-ai/hidream-i1-fast": "fal-ai/hidream-i1-fast",
     "wavespeed-ai/hidream-e1-full": "fal-ai/hidream-e1-full",
+    "wavespeed-ai/hidream-o1-image-text-to-image": "fal-ai/hidream-o1-image",
+    "wavespeed-ai/hidream-o1-image-dev-text-to-image": "fal-ai/hidream-o1-image/dev",
 }
 ENDPOINT_TO_MODEL = {endpoint: model for model, endpoint in MODELS.items()}
 SIZE = re.compile(r"^(\d{2,4})\*(\d{2,4})$")
-MIN_SIDE, MAX_SIDE = 256, 1536
+
+
+def checked_size(value: str, low: int, high: int) -> str:
+    match = SIZE.match(value)
+    if match is None:
+        raise ValueError('size must look like "1024*1024"')
+    for side in (int(match.group(1)), int(match.group(2))):
+        if not low <= side <= high:
+            raise ValueError(f"each side of size must be {low} to {high}")
+    return value
 
 
 class WaveSpeedImageInput(StrictInput):
@@ -38,13 +49,7 @@ class WaveSpeedImageInput(StrictInput):
     @field_validator("size")
     @classmethod
     def _size(cls, value: str) -> str:
-        match = SIZE.match(value)
-        if match is None:
-            raise ValueError('size must look like "1024*1024"')
-        for side in (int(match.group(1)), int(match.group(2))):
-            if not MIN_SIDE <= side <= MAX_SIDE:
-                raise ValueError(f"each side of size must be {MIN_SIDE} to {MAX_SIDE}")
-        return value
+        return checked_size(value, 256, 1536)
 
     def to_fal(self) -> dict[str, Any]:
         width, height = (int(side) for side in self.size.split("*"))
@@ -62,6 +67,36 @@ class WaveSpeedImageInput(StrictInput):
             value = getattr(self, name)
             if value is not None:
                 fal[name] = value
+        return fal
+
+
+class WaveSpeedO1ImageInput(StrictInput):
+    """wavespeed-ai/hidream-o1-image(-dev)-text-to-image: 2K by default; the size snaps to O1's presets."""
+
+    prompt: str = Field(min_length=1, max_length=10_000)
+    size: str = Field(default="2048*2048", description='"width*height", each 256 to 4096; snapped to a preset')
+    seed: int = Field(default=-1, ge=-1, le=2**63 - 1, description="-1 picks one at random")
+    output_format: Literal["jpeg", "png", "webp"] = "jpeg"
+    enable_base64_output: bool = False
+    enable_safety_checker: bool = True
+    enable_sync_mode: bool = False
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, value: str) -> str:
+        return checked_size(value, 256, 4096)
+
+    def to_fal(self) -> dict[str, Any]:
+        width, height = (int(side) for side in self.size.split("*"))
+        fal: dict[str, Any] = {
+            "prompt": self.prompt,
+            "image_size": {"width": width, "height": height},
+            "output_format": self.output_format,
+            "enable_safety_checker": self.enable_safety_checker,
+            "sync_mode": self.enable_base64_output,
+        }
+        if self.seed != -1:
+            fal["seed"] = self.seed
         return fal
 
 
@@ -89,8 +124,14 @@ class WaveSpeedEditInput(StrictInput):
         return fal
 
 
-def input_model(model: str) -> type[WaveSpeedImageInput] | type[WaveSpeedEditInput]:
-    return WaveSpeedEditInput if "hidream-e1" in MODELS[model] else WaveSpeedImageInput
+WaveSpeedInput = type[WaveSpeedImageInput] | type[WaveSpeedO1ImageInput] | type[WaveSpeedEditInput]
+
+
+def input_model(model: str) -> WaveSpeedInput:
+    endpoint = MODELS[model]
+    if "hidream-e1" in endpoint:
+        return WaveSpeedEditInput
+    return WaveSpeedO1ImageInput if "hidream-o1" in endpoint else WaveSpeedImageInput
 
 
 def status_of(job: Job) -> str:

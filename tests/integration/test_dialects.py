@@ -282,6 +282,8 @@ def test_openai_lists_the_models(oai: openai.OpenAI) -> None:
         "hidream-i1-fast",
         "hidream-e1-full",
         "hidream-e1-1",
+        "hidream-o1-image",
+        "hidream-o1-image-dev",
     }
 
 
