@@ -22,7 +22,7 @@ from hidream_service.models.hidream_i1 import (
     ImageSizeName,
     requested_size,
 )
-from hidream_service.models.running import MAX_SEED, image_outputs, seed_for, step_reporter
+from hidream_service.models.running import MAX_SEED, image_result, seed_for, step_reporter
 
 if TYPE_CHECKING:
     from hidream_service.inference.pipelines import PipelineCache
@@ -127,20 +127,7 @@ class HiDreamO1Runner:
         if ctx.cancelled():
             raise JobCancelled()
         inference_seconds = time.perf_counter() - started
-        files, flagged = image_outputs(
-            ctx,
-            images,
-            enable_safety_checker=params.enable_safety_checker,
-            output_format=params.output_format,
-            sync_mode=params.sync_mode,
-        )
-        return {
-            "images": files,
-            "seed": seed,
-            "has_nsfw_concepts": flagged,
-            "prompt": params.prompt,
-            "timings": {"inference": inference_seconds},
-        }
+        return image_result(ctx, images, params, seed=seed, prompt=params.prompt, inference_seconds=inference_seconds)
 
     def _references(self, params: _O1InputBase, ctx: RunContext) -> list[Any]:
         if not isinstance(params, _EditFields):

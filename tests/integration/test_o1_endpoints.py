@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import io
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ import replicate
 import wavespeed
 from PIL import Image
 
-from tests.integration.harness import ServerProcess, close_fal_client
+from tests.integration.harness import ServerProcess
 
 O1 = "fal-ai/hidream-o1-image"
 O1_EDIT = "fal-ai/hidream-o1-image/edit"
@@ -41,20 +40,6 @@ def data_uri(data: bytes) -> str:
 def image_size(data: bytes) -> tuple[int, int]:
     with Image.open(io.BytesIO(data)) as image:
         return image.size
-
-
-@pytest.fixture
-def fal(server: ServerProcess, monkeypatch: pytest.MonkeyPatch) -> Iterator[fal_client.SyncClient]:
-    for name, value in {
-        "QUEUE_URL_FORMAT": f"{server.url}/",
-        "RUN_URL_FORMAT": f"{server.url}/run/",
-        "REST_URL": server.url,
-        "CDN_URL": server.url,
-    }.items():
-        monkeypatch.setattr(fal_client.client, name, value)
-    client = fal_client.SyncClient(key="unused")
-    yield client
-    close_fal_client(client)
 
 
 def test_fal_subscribe_renders_text_to_image_as_a_fal_document(fal: fal_client.SyncClient) -> None:
@@ -153,13 +138,6 @@ def test_the_catalogue_shows_fal_s_defaults(server: ServerProcess) -> None:
 
 
 # -- OpenAI, Replicate, WaveSpeed -----------------------------------------------------------------
-
-
-@pytest.fixture
-def oai(server: ServerProcess) -> Iterator[openai.OpenAI]:
-    client = openai.OpenAI(api_key="unused", base_url=f"{server.url}/v1", max_retries=0)
-    yield client
-    client.close()
 
 
 def test_openai_generates_with_o1(oai: openai.OpenAI) -> None:
