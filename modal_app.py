@@ -42,6 +42,9 @@ OUTPUTS_DIR = "/outputs"
 # One HiDream-I1 pipeline in bf16 is about 57 GiB with its Llama encoder: it needs an 80 GB GPU.
 # The list is an order of preference: H100 when Modal has one, else an A100 80GB.
 GPU_FALLBACKS = ["H100", "A100-80GB"]
+# One O1 checkpoint (8.8 B parameters, no separate text encoder) is about 18 GiB in bf16, and its
+# 2048x2048 renders keep long sequences: an H100 holds it with room to spare, an A100 80GB too.
+O1_GPU_FALLBACKS = ["H100", "A100-80GB"]
 # Longest run of one job: 4 images x 50 steps at 1024x1024 on an A100 is about 4 minutes.
 JOB_TIMEOUT_SECONDS = 20 * MINUTES
 # Loading ~57 GiB from the weights Volume at 1-2 GB/s, plus building the snapshot on first start.
@@ -193,6 +196,8 @@ def dispatch(endpoint: Any, job_id: str) -> Any:
     """The spawn behind each endpoint: one function per model family."""
     if endpoint.family == "noop":
         return run_noop_job.spawn(job_id)
+    if endpoint.family.startswith("hidream-o1"):
+        return HiDreamO1(variant=endpoint.variant).run.spawn(job_id)
     if endpoint.variant is not None:  # I1 text-to-image and image-to-image, E1 editing
         return HiDreamI1(variant=endpoint.variant).run.spawn(job_id)
     raise ValueError(f"no Modal function runs the {endpoint.family!r} family yet")
@@ -226,6 +231,37 @@ def web() -> Any:
 # ## Inference: one class per model family, one container pool per variant
 
 
+def prepare_model(variant: str) -> tuple[str, Any]:
+    """Refuse weights that are missing or do not match their pinned manifest, before anything is
+    snapshotted (the input fails with that message, and the sweeper ends the job with it); then the
+    runners, with the pipeline preloaded when the GPU snapshot is on (it goes into the snapshot)."""
+    from hidream_service.inference.weights import resolve_weights
+    from hidream_service.jobs.worker import Runners
+    from hidream_service.models.registry import ENDPOINTS
+
+    settings = container_settings()
+    layout = resolve_weights(settings.weights, settings.data_dir)
+    assert layout is not None, "HIDREAM_WEIGHTS is set in the image"
+    layout.check(variant)
+    endpoint_id = next(e.id for e in ENDPOINTS.values() if e.variant == variant)
+    runners = Runners(settings)
+    if GPU_SNAPSHOT:  # the GPU is visible now
+        runners.preload(endpoint_id)
+    return endpoint_id, runners
+
+
+def start_model(variant: str, endpoint_id: str, runners: Any) -> tuple[Any, Any]:
+    if not GPU_SNAPSHOT:
+        runners.preload(endpoint_id)
+    return deployment().job_worker(f"gpu-{variant}", runners)
+
+
+def run_model_job(service: Any, worker: Any, job_id: str) -> bool:
+    from hidream_service.modal_backend.executor import run_spawned_job
+
+    return run_spawned_job(service, worker, job_id, call_holder(), cancellations=(modal.exception.InputCancellation,))
+
+
 @app.cls(
     image=gpu_image,
     gpu=GPU_FALLBACKS,
@@ -247,34 +283,46 @@ class HiDreamI1:
 
     @modal.enter(snap=True)
     def check_weights(self) -> None:
-        from hidream_service.inference.weights import resolve_weights
-        from hidream_service.jobs.worker import Runners
-        from hidream_service.models.registry import ENDPOINTS
-
-        settings = container_settings()
-        layout = resolve_weights(settings.weights, settings.data_dir)
-        assert layout is not None, "HIDREAM_WEIGHTS is set in the image"
-        # Refuse weights that are missing or do not match their pinned manifest, before anything is
-        # snapshotted: the input fails with that message, and the sweeper ends the job with it.
-        layout.check(self.variant)
-        self.endpoint_id = next(e.id for e in ENDPOINTS.values() if e.variant == self.variant)
-        self.runners = Runners(settings)
-        if GPU_SNAPSHOT:  # the GPU is visible now, and the loaded pipeline goes into the snapshot
-            self.runners.preload(self.endpoint_id)
+        self.endpoint_id, self.runners = prepare_model(self.variant)
 
     @modal.enter(snap=False)
     def load(self) -> None:
-        if not GPU_SNAPSHOT:
-            self.runners.preload(self.endpoint_id)
-        self.service, self.worker = deployment().job_worker(f"gpu-{self.variant}", self.runners)
+        self.service, self.worker = start_model(self.variant, self.endpoint_id, self.runners)
 
     @modal.method()
     def run(self, job_id: str) -> bool:
-        from hidream_service.modal_backend.executor import run_spawned_job
+        return run_model_job(self.service, self.worker, job_id)
 
-        return run_spawned_job(
-            self.service, self.worker, job_id, call_holder(), cancellations=(modal.exception.InputCancellation,)
-        )
+
+@app.cls(
+    image=gpu_image,
+    gpu=O1_GPU_FALLBACKS,
+    secrets=[service_secret],
+    volumes={**weights_read_only, **outputs_mount},
+    timeout=JOB_TIMEOUT_SECONDS,
+    startup_timeout=STARTUP_TIMEOUT_SECONDS,
+    scaledown_window=GPU_SCALEDOWN_WINDOW_SECONDS,
+    max_containers=MAX_GPU_CONTAINERS,
+    retries=JOB_RETRIES,
+    enable_memory_snapshot=True,
+    experimental_options={"enable_gpu_snapshot": GPU_SNAPSHOT},
+)
+class HiDreamO1:
+    """HiDream-O1-Image: `variant` is o1 or o1-dev (text-to-image, editing, personalization)."""
+
+    variant: str = modal.parameter(default="o1")
+
+    @modal.enter(snap=True)
+    def check_weights(self) -> None:
+        self.endpoint_id, self.runners = prepare_model(self.variant)
+
+    @modal.enter(snap=False)
+    def load(self) -> None:
+        self.service, self.worker = start_model(self.variant, self.endpoint_id, self.runners)
+
+    @modal.method()
+    def run(self, job_id: str) -> bool:
+        return run_model_job(self.service, self.worker, job_id)
 
 
 @app.function(

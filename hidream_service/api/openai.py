@@ -1,7 +1,7 @@
 """OpenAI's Images API, as the official `openai` client uses it (base_url = ".../v1").
 
     POST /v1/images/generations    JSON; waits for the job and answers {created, data: [{url | b64_json}]}
-    POST /v1/images/edits          multipart (`image` or repeated `image[]`, optional `mask`)
+    POST /v1/images/edits          multipart (`image` or repeated `image[]`; several only for O1; no `mask`)
     GET  /v1/models                the models, OpenAI-style
 
 Synchronous, as OpenAI is; a job that outlasts HIDREAM_SYNC_TIMEOUT_SECONDS is a 504 that names the
@@ -21,6 +21,7 @@ from hidream_service.api import submission
 from hidream_service.api.openapi import json_body
 from hidream_service.api.state import AppState, app_state
 from hidream_service.dialects import openai
+from hidream_service.models.hidream_o1 import MAX_REFERENCES
 
 router = APIRouter(prefix="/v1")
 
@@ -66,8 +67,6 @@ async def edits(request: Request) -> dict[str, Any]:
         images = [part for part in form.getlist("image") + form.getlist("image[]") if isinstance(part, UploadFile)]
         if not images:
             raise HTTPException(400, submission.one_error(["body", "image"], "at least one image file", "missing"))
-        if len(images) > 1:
-            raise HTTPException(400, submission.one_error(["body", "image"], "these models edit one image", "too_long"))
         if "mask" in form:
             raise HTTPException(
                 400, submission.one_error(["body", "mask"], "masks are not supported: HiDream edits by instruction", "")
@@ -79,16 +78,29 @@ async def edits(request: Request) -> dict[str, Any]:
             raise HTTPException(
                 404, f"The model '{body.model}' does not edit images; editing models: {', '.join(openai.EDIT_MODELS)}"
             )
-        data = await images[0].read(state.settings.max_image_bytes + 1)
-        if len(data) > state.settings.max_image_bytes:
-            raise HTTPException(413, f"the image is larger than {state.settings.max_image_bytes} bytes")
+        most = MAX_REFERENCES if endpoint in openai.SEVERAL_IMAGES else 1
+        if len(images) > most:
+            several = ", ".join(name for name, target in openai.EDIT_MODELS.items() if target in openai.SEVERAL_IMAGES)
+            message = (
+                f"up to {most} images for this model"
+                if most > 1
+                else f"this model edits one image; {several} take several"
+            )
+            raise HTTPException(400, submission.one_error(["body", "image"], message, "too_long"))
+        image_urls = [await _data_uri(image, state.settings.max_image_bytes) for image in images]
     finally:
         await form.close()
-    image_url = f"data:application/octet-stream;base64,{base64.b64encode(data).decode()}"
     job = await submission.submit(
-        state, request, endpoint_id=endpoint, fal_input=body.to_fal(endpoint, image_url), dialect="openai"
+        state, request, endpoint_id=endpoint, fal_input=body.to_fal(endpoint, image_urls), dialect="openai"
     )
     return await _answer(state, job.id, owner, int(job.created_at), body.output_format)
+
+
+async def _data_uri(image: UploadFile, limit: int) -> str:
+    data = await image.read(limit + 1)
+    if len(data) > limit:
+        raise HTTPException(413, f"the image is larger than {limit} bytes")
+    return f"data:application/octet-stream;base64,{base64.b64encode(data).decode()}"
 
 
 async def _answer(state: AppState, job_id: str, owner: str, created: int, output_format: str) -> dict[str, Any]:

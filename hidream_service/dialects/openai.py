@@ -13,13 +13,20 @@ MODELS = {
     "hidream-i1-full": "fal-ai/hidream-i1-full",
     "hidream-i1-dev": "fal-ai/hidream-i1-dev",
     "hidream-i1-fast": "fal-ai/hidream-i1-fast",
+    "hidream-o1-image": "fal-ai/hidream-o1-image",
+    "hidream-o1-image-dev": "fal-ai/hidream-o1-image/dev",
 }
-#: /v1/images/edits: E1 instruction editing, and I1 image-to-image under the I1 name.
+#: /v1/images/edits: E1 instruction editing, I1 image-to-image under the I1 name, O1 editing and
+#: personalization under the O1 names.
 EDIT_MODELS = {
     "hidream-e1-full": "fal-ai/hidream-e1-full",
     "hidream-e1-1": "fal-ai/hidream-e1-1",
     "hidream-i1-full": "fal-ai/hidream-i1-full/image-to-image",
+    "hidream-o1-image": "fal-ai/hidream-o1-image/edit",
+    "hidream-o1-image-dev": "fal-ai/hidream-o1-image/dev/edit",
 }
+#: Edit endpoints that take several images (`image[]`): one is edited, several are subjects.
+SEVERAL_IMAGES = {"fal-ai/hidream-o1-image/edit", "fal-ai/hidream-o1-image/dev/edit"}
 DEFAULT_MODEL = "hidream-i1-full"
 DEFAULT_EDIT_MODEL = "hidream-e1-full"
 SIZE = re.compile(r"^(\d{2,4})x(\d{2,4})$")
@@ -91,16 +98,21 @@ class EditRequest(StrictInput):
     def _size(cls, value: str) -> str:
         return checked_size(value)
 
-    def to_fal(self, endpoint: str, image_url: str) -> dict[str, Any]:
-        """The fal input of the editing endpoint: the prompt is E1's instruction, I1's prompt."""
+    def to_fal(self, endpoint: str, image_urls: list[str]) -> dict[str, Any]:
+        """The fal input of the editing endpoint: the prompt is E1's instruction, I1's and O1's prompt."""
         editing = "hidream-e1" in endpoint
         fal: dict[str, Any] = {
             "edit_instruction" if editing else "prompt": self.prompt,
-            "image_url": image_url,
             "num_images": self.n,
             "output_format": self.output_format,
             "sync_mode": self.response_format == "b64_json",
         }
+        if endpoint in SEVERAL_IMAGES:
+            fal["reference_image_urls"] = image_urls
+            # "auto" with one image: the image's own aspect ratio, as an edit would be expected to keep.
+            fal["keep_original_aspect"] = self.size == "auto" and len(image_urls) == 1
+        else:
+            fal["image_url"] = image_urls[0]
         if self.size != "auto" and not editing:  # E1 keeps the source's aspect ratio
             width, height = (int(side) for side in self.size.split("x"))
             fal["image_size"] = {"width": width, "height": height}

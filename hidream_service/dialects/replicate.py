@@ -17,6 +17,8 @@ MODELS = {
     "hidream-ai/hidream-i1-fast": "fal-ai/hidream-i1-fast",
     "hidream-ai/hidream-e1-full": "fal-ai/hidream-e1-full",
     "hidream-ai/hidream-e1-1": "fal-ai/hidream-e1-1",
+    "hidream-ai/hidream-o1-image": "fal-ai/hidream-o1-image",
+    "hidream-ai/hidream-o1-image-dev": "fal-ai/hidream-o1-image/dev",
     "hidream/noop": "hidream/noop",
 }
 ENDPOINT_TO_MODEL = {endpoint: model for model, endpoint in MODELS.items()}

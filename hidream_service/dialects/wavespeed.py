@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
@@ -16,20 +16,21 @@ MODELS = {
     "wavespeed-ai/hidream-i1-dev": "fal-ai/hidream-i1-dev",
     "wavespeed-ai/hidream-i1-fast": "fal-ai/hidream-i1-fast",
     "wavespeed-ai/hidream-e1-full": "fal-ai/hidream-e1-full",
+    "wavespeed-ai/hidream-o1-image-text-to-image": "fal-ai/hidream-o1-image",
+    "wavespeed-ai/hidream-o1-image-dev-text-to-image": "fal-ai/hidream-o1-image/dev",
 }
 ENDPOINT_TO_MODEL = {endpoint: model for model, endpoint in MODELS.items()}
 SIZE = re.compile(r"^(\d{2,4})\*(\d{2,4})$")
-MIN_SIDE, MAX_SIDE = 256, 1536
 
 
-class WaveSpeedImageInput(StrictInput):
+class _WaveSpeedTextToImage(StrictInput):
+    """What every WaveSpeed text-to-image model takes; subclasses set the size range."""
+
+    SIDES: ClassVar[tuple[int, int]] = (256, 1536)
+
     prompt: str = Field(min_length=1, max_length=10_000)
-    negative_prompt: str | None = Field(default=None, max_length=10_000)
     size: str = Field(default="1024*1024", description='"width*height", each 256 to 1536')
     seed: int = Field(default=-1, ge=-1, le=2**63 - 1, description="-1 picks one at random")
-    num_inference_steps: int | None = Field(default=None, ge=1, le=50)
-    guidance_scale: float | None = Field(default=None, ge=0.0, le=20.0)
-    num_images: int = Field(default=1, ge=1, le=4)
     output_format: Literal["jpeg", "png", "webp"] = "jpeg"
     enable_base64_output: bool = False
     enable_safety_checker: bool = True
@@ -41,9 +42,10 @@ class WaveSpeedImageInput(StrictInput):
         match = SIZE.match(value)
         if match is None:
             raise ValueError('size must look like "1024*1024"')
+        low, high = cls.SIDES
         for side in (int(match.group(1)), int(match.group(2))):
-            if not MIN_SIDE <= side <= MAX_SIDE:
-                raise ValueError(f"each side of size must be {MIN_SIDE} to {MAX_SIDE}")
+            if not low <= side <= high:
+                raise ValueError(f"each side of size must be {low} to {high}")
         return value
 
     def to_fal(self) -> dict[str, Any]:
@@ -51,18 +53,38 @@ class WaveSpeedImageInput(StrictInput):
         fal: dict[str, Any] = {
             "prompt": self.prompt,
             "image_size": {"width": width, "height": height},
-            "num_images": self.num_images,
             "output_format": self.output_format,
             "enable_safety_checker": self.enable_safety_checker,
             "sync_mode": self.enable_base64_output,
         }
         if self.seed != -1:
             fal["seed"] = self.seed
+        return fal
+
+
+class WaveSpeedImageInput(_WaveSpeedTextToImage):
+    """wavespeed-ai/hidream-i1-*."""
+
+    negative_prompt: str | None = Field(default=None, max_length=10_000)
+    num_inference_steps: int | None = Field(default=None, ge=1, le=50)
+    guidance_scale: float | None = Field(default=None, ge=0.0, le=20.0)
+    num_images: int = Field(default=1, ge=1, le=4)
+
+    def to_fal(self) -> dict[str, Any]:
+        fal = {**super().to_fal(), "num_images": self.num_images}
         for name in ("negative_prompt", "num_inference_steps", "guidance_scale"):
             value = getattr(self, name)
             if value is not None:
                 fal[name] = value
         return fal
+
+
+class WaveSpeedO1ImageInput(_WaveSpeedTextToImage):
+    """wavespeed-ai/hidream-o1-image(-dev)-text-to-image: 2K by default; the size snaps to O1's presets."""
+
+    SIDES: ClassVar[tuple[int, int]] = (256, 4096)
+
+    size: str = Field(default="2048*2048", description='"width*height", each 256 to 4096; snapped to a preset')
 
 
 class WaveSpeedEditInput(StrictInput):
@@ -97,8 +119,14 @@ class UploadTicketRequest(StrictInput):
     content_type: str | None = Field(default=None, max_length=200)
 
 
-def input_model(model: str) -> type[WaveSpeedImageInput] | type[WaveSpeedEditInput]:
-    return WaveSpeedEditInput if "hidream-e1" in MODELS[model] else WaveSpeedImageInput
+WaveSpeedInput = type[WaveSpeedImageInput] | type[WaveSpeedO1ImageInput] | type[WaveSpeedEditInput]
+
+
+def input_model(model: str) -> WaveSpeedInput:
+    endpoint = MODELS[model]
+    if "hidream-e1" in endpoint:
+        return WaveSpeedEditInput
+    return WaveSpeedO1ImageInput if "hidream-o1" in endpoint else WaveSpeedImageInput
 
 
 def status_of(job: Job) -> str:

@@ -25,7 +25,6 @@ Everything else (VAE, text encoders, scheduler) comes from HiDream-I1-Full.
 from __future__ import annotations
 
 import json
-import math
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,29 +179,6 @@ def resize_to_square(image: Any, side: int) -> Any:
     from PIL import Image
 
     return image.resize((side, side), resample=Image.Resampling.BICUBIC)
-
-
-def resize_to_area(image: Any, area_side: int, multiple: int) -> Any:
-    """E1.1's input: the largest size of about area_side**2 pixels with sides in `multiple`s and the
-    image's aspect ratio, scaled to cover and centre-cropped (official inference_e1_1.py)."""
-    from PIL import Image
-
-    while min(image.size) >= 2 * area_side:  # cheap box halving first, as the official script does
-        image = image.resize((image.width // 2, image.height // 2), resample=Image.Resampling.BOX)
-    width, height = image.size
-    scale = math.sqrt(area_side * area_side / (width * height))
-    candidates = [
-        (round_w(width * scale) // multiple * multiple, round_h(height * scale) // multiple * multiple)
-        for round_w in (round, math.floor)
-        for round_h in (round, math.floor)
-    ]
-    fitting = [size for size in candidates if size[0] * size[1] <= area_side * area_side and min(size) >= multiple]
-    target_w, target_h = max(fitting or [(multiple, multiple)], key=lambda size: size[0] * size[1])
-    cover = max(target_w / width, target_h / height)
-    scaled_w, scaled_h = max(target_w, round(width * cover)), max(target_h, round(height * cover))
-    image = image.resize((scaled_w, scaled_h), resample=Image.Resampling.BICUBIC)
-    left, top = (scaled_w - target_w) // 2, (scaled_h - target_h) // 2
-    return image.crop((left, top, left + target_w, top + target_h))
 
 
 def edit(

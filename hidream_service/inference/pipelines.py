@@ -1,4 +1,4 @@
-"""Loading HiDream pipelines (I1 and E1) from a weights directory, the same code for real and tiny weights."""
+"""Loading HiDream pipelines (I1, E1, O1) from a weights directory, the same code for real and tiny weights."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hidream_service.inference.hidream_o1.recipes import RECIPES as O1_RECIPES
 from hidream_service.inference.weights import E1_1, E1_FULL, WeightsLayout
 from hidream_service.models.hidream_i1 import VARIANTS, Variant
 
@@ -111,6 +112,25 @@ def load_pipeline(layout: WeightsLayout, model: str, device: str, llama: tuple[A
     )
 
 
+def load_o1_pipeline(layout: WeightsLayout, model: str, device: str) -> LoadedPipeline:
+    """HiDream-O1 (Full or Dev): one Qwen3-VL checkpoint folder, no other component."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from hidream_service.inference.hidream_o1.geometry import CONDITION_IMAGE_SIZE
+    from hidream_service.inference.hidream_o1.pipeline import HiDreamO1Pipeline
+
+    layout.check(model)
+    metadata = layout.service_metadata(model)
+    pipeline = HiDreamO1Pipeline.load(
+        layout.variant_dir(model),
+        O1_RECIPES[model],
+        device,
+        divisor=metadata.get("resolution_divisor", 1),
+        condition_image_size=metadata.get("condition_image_size", CONDITION_IMAGE_SIZE),
+    )
+    # No VAE: O1 works on pixels, at about keep_aspect_side**2 of them.
+    return LoadedPipeline(pipeline=pipeline, area_side=pipeline.geometry.keep_aspect_side, vae_scale_factor=1)
+
+
 def _load_i1_components(
     layout: WeightsLayout, variant: Variant, dtype: Any, llama: tuple[Any, Any], transformer: Any
 ) -> Any:
@@ -154,7 +174,7 @@ class PipelineCache:
         self._llama: tuple[Any, Any] | None = None
 
     def get(self, model: str) -> LoadedPipeline:
-        """The loaded pipeline of a model key (I1 variant name, e1-full or e1-1)."""
+        """The loaded pipeline of a model key (I1 variant name, e1-full, e1-1, o1 or o1-dev)."""
         if model in self._loaded:
             self._loaded.move_to_end(model)
             return self._loaded[model]
@@ -163,10 +183,13 @@ class PipelineCache:
             log.info("unloading %s to make room", evicted)
             _free_accelerator_memory()
         quiet_loading()
-        if self._llama is None:
-            self._llama = load_llama(self.layout, self.device)
         log.info("loading %s from %s on %s", model, self.layout.root, self.device)
-        loaded = load_pipeline(self.layout, model, self.device, self._llama)
+        if model in O1_RECIPES:
+            loaded = load_o1_pipeline(self.layout, model, self.device)
+        else:
+            if self._llama is None:  # only I1 and E1 use the Llama encoder
+                self._llama = load_llama(self.layout, self.device)
+            loaded = load_pipeline(self.layout, model, self.device, self._llama)
         self._loaded[model] = loaded
         return loaded
 

@@ -14,20 +14,26 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from hidream_service.inference.hidream_o1.recipes import RECIPES as O1_RECIPES
 from hidream_service.inference.weights import LLAMA_DIRECTORY
 from hidream_service.models.hidream_i1 import VARIANTS
 
 UNPINNED = "UNPINNED"
 _COMMIT_SHA = re.compile(r"^[0-9a-f]{40}$")
 
-# Pinned revisions. None could be looked up from where this was written (no access to the hub),
-# so they are placeholders that the download refuses until a real commit sha is filled in.
+# Pinned revisions. The I1, E1 and Llama ones could not be looked up from where this was written
+# (no access to the hub), so they are placeholders that the download refuses until a real commit
+# sha is filled in.
 HIDREAM_I1_FULL_REVISION = UNPINNED
 HIDREAM_I1_DEV_REVISION = UNPINNED
 HIDREAM_I1_FAST_REVISION = UNPINNED
 HIDREAM_E1_FULL_REVISION = UNPINNED
 HIDREAM_E1_1_REVISION = UNPINNED
 LLAMA_3_1_8B_INSTRUCT_REVISION = UNPINNED
+# O1's come from a third party's record of the checkpoints it converted, not from the hub itself:
+# confirm them against each repository's history before a production deployment.
+HIDREAM_O1_IMAGE_REVISION = "0b0901d99f200389e138c61946af1185f5f49a13"
+HIDREAM_O1_IMAGE_DEV_REVISION = "c0bada0e15c54a9f96a6d1ecc35575b32bc21544"
 
 
 class UnpinnedRevision(Exception):
@@ -59,6 +65,11 @@ HIDREAM_I1_DEV = WeightSource("HiDream-ai/HiDream-I1-Dev", HIDREAM_I1_DEV_REVISI
 HIDREAM_I1_FAST = WeightSource("HiDream-ai/HiDream-I1-Fast", HIDREAM_I1_FAST_REVISION, VARIANTS["fast"].directory)
 HIDREAM_E1_FULL = WeightSource("HiDream-ai/HiDream-E1-Full", HIDREAM_E1_FULL_REVISION, "HiDream-E1-Full")
 HIDREAM_E1_1 = WeightSource("HiDream-ai/HiDream-E1-1", HIDREAM_E1_1_REVISION, "HiDream-E1-1")
+# O1 is one self-contained Qwen3-VL checkpoint: no VAE, no separate text encoder, no Llama.
+HIDREAM_O1_IMAGE = WeightSource("HiDream-ai/HiDream-O1-Image", HIDREAM_O1_IMAGE_REVISION, O1_RECIPES["o1"].directory)
+HIDREAM_O1_IMAGE_DEV = WeightSource(
+    "HiDream-ai/HiDream-O1-Image-Dev", HIDREAM_O1_IMAGE_DEV_REVISION, O1_RECIPES["o1-dev"].directory
+)
 # text_encoder_4 of every HiDream pipeline; gated by Meta's licence. The original/ folder (the
 # consolidated .pth checkpoint) is not needed by transformers.
 LLAMA_3_1_8B_INSTRUCT = WeightSource(
@@ -69,7 +80,16 @@ LLAMA_3_1_8B_INSTRUCT = WeightSource(
     gated=True,
 )
 
-SOURCES = (HIDREAM_I1_FULL, HIDREAM_I1_DEV, HIDREAM_I1_FAST, HIDREAM_E1_FULL, HIDREAM_E1_1, LLAMA_3_1_8B_INSTRUCT)
+SOURCES = (
+    HIDREAM_I1_FULL,
+    HIDREAM_I1_DEV,
+    HIDREAM_I1_FAST,
+    HIDREAM_E1_FULL,
+    HIDREAM_E1_1,
+    HIDREAM_O1_IMAGE,
+    HIDREAM_O1_IMAGE_DEV,
+    LLAMA_3_1_8B_INSTRUCT,
+)
 
 #: What `download_weights --model NAME` fetches: the model's own repository and what it loads with.
 MODELS: dict[str, tuple[WeightSource, ...]] = {
@@ -79,6 +99,8 @@ MODELS: dict[str, tuple[WeightSource, ...]] = {
     # E1 edits with I1-Full's components around its own transformer (HiDream-ai/HiDream-E1 inference*.py).
     "hidream-e1-full": (HIDREAM_E1_FULL, HIDREAM_I1_FULL, LLAMA_3_1_8B_INSTRUCT),
     "hidream-e1-1": (HIDREAM_E1_1, HIDREAM_I1_FULL, LLAMA_3_1_8B_INSTRUCT),
+    "hidream-o1-image": (HIDREAM_O1_IMAGE,),
+    "hidream-o1-image-dev": (HIDREAM_O1_IMAGE_DEV,),
 }
 ALL = "all"
 

@@ -1,8 +1,9 @@
-"""Tiny random-weight HiDream-I1 and E1 weights, built offline and saved exactly like real ones.
+"""Tiny random-weight HiDream-I1, E1 and O1 weights, built offline and saved exactly like real ones.
 
 Same architectures as the real checkpoints (CLIP-L/G, T5, Llama, 16-channel VAE with 8x scale,
-the sparse-MoE HiDream transformer), a few thousand parameters each, tokenizers built in memory. The
-images are noise; loading, scheduling, the denoising loop, cancel and decoding are all real.
+the sparse-MoE HiDream transformer; O1's Qwen3-VL, see hidream_o1/tiny.py), a few thousand
+parameters each, tokenizers built in memory. The images are noise; loading, scheduling, the
+denoising loop, cancel and decoding are all real.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from hidream_service.inference.hidream_o1.recipes import RECIPES as O1_RECIPES
 from hidream_service.inference.weights import (
     E1_1,
     E1_1_TRANSFORMER,
@@ -62,8 +64,8 @@ def ensure_tiny_weights(layout: WeightsLayout) -> None:
 
 
 def build_tiny_weights(root: Path) -> None:
-    """Write tiny HiDream-I1-{Full,Dev,Fast}, E1-Full's LoRA file, E1.1's transformer and the tiny
-    Llama text encoder under `root`."""
+    """Write tiny HiDream-I1-{Full,Dev,Fast}, E1-Full's LoRA file, E1.1's transformer, the tiny
+    Llama text encoder and tiny HiDream-O1-Image{,-Dev} under `root`."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
     from diffusers import HiDreamImagePipeline
@@ -100,6 +102,11 @@ def build_tiny_weights(root: Path) -> None:
         _write_metadata(directory)
     _e1_full_lora_file(transformers["full"], root / MODEL_DIRECTORIES[E1_FULL])
     _e1_1_transformer(root / MODEL_DIRECTORIES[E1_1])
+
+    from hidream_service.inference.hidream_o1.tiny import build_tiny_o1
+
+    for index, recipe in enumerate(O1_RECIPES.values()):
+        build_tiny_o1(root / recipe.directory, seed=4000 + index)  # Full and Dev get their own weights
 
 
 def _write_metadata(directory: Path) -> None:

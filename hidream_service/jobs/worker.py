@@ -99,6 +99,11 @@ class Runners:
             from hidream_service.models.hidream_e1 import HiDreamE1Runner
 
             return HiDreamE1Runner(endpoint.variant, self._pipeline_cache())
+        if endpoint.family in ("hidream-o1", "hidream-o1-edit"):
+            from hidream_service.models.hidream_o1 import HiDreamO1Runner
+
+            editing = endpoint.family == "hidream-o1-edit"
+            return HiDreamO1Runner(endpoint.variant, self._pipeline_cache(), editing=editing)
         from hidream_service.models.hidream_i1 import VARIANTS, HiDreamI1ImageToImageRunner, HiDreamI1Runner
 
         if endpoint.family == "hidream-i1-image-to-image":

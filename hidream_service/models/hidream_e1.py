@@ -16,7 +16,7 @@ from pydantic import Field
 
 from hidream_service.models.base import InputError, JobCancelled, RunContext, StrictInput
 from hidream_service.models.hidream_i1 import MAX_ASPECT_RATIO, MAX_IMAGE_URL_LENGTH
-from hidream_service.models.running import MAX_SEED, generators_for, image_outputs, seed_for, step_reporter
+from hidream_service.models.running import MAX_SEED, generators_for, image_result, seed_for, step_reporter
 
 if TYPE_CHECKING:
     from hidream_service.inference.pipelines import PipelineCache
@@ -86,7 +86,8 @@ class HiDreamE1Runner:
         self.pipelines = pipelines
 
     def __call__(self, inputs: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
-        from hidream_service.inference.hidream_e1 import edit, edit_prompt, resize_to_area, resize_to_square
+        from hidream_service.inference.hidream_e1 import edit, edit_prompt, resize_to_square
+        from hidream_service.inference.resizing import resize_to_area
 
         params = INPUT_MODELS[self.model].model_validate(inputs)
         loaded = self.pipelines.get(self.model)
@@ -124,20 +125,7 @@ class HiDreamE1Runner:
             raise JobCancelled()
         inference_seconds = time.perf_counter() - started
         images = [_resized(image, output_size) for image in images]
-        files, flagged = image_outputs(
-            ctx,
-            images,
-            enable_safety_checker=params.enable_safety_checker,
-            output_format=params.output_format,
-            sync_mode=params.sync_mode,
-        )
-        return {
-            "images": files,
-            "seed": seed,
-            "has_nsfw_concepts": flagged,
-            "prompt": prompt,
-            "timings": {"inference": inference_seconds},
-        }
+        return image_result(ctx, images, params, seed=seed, prompt=prompt, inference_seconds=inference_seconds)
 
 
 def _resized(image: Any, size: tuple[int, int]) -> Any:

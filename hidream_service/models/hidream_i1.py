@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from hidream_service.inference.denoising import step_noise_from
 from hidream_service.models.base import InputError, JobCancelled, RunContext, StrictInput
-from hidream_service.models.running import MAX_SEED, generators_for, image_outputs, seed_for, step_reporter
+from hidream_service.models.running import MAX_SEED, generators_for, image_result, seed_for, step_reporter
 
 if TYPE_CHECKING:
     from hidream_service.inference.pipelines import PipelineCache
@@ -303,17 +303,4 @@ def cover_and_crop(image: Any, width: int, height: int) -> Any:
 
 
 def _output(ctx: RunContext, params: Any, images: list[Any], seed: int, inference_seconds: float) -> dict[str, Any]:
-    files, flagged = image_outputs(
-        ctx,
-        images,
-        enable_safety_checker=params.enable_safety_checker,
-        output_format=params.output_format,
-        sync_mode=params.sync_mode,
-    )
-    return {
-        "images": files,
-        "seed": seed,
-        "has_nsfw_concepts": flagged,
-        "prompt": params.prompt,
-        "timings": {"inference": inference_seconds},
-    }
+    return image_result(ctx, images, params, seed=seed, prompt=params.prompt, inference_seconds=inference_seconds)

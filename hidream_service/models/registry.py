@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hidream_service.models import hidream_e1, hidream_i1
+from hidream_service.inference.hidream_o1.recipes import O1, O1_DEV
+from hidream_service.models import hidream_e1, hidream_i1, hidream_o1
 from hidream_service.models.base import StrictInput
 from hidream_service.models.noop import NoopInput
 
@@ -16,8 +17,8 @@ class Endpoint:
     id: str  # the fal app id
     title: str
     input_model: type[StrictInput]
-    family: str  # "noop" | "hidream-i1" | "hidream-i1-image-to-image" | "hidream-e1"
-    variant: str | None = None  # the model key the weights layout serves: full, dev, fast, e1-full, e1-1
+    family: str  # "noop" | "hidream-i1" | "hidream-i1-image-to-image" | "hidream-e1" | "hidream-o1" | "hidream-o1-edit"
+    variant: str | None = None  # the model key the weights layout serves: full, dev, fast, e1-full, e1-1, o1, o1-dev
     image_fields: tuple[str, ...] = ()  # inputs holding image URLs, fetched and checked at submit
 
     @property
@@ -55,6 +56,26 @@ ENDPOINTS: dict[str, Endpoint] = {
             "hidream-e1",
             hidream_e1.E1_1,
             image_fields=("image_url",),
+        ),
+        Endpoint("fal-ai/hidream-o1-image", "HiDream-O1-Image", hidream_o1.HiDreamO1Input, "hidream-o1", O1),
+        Endpoint(
+            "fal-ai/hidream-o1-image/edit",
+            "HiDream-O1-Image editing and personalization",
+            hidream_o1.HiDreamO1EditInput,
+            "hidream-o1-edit",
+            O1,
+            image_fields=("reference_image_urls",),
+        ),
+        Endpoint(
+            "fal-ai/hidream-o1-image/dev", "HiDream-O1-Image Dev", hidream_o1.HiDreamO1DevInput, "hidream-o1", O1_DEV
+        ),
+        Endpoint(
+            "fal-ai/hidream-o1-image/dev/edit",
+            "HiDream-O1-Image Dev editing and personalization",
+            hidream_o1.HiDreamO1DevEditInput,
+            "hidream-o1-edit",
+            O1_DEV,
+            image_fields=("reference_image_urls",),
         ),
     ]
 }

@@ -47,3 +47,24 @@ def image_outputs(
         for index, image in enumerate(images)
     ]
     return files, flagged
+
+
+def image_result(
+    ctx: RunContext, images: list[Any], params: Any, *, seed: int, prompt: str, inference_seconds: float
+) -> dict[str, Any]:
+    """fal's output document for `images`, screened and stored as `params` (enable_safety_checker,
+    output_format, sync_mode) asks."""
+    files, flagged = image_outputs(
+        ctx,
+        images,
+        enable_safety_checker=params.enable_safety_checker,
+        output_format=params.output_format,
+        sync_mode=params.sync_mode,
+    )
+    return {
+        "images": files,
+        "seed": seed,
+        "has_nsfw_concepts": flagged,
+        "prompt": prompt,
+        "timings": {"inference": inference_seconds},
+    }

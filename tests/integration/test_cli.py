@@ -50,7 +50,7 @@ def test_run_in_process_builds_tiny_weights_on_first_use(tmp_path: Path) -> None
         assert image.format == "PNG"
         assert image.size == (64, 64)
     assert "step 2/2" in done.stderr
-    assert (tmp_path / "d" / "weights" / "tiny-v2" / "HiDream-I1-Full" / "model_index.json").is_file()
+    assert (tmp_path / "d" / "weights" / "tiny-v3" / "HiDream-I1-Full" / "model_index.json").is_file()
 
 
 def test_run_against_a_running_server(server: ServerProcess, tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ import wavespeed
 from PIL import Image
 from standardwebhooks import Webhook
 
-from tests.integration.harness import TEST_SECRET, ServerProcess, WebhookReceiver, close_fal_client, wait_until
+from tests.integration.harness import TEST_SECRET, ServerProcess, WebhookReceiver, wait_until
 from webhooks.signing import wavespeed_verify
 
 TINY = {"prompt": "a lighthouse", "num_inference_steps": 2, "seed": 3}
@@ -209,13 +209,6 @@ def test_wavespeed_errors_use_its_envelope(server: ServerProcess) -> None:
 # -- OpenAI --------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def oai(server: ServerProcess) -> Iterator[openai.OpenAI]:
-    client = openai.OpenAI(api_key="unused", base_url=f"{server.url}/v1", max_retries=0)
-    yield client
-    client.close()
-
-
 def test_openai_generate_urls_and_base64(oai: openai.OpenAI) -> None:
     extra: dict[str, Any] = {"seed": 5, "num_inference_steps": 2}
     by_url = oai.images.generate(model="hidream-i1-fast", prompt="a fox", n=2, size="1024x1024", extra_body=extra)
@@ -283,24 +276,12 @@ def test_openai_lists_the_models(oai: openai.OpenAI) -> None:
         "hidream-i1-fast",
         "hidream-e1-full",
         "hidream-e1-1",
+        "hidream-o1-image",
+        "hidream-o1-image-dev",
     }
 
 
 # -- fal sync and storage ------------------------------------------------------------------------
-
-
-@pytest.fixture
-def fal(server: ServerProcess, monkeypatch: pytest.MonkeyPatch) -> Iterator[fal_client.SyncClient]:
-    for name, value in {
-        "QUEUE_URL_FORMAT": f"{server.url}/",
-        "RUN_URL_FORMAT": f"{server.url}/run/",
-        "REST_URL": server.url,
-        "CDN_URL": server.url,
-    }.items():
-        monkeypatch.setattr(fal_client.client, name, value)
-    client = fal_client.SyncClient(key="unused")
-    yield client
-    close_fal_client(client)
 
 
 def test_fal_run_answers_with_the_result(fal: fal_client.SyncClient) -> None:

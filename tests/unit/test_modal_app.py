@@ -54,8 +54,9 @@ def test_it_imports_on_a_machine_without_torch() -> None:
     assert "hidream-jobs" in done.stdout
 
 
-def test_the_gpu_class_asks_for_80gb_gpus_in_order_with_volumes_secrets_and_timeouts() -> None:
-    info = modal_app.HiDreamI1().run.info()
+@pytest.mark.parametrize("gpu_class", ["HiDreamI1", "HiDreamO1"])
+def test_the_gpu_classes_ask_for_80gb_gpus_in_order_with_volumes_secrets_and_timeouts(gpu_class: str) -> None:
+    info = getattr(modal_app, gpu_class)().run.info()
 
     assert info.gpus == [("H100", 1), ("A100-80GB", 1)]
     assert {name for name, _ in info.gpus} <= KNOWN_GPUS  # the client does not check GPU names

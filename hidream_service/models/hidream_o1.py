@@ -1,0 +1,156 @@
+"""HiDream-O1-Image endpoints: fal's input schemas (text-to-image and edit, Full and Dev), the runner.
+
+O1 renders one of eleven presets up to 2K (2048x2048, 2560x1440, ...): `image_size` chooses the
+aspect ratio and snaps to the closest preset, unless `keep_original_aspect` is set with exactly one
+reference, which then gives the output its own aspect ratio. One reference edits it; several are
+subjects to personalize with. The algorithm lives in hidream_service/inference/hidream_o1/.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Annotated, Any
+
+from pydantic import Field
+
+from hidream_service.inference.hidream_o1.recipes import DEV, FULL, O1, O1_DEV
+from hidream_service.models.base import InputError, JobCancelled, RunContext, StrictInput
+from hidream_service.models.hidream_i1 import (
+    MAX_ASPECT_RATIO,
+    MAX_IMAGE_URL_LENGTH,
+    ImageSize,
+    ImageSizeName,
+    requested_size,
+)
+from hidream_service.models.running import MAX_SEED, image_result, seed_for, step_reporter
+
+if TYPE_CHECKING:
+    from hidream_service.inference.pipelines import PipelineCache
+
+#: References one request may carry; the release shrinks each as there are more (a quarter side past 8).
+MAX_REFERENCES = 10
+#: fal's default output size: the 2K square.
+DEFAULT_SIZE = ImageSize(width=2048, height=2048)
+
+
+class _O1InputBase(StrictInput):
+    prompt: str = Field(
+        min_length=1, max_length=10_000, description="What to draw, how to edit, or what to do with the subjects."
+    )
+    image_size: ImageSizeName | ImageSize = Field(
+        default=DEFAULT_SIZE, description="A preset name or {width, height}: snapped to the closest supported size."
+    )
+    num_inference_steps: int = Field(default=FULL.steps, ge=1, le=50)
+    guidance_scale: float = Field(default=FULL.guidance, ge=0.0, le=20.0, description="Above 1 turns on CFG.")
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED, description="Same seed, same image.")
+    num_images: int = Field(default=1, ge=1, le=4)
+    enable_safety_checker: bool = True
+    output_format: str = Field(default="jpeg", pattern="^(jpeg|png|webp)$")
+    sync_mode: bool = Field(default=False, description="Return data URIs instead of stored file URLs.")
+
+
+ReferenceUrl = Annotated[str, Field(min_length=1, max_length=MAX_IMAGE_URL_LENGTH)]
+
+
+class _EditFields(StrictInput):
+    reference_image_urls: list[ReferenceUrl] = Field(
+        min_length=1,
+        max_length=MAX_REFERENCES,
+        description="One image to edit, or several subjects to personalize with: http(s) URLs, data URIs, "
+        "or URLs of files uploaded here.",
+    )
+    keep_original_aspect: bool = Field(
+        default=False,
+        description="With exactly one reference, render at its aspect ratio instead of snapping image_size.",
+    )
+
+
+class HiDreamO1Input(_O1InputBase):
+    """fal-ai/hidream-o1-image: text to image with the Full model (50 steps, CFG 5)."""
+
+
+class HiDreamO1EditInput(_O1InputBase, _EditFields):
+    """fal-ai/hidream-o1-image/edit: editing (one reference) or personalization (several)."""
+
+
+class HiDreamO1DevInput(_O1InputBase):
+    """fal-ai/hidream-o1-image/dev: the distilled model, 28 steps without CFG."""
+
+    num_inference_steps: int = Field(default=DEV.steps, ge=1, le=DEV.steps)
+    guidance_scale: float = Field(default=DEV.guidance, ge=0.0, le=20.0, description="Above 1 turns on CFG.")
+
+
+class HiDreamO1DevEditInput(HiDreamO1DevInput, _EditFields):
+    """fal-ai/hidream-o1-image/dev/edit."""
+
+
+INPUT_MODELS: dict[tuple[str, bool], type[_O1InputBase]] = {
+    (O1, False): HiDreamO1Input,
+    (O1, True): HiDreamO1EditInput,
+    (O1_DEV, False): HiDreamO1DevInput,
+    (O1_DEV, True): HiDreamO1DevEditInput,
+}
+
+
+class HiDreamO1Runner:
+    """Runs one O1 checkpoint, text-to-image or with references."""
+
+    def __init__(self, model: str, pipelines: PipelineCache, *, editing: bool) -> None:
+        self.model = model
+        self.pipelines = pipelines
+        self.editing = editing
+
+    def __call__(self, inputs: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
+        from hidream_service.inference.hidream_o1.sequence import CaptionError
+
+        params = INPUT_MODELS[(self.model, self.editing)].model_validate(inputs)
+        references = self._references(params, ctx)
+        pipeline = self.pipelines.get(self.model).pipeline
+        want_w, want_h = requested_size(params.image_size)
+        keep_aspect = isinstance(params, _EditFields) and params.keep_original_aspect
+        plan = pipeline.plan(want_w, want_h, references, keep_original_aspect=keep_aspect)
+        ctx.log(_size_note(want_w, want_h, plan, references))
+        seed = params.seed if params.seed is not None else seed_for(ctx.job_id)
+        started = time.perf_counter()
+        try:
+            images = pipeline(
+                params.prompt,
+                plan,
+                steps=params.num_inference_steps,
+                guidance_scale=params.guidance_scale,
+                seed=seed,
+                count=params.num_images,
+                on_step=step_reporter(ctx),
+            )
+        except CaptionError as exc:
+            raise InputError(str(exc)) from None
+        if ctx.cancelled():
+            raise JobCancelled()
+        inference_seconds = time.perf_counter() - started
+        return image_result(ctx, images, params, seed=seed, prompt=params.prompt, inference_seconds=inference_seconds)
+
+    def _references(self, params: _O1InputBase, ctx: RunContext) -> list[Any]:
+        if not isinstance(params, _EditFields):
+            return []
+        images = [ctx.load_image(url) for url in params.reference_image_urls]
+        for index, image in enumerate(images):
+            if max(image.width / image.height, image.height / image.width) > MAX_ASPECT_RATIO:
+                raise InputError(
+                    f"reference image {index} is {image.width}x{image.height}, more elongated than "
+                    f"{MAX_ASPECT_RATIO:g}:1; crop it first"
+                )
+        return images
+
+
+def _size_note(want_w: int, want_h: int, plan: Any, references: list[Any]) -> str:
+    sizes = ", ".join(f"{image.width}x{image.height}" for image in plan.references)
+    made = f"{plan.width}x{plan.height}"
+    if plan.kept_aspect:
+        note = f"output {made}, the reference's aspect ratio (keep_original_aspect)"
+    elif (plan.width, plan.height) != (want_w, want_h):
+        note = f"requested {want_w}x{want_h}; O1 renders the closest preset, {made}"
+    else:
+        note = f"output {made}"
+    if references:
+        note += f"; {len(references)} reference(s) at {sizes}"
+    return note
