@@ -28,7 +28,7 @@ from hidream_service.storage import LocalOutputStorage, OutputStorage, load_stor
 
 log = logging.getLogger(__name__)
 
-LOG_FLUSH_SECONDS = 0.5  # progress lines reach status readers at most this late
+LOG_FLUSH_SECONDS = 0.5  # progress lines reach status readers at most this late (less with a faster heartbeat)
 IDLE_POLL_SECONDS = 1.0  # fallback when a wake-up is missed; new jobs normally wake the worker at once
 
 
@@ -270,7 +270,7 @@ class Worker:
                     ours, cancel = self.service.heartbeat(lease, ctx.take_logs())
                     last_renew = last_flush = now
                 else:
-                    if now - last_flush >= LOG_FLUSH_SECONDS:
+                    if now - last_flush >= min(LOG_FLUSH_SECONDS, 2 * tick):
                         self.service.flush_logs(lease, ctx.take_logs())
                         last_flush = now
                     ours, cancel = self.service.lease_state(lease)

@@ -5,11 +5,14 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import fal_client
+import fal_client.client
+import openai
 import pytest
 from playwright.sync_api import Browser
 
 from tests.integration.browser import PageWatch, launched_chromium
-from tests.integration.harness import ServerProcess, WebhookReceiver
+from tests.integration.harness import ServerProcess, WebhookReceiver, close_fal_client
 
 BUILD_TINY = (
     "import sys, pathlib\n"
@@ -54,3 +57,26 @@ def watch() -> Iterator[PageWatch]:
     watching = PageWatch()
     yield watching
     watching.check()
+
+
+@pytest.fixture
+def fal(server: ServerProcess, monkeypatch: pytest.MonkeyPatch) -> Iterator[fal_client.SyncClient]:
+    """fal's own client pointed at the module's server: queue, sync host and storage uploads."""
+    for name, value in {
+        "QUEUE_URL_FORMAT": f"{server.url}/",
+        "RUN_URL_FORMAT": f"{server.url}/run/",
+        "REST_URL": server.url,
+        "CDN_URL": server.url,
+    }.items():
+        monkeypatch.setattr(fal_client.client, name, value)  # fal-client reads its hosts from module constants
+    client = fal_client.SyncClient(key="unused")
+    yield client
+    close_fal_client(client)
+
+
+@pytest.fixture
+def oai(server: ServerProcess) -> Iterator[openai.OpenAI]:
+    """OpenAI's own client pointed at the module's server, without retries."""
+    client = openai.OpenAI(api_key="unused", base_url=f"{server.url}/v1", max_retries=0)
+    yield client
+    client.close()
