@@ -231,6 +231,21 @@ def web() -> Any:
 # ## Inference: one class per model family, one container pool per variant
 
 
+#: What every GPU class shares: the image, mounts, Secret, limits and snapshots.
+GPU_CLASS_OPTIONS: dict[str, Any] = {
+    "image": gpu_image,
+    "secrets": [service_secret],
+    "volumes": {**weights_read_only, **outputs_mount},
+    "timeout": JOB_TIMEOUT_SECONDS,
+    "startup_timeout": STARTUP_TIMEOUT_SECONDS,
+    "scaledown_window": GPU_SCALEDOWN_WINDOW_SECONDS,
+    "max_containers": MAX_GPU_CONTAINERS,
+    "retries": JOB_RETRIES,
+    "enable_memory_snapshot": True,
+    "experimental_options": {"enable_gpu_snapshot": GPU_SNAPSHOT},
+}
+
+
 def prepare_model(variant: str) -> tuple[str, Any]:
     """Refuse weights that are missing or do not match their pinned manifest, before anything is
     snapshotted (the input fails with that message, and the sweeper ends the job with it); then the
@@ -262,67 +277,37 @@ def run_model_job(service: Any, worker: Any, job_id: str) -> bool:
     return run_spawned_job(service, worker, job_id, call_holder(), cancellations=(modal.exception.InputCancellation,))
 
 
-@app.cls(
-    image=gpu_image,
-    gpu=GPU_FALLBACKS,
-    secrets=[service_secret],
-    volumes={**weights_read_only, **outputs_mount},
-    timeout=JOB_TIMEOUT_SECONDS,
-    startup_timeout=STARTUP_TIMEOUT_SECONDS,
-    scaledown_window=GPU_SCALEDOWN_WINDOW_SECONDS,
-    max_containers=MAX_GPU_CONTAINERS,
-    retries=JOB_RETRIES,
-    enable_memory_snapshot=True,
-    experimental_options={"enable_gpu_snapshot": GPU_SNAPSHOT},
-)
-class HiDreamI1:
+class _ModelContainer:
+    """The lifecycle every GPU class shares: check the weights (before the snapshot), load, run jobs."""
+
+    variant: str
+
+    @modal.enter(snap=True)
+    def check_weights(self) -> None:
+        self.endpoint_id, self.runners = prepare_model(self.variant)
+
+    @modal.enter(snap=False)
+    def load(self) -> None:
+        self.service, self.worker = start_model(self.variant, self.endpoint_id, self.runners)
+
+    @modal.method()
+    def run(self, job_id: str) -> bool:
+        return run_model_job(self.service, self.worker, job_id)
+
+
+@app.cls(gpu=GPU_FALLBACKS, **GPU_CLASS_OPTIONS)
+class HiDreamI1(_ModelContainer):
     """The HiDream-I1 family: `variant` is full, dev or fast (text-to-image; full also serves
     image-to-image), or e1-full / e1-1 (editing, built on I1-Full's components)."""
 
     variant: str = modal.parameter(default="full")
 
-    @modal.enter(snap=True)
-    def check_weights(self) -> None:
-        self.endpoint_id, self.runners = prepare_model(self.variant)
 
-    @modal.enter(snap=False)
-    def load(self) -> None:
-        self.service, self.worker = start_model(self.variant, self.endpoint_id, self.runners)
-
-    @modal.method()
-    def run(self, job_id: str) -> bool:
-        return run_model_job(self.service, self.worker, job_id)
-
-
-@app.cls(
-    image=gpu_image,
-    gpu=O1_GPU_FALLBACKS,
-    secrets=[service_secret],
-    volumes={**weights_read_only, **outputs_mount},
-    timeout=JOB_TIMEOUT_SECONDS,
-    startup_timeout=STARTUP_TIMEOUT_SECONDS,
-    scaledown_window=GPU_SCALEDOWN_WINDOW_SECONDS,
-    max_containers=MAX_GPU_CONTAINERS,
-    retries=JOB_RETRIES,
-    enable_memory_snapshot=True,
-    experimental_options={"enable_gpu_snapshot": GPU_SNAPSHOT},
-)
-class HiDreamO1:
+@app.cls(gpu=O1_GPU_FALLBACKS, **GPU_CLASS_OPTIONS)
+class HiDreamO1(_ModelContainer):
     """HiDream-O1-Image: `variant` is o1 or o1-dev (text-to-image, editing, personalization)."""
 
     variant: str = modal.parameter(default="o1")
-
-    @modal.enter(snap=True)
-    def check_weights(self) -> None:
-        self.endpoint_id, self.runners = prepare_model(self.variant)
-
-    @modal.enter(snap=False)
-    def load(self) -> None:
-        self.service, self.worker = start_model(self.variant, self.endpoint_id, self.runners)
-
-    @modal.method()
-    def run(self, job_id: str) -> bool:
-        return run_model_job(self.service, self.worker, job_id)
 
 
 @app.function(

@@ -32,23 +32,15 @@ DEFAULT_EDIT_MODEL = "hidream-e1-full"
 SIZE = re.compile(r"^(\d{2,4})x(\d{2,4})$")
 
 
-def checked_size(value: str) -> str:
-    if value != "auto" and SIZE.match(value) is None:
-        raise ValueError('size must be "auto" or "WIDTHxHEIGHT", e.g. "1024x1024"')
-    return value
-
-
-class GenerationRequest(StrictInput):
-    """`POST /v1/images/generations`. Beyond OpenAI's fields, `seed`, `negative_prompt`,
+class _ImagesRequest(StrictInput):
+    """Fields generations and edits share. Beyond OpenAI's, `seed`, `negative_prompt`,
     `num_inference_steps` and `guidance_scale` may be sent (extra_body in the openai client)."""
 
     prompt: str = Field(min_length=1, max_length=10_000)
-    model: str = DEFAULT_MODEL
     n: int = Field(default=1, ge=1, le=4)
     size: str = "auto"
     response_format: Literal["url", "b64_json"] = "url"
     output_format: Literal["png", "jpeg", "webp"] = "png"
-    quality: Literal["auto", "standard"] = "auto"
     user: str | None = Field(default=None, max_length=256)
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
     negative_prompt: str | None = Field(default=None, max_length=10_000)
@@ -58,16 +50,18 @@ class GenerationRequest(StrictInput):
     @field_validator("size")
     @classmethod
     def _size(cls, value: str) -> str:
-        return checked_size(value)
+        if value != "auto" and SIZE.match(value) is None:
+            raise ValueError('size must be "auto" or "WIDTHxHEIGHT", e.g. "1024x1024"')
+        return value
 
-    def to_fal(self) -> dict[str, Any]:
+    def _fal_common(self, prompt_field: str, *, with_size: bool) -> dict[str, Any]:
         fal: dict[str, Any] = {
-            "prompt": self.prompt,
+            prompt_field: self.prompt,
             "num_images": self.n,
             "output_format": self.output_format,
             "sync_mode": self.response_format == "b64_json",
         }
-        if self.size != "auto":
+        if self.size != "auto" and with_size:
             width, height = (int(side) for side in self.size.split("x"))
             fal["image_size"] = {"width": width, "height": height}
         for name in ("seed", "negative_prompt", "num_inference_steps", "guidance_scale"):
@@ -77,49 +71,32 @@ class GenerationRequest(StrictInput):
         return fal
 
 
-class EditRequest(StrictInput):
-    """`POST /v1/images/edits` form fields besides the image. Like generations, `seed`,
-    `negative_prompt`, `num_inference_steps` and `guidance_scale` may be sent too."""
+class GenerationRequest(_ImagesRequest):
+    """`POST /v1/images/generations`."""
 
-    prompt: str = Field(min_length=1, max_length=10_000)
+    model: str = DEFAULT_MODEL
+    quality: Literal["auto", "standard"] = "auto"
+
+    def to_fal(self) -> dict[str, Any]:
+        return self._fal_common("prompt", with_size=True)
+
+
+class EditRequest(_ImagesRequest):
+    """`POST /v1/images/edits` form fields besides the images."""
+
     model: str = DEFAULT_EDIT_MODEL
-    n: int = Field(default=1, ge=1, le=4)
-    size: str = "auto"
-    response_format: Literal["url", "b64_json"] = "url"
-    output_format: Literal["png", "jpeg", "webp"] = "png"
-    user: str | None = Field(default=None, max_length=256)
-    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
-    negative_prompt: str | None = Field(default=None, max_length=10_000)
-    num_inference_steps: int | None = Field(default=None, ge=1, le=50)
-    guidance_scale: float | None = Field(default=None, ge=0.0, le=20.0)
-
-    @field_validator("size")
-    @classmethod
-    def _size(cls, value: str) -> str:
-        return checked_size(value)
 
     def to_fal(self, endpoint: str, image_urls: list[str]) -> dict[str, Any]:
         """The fal input of the editing endpoint: the prompt is E1's instruction, I1's and O1's prompt."""
         editing = "hidream-e1" in endpoint
-        fal: dict[str, Any] = {
-            "edit_instruction" if editing else "prompt": self.prompt,
-            "num_images": self.n,
-            "output_format": self.output_format,
-            "sync_mode": self.response_format == "b64_json",
-        }
+        # E1 keeps the source's aspect ratio, so it takes no size.
+        fal = self._fal_common("edit_instruction" if editing else "prompt", with_size=not editing)
         if endpoint in SEVERAL_IMAGES:
             fal["reference_image_urls"] = image_urls
             # "auto" with one image: the image's own aspect ratio, as an edit would be expected to keep.
             fal["keep_original_aspect"] = self.size == "auto" and len(image_urls) == 1
         else:
             fal["image_url"] = image_urls[0]
-        if self.size != "auto" and not editing:  # E1 keeps the source's aspect ratio
-            width, height = (int(side) for side in self.size.split("x"))
-            fal["image_size"] = {"width": width, "height": height}
-        for name in ("seed", "negative_prompt", "num_inference_steps", "guidance_scale"):
-            value = getattr(self, name)
-            if value is not None:
-                fal[name] = value
         return fal
 
 

@@ -23,18 +23,33 @@ ENDPOINT_TO_MODEL = {endpoint: model for model, endpoint in MODELS.items()}
 SIZE = re.compile(r"^(\d{2,4})\*(\d{2,4})$")
 
 
-class _WaveSpeedTextToImage(StrictInput):
+class _WaveSpeedOptions(StrictInput):
+    """Seed and output options every WaveSpeed model takes."""
+
+    seed: int = Field(default=-1, ge=-1, le=2**63 - 1, description="-1 picks one at random")
+    output_format: Literal["jpeg", "png", "webp"] = "jpeg"
+    enable_base64_output: bool = False
+    enable_safety_checker: bool = True
+    enable_sync_mode: bool = False
+
+    def _fal_options(self) -> dict[str, Any]:
+        fal: dict[str, Any] = {
+            "output_format": self.output_format,
+            "enable_safety_checker": self.enable_safety_checker,
+            "sync_mode": self.enable_base64_output,
+        }
+        if self.seed != -1:
+            fal["seed"] = self.seed
+        return fal
+
+
+class _WaveSpeedTextToImage(_WaveSpeedOptions):
     """What every WaveSpeed text-to-image model takes; subclasses set the size range."""
 
     SIDES: ClassVar[tuple[int, int]] = (256, 1536)
 
     prompt: str = Field(min_length=1, max_length=10_000)
     size: str = Field(default="1024*1024", description='"width*height", each 256 to 1536')
-    seed: int = Field(default=-1, ge=-1, le=2**63 - 1, description="-1 picks one at random")
-    output_format: Literal["jpeg", "png", "webp"] = "jpeg"
-    enable_base64_output: bool = False
-    enable_safety_checker: bool = True
-    enable_sync_mode: bool = False
 
     @field_validator("size")
     @classmethod
@@ -50,16 +65,7 @@ class _WaveSpeedTextToImage(StrictInput):
 
     def to_fal(self) -> dict[str, Any]:
         width, height = (int(side) for side in self.size.split("*"))
-        fal: dict[str, Any] = {
-            "prompt": self.prompt,
-            "image_size": {"width": width, "height": height},
-            "output_format": self.output_format,
-            "enable_safety_checker": self.enable_safety_checker,
-            "sync_mode": self.enable_base64_output,
-        }
-        if self.seed != -1:
-            fal["seed"] = self.seed
-        return fal
+        return {"prompt": self.prompt, "image_size": {"width": width, "height": height}, **self._fal_options()}
 
 
 class WaveSpeedImageInput(_WaveSpeedTextToImage):
@@ -87,28 +93,14 @@ class WaveSpeedO1ImageInput(_WaveSpeedTextToImage):
     size: str = Field(default="2048*2048", description='"width*height", each 256 to 4096; snapped to a preset')
 
 
-class WaveSpeedEditInput(StrictInput):
+class WaveSpeedEditInput(_WaveSpeedOptions):
     """wavespeed-ai/hidream-e1-full: `image` (a URL) and `prompt` (the instruction)."""
 
     image: str = Field(min_length=1, description="The image to edit: a URL or a data URI.")
     prompt: str = Field(min_length=1, max_length=10_000, description="What to change.")
-    seed: int = Field(default=-1, ge=-1, le=2**63 - 1, description="-1 picks one at random")
-    output_format: Literal["jpeg", "png", "webp"] = "jpeg"
-    enable_base64_output: bool = False
-    enable_safety_checker: bool = True
-    enable_sync_mode: bool = False
 
     def to_fal(self) -> dict[str, Any]:
-        fal: dict[str, Any] = {
-            "image_url": self.image,
-            "edit_instruction": self.prompt,
-            "output_format": self.output_format,
-            "enable_safety_checker": self.enable_safety_checker,
-            "sync_mode": self.enable_base64_output,
-        }
-        if self.seed != -1:
-            fal["seed"] = self.seed
-        return fal
+        return {"image_url": self.image, "edit_instruction": self.prompt, **self._fal_options()}
 
 
 class UploadTicketRequest(StrictInput):

@@ -107,7 +107,7 @@ class HiDreamI1FastInput(_I1InputBase):
     guidance_scale: float = Field(default=0.0, ge=0.0, le=20.0)
 
 
-class HiDreamI1ImageToImageInput(StrictInput):
+class HiDreamI1ImageToImageInput(_I1InputBase):
     """fal-ai/hidream-i1-full/image-to-image: the Full recipe started from an image."""
 
     prompt: str = Field(min_length=1, max_length=10_000, description="What the image should become.")
@@ -122,17 +122,9 @@ class HiDreamI1ImageToImageInput(StrictInput):
         le=1.0,
         description="How much to change the image: the share of the schedule that is run (1.0 ignores it).",
     )
-    negative_prompt: str = Field(default="", max_length=10_000, description="What to steer away from.")
-    image_size: ImageSizeName | ImageSize | None = Field(
+    image_size: ImageSizeName | ImageSize | None = Field(  # type: ignore[assignment]
         default=None, description="Output aspect ratio; unset keeps the input image's."
     )
-    seed: int | None = Field(default=None, ge=0, le=MAX_SEED, description="Same seed, same image.")
-    num_images: int = Field(default=1, ge=1, le=4)
-    enable_safety_checker: bool = True
-    output_format: str = Field(default="jpeg", pattern="^(jpeg|png|webp)$")
-    sync_mode: bool = Field(default=False, description="Return data URIs instead of stored file URLs.")
-    num_inference_steps: int = Field(default=50, ge=1, le=50)
-    guidance_scale: float = Field(default=5.0, ge=0.0, le=20.0, description="Above 1 turns on CFG.")
 
     @model_validator(mode="after")
     def _aspect_ratio_in_range(self) -> HiDreamI1ImageToImageInput:
