@@ -1,6 +1,6 @@
 """The benchmarks, each figure beside its peer measured in the same run, as a ratio.
 
-    .venv/bin/python bench/run.py [--quick] [--json FILE] [--only overhead,inference,batching,coldstart]
+    .venv/bin/python bench/run.py [--quick] [--json FILE] [--only overhead,inference,batching,coldstart,gpu]
 
 1. overhead   hidream/noop submit -> signed webhook received, against cog's production server
               (PyPI cog + coglet, a no-op predictor, async prediction with a webhook); then 32
@@ -9,6 +9,8 @@
               called directly in this process, same size and steps.
 3. batching   8 tiny I1 jobs in flight, batching off against on: jobs/s and the ratio.
 4. coldstart  process start -> /health 200 -> first image with tiny weights, and where the time goes.
+5. gpu        bench/gpu.py, the full-size HiDream-I1 transformer in bf16 (random weights): s per image,
+              MFU, peak memory, eager and with compiled blocks. Only where CUDA exists.
 
 cog runs from its own virtual environment (bench/.cog-venv, made on first use) so that it cannot
 disturb the service's dependencies. --quick runs a few jobs of each, only to prove the code works.
@@ -296,6 +298,25 @@ def batch_rounds(server: Hidream, rounds: int, in_flight: int) -> float:
         return time.perf_counter() - started
 
 
+# -- 5. GPU (only where CUDA exists) ----------------------------------------------------------------
+
+
+def gpu(quick: bool, workdir: Path) -> dict[str, Any]:
+    """bench/gpu.py: the full-size I1 transformer in bf16; skipped on a machine without CUDA."""
+    probe = subprocess.run(
+        [sys.executable, "-c", "import torch; print(torch.cuda.is_available())"], capture_output=True, text=True
+    )
+    if probe.stdout.strip() != "True":
+        return {"skipped": "no CUDA device"}
+    figures: dict[str, Any] = {}
+    for label, extra in (("eager", []), ("compiled_blocks", ["--compile"])):
+        out = workdir / f"gpu-{label}.json"
+        command = [sys.executable, str(Path(__file__).parent / "gpu.py"), "--steps", "3" if quick else "10"]
+        subprocess.run([*command, *extra, "--json", str(out)], check=True, capture_output=True)
+        figures[label] = json.loads(out.read_text())
+    return figures
+
+
 # -- 4. cold start ---------------------------------------------------------------------------------
 
 
@@ -393,6 +414,20 @@ def print_table(results: dict[str, Any]) -> None:
                 f"{batched['ratio']:.2f}",
             )
         )
+    if "gpu" in results:
+        measured = results["gpu"]
+        if "skipped" in measured:
+            rows.append(("GPU: full I1 transformer", "skipped", measured["skipped"], "-"))
+        else:
+            for label, figures in measured.items():
+                rows.append(
+                    (
+                        f"GPU {label}: s per 50-step image (MFU)",
+                        f"{figures['seconds_per_50_step_image']} ({figures.get('mfu')})",
+                        f"{figures['device']}, peak {figures.get('peak_memory_gib')} GiB",
+                        "-",
+                    )
+                )
     if "coldstart" in results:
         cold = results["coldstart"]
         for key, value in cold.items():
@@ -413,7 +448,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a few jobs each, to prove the benchmarks run")
     parser.add_argument("--json", type=Path, help="write the figures here")
-    parser.add_argument("--only", default="overhead,inference,batching,coldstart")
+    parser.add_argument("--only", default="overhead,inference,batching,coldstart,gpu")
     args = parser.parse_args()
     sections = args.only.split(",")
     results: dict[str, Any] = {"quick": args.quick}
@@ -426,6 +461,7 @@ def main() -> int:
             ("inference", inference),
             ("batching", batching),
             ("coldstart", coldstart),
+            ("gpu", gpu),
         ):
             if name in sections:
                 print(f"running {name} ...", file=sys.stderr)
