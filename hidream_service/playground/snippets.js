@@ -92,14 +92,17 @@ function openai(base, model, input) {
   if (!name) {
     return `# ${model.id} has no OpenAI Images model name on this server: use curl or fal-client.`;
   }
-  if ((model.image_fields || []).length) {
-    return `# ${model.id} takes an image: use curl or fal-client (OpenAI's images.edit is not mapped here yet).`;
+  const editing = (model.image_fields || []).length > 0;
+  const prompt = input.prompt ?? input.edit_instruction ?? "";
+  const args = [`    model=${JSON.stringify(name)},`, `    prompt=${JSON.stringify(prompt)},`];
+  if (editing) {
+    const several = model.image_fields.some((field) => field.multiple);
+    args.push(several ? "    image=[open(path, \"rb\") for path in IMAGES]," : "    image=open(IMAGES[0], \"rb\"),");
   }
-  const args = [`    model=${JSON.stringify(name)},`, `    prompt=${JSON.stringify(input.prompt ?? "")},`];
   if (input.num_images) args.push(`    n=${input.num_images},`);
   const size = input.image_size;
   const pixels = size && typeof size === "object" ? [size.width, size.height] : SIZE_PRESETS[size];
-  if (pixels) args.push(`    size=${JSON.stringify(`${pixels[0]}x${pixels[1]}`)},`);
+  if (pixels && !("edit_instruction" in input)) args.push(`    size=${JSON.stringify(`${pixels[0]}x${pixels[1]}`)},`);
   if (input.output_format) args.push(`    output_format=${JSON.stringify(input.output_format)},`);
   const extra = Object.fromEntries(OPENAI_EXTRA.filter((key) => key in input).map((key) => [key, input[key]]));
   if (Object.keys(extra).length) args.push(`    extra_body=${python(extra, "    ")},`);
@@ -109,7 +112,8 @@ function openai(base, model, input) {
     "import openai",
     "",
     `client = openai.OpenAI(api_key=os.environ["HIDREAM_KEY"], base_url=${JSON.stringify(`${base}/v1`)})`,
-    "image = client.images.generate(",
+    ...(editing ? ["IMAGES = [\"image.png\"]  # your image file(s)"] : []),
+    `image = client.images.${editing ? "edit" : "generate"}(`,
     ...args,
     ")",
     "print(image.data[0].url)",
