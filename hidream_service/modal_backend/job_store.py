@@ -24,6 +24,7 @@ Limits, all from modal.Dict having no transactions:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -40,16 +41,7 @@ IN_PROGRESS = JobStatus.IN_PROGRESS.value
 def _message_record(message: OutboxMessage | None, deliver_at: float) -> Record | None:
     if message is None:
         return None
-    return {
-        "id": message.id,
-        "url": message.url,
-        "body": message.body,
-        "signer": message.signer,
-        "context": message.context,
-        "subject": message.subject,
-        "single_attempt": message.single_attempt,
-        "deliver_at": deliver_at,
-    }
+    return {**dataclasses.asdict(message), "deliver_at": deliver_at}
 
 
 def _message(record: Record) -> tuple[OutboxMessage, float]:

@@ -12,6 +12,7 @@ spawns the CPU function that sends it, so nothing waits on a receiver inside a G
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -69,13 +70,7 @@ class DictOutbox:
     def enqueue(self, message: OutboxMessage, due_at: float) -> bool:
         """Record a delivery; a no-op returning False when this webhook-id is already on record."""
         record = {
-            "id": message.id,
-            "url": message.url,
-            "body": message.body,
-            "signer": message.signer,
-            "context": message.context,
-            "subject": message.subject,
-            "single_attempt": message.single_attempt,
+            **dataclasses.asdict(message),
             "state": DeliveryState.PENDING.value,
             "attempts": 0,
             "next_attempt_at": due_at,
