@@ -35,8 +35,11 @@ class ImageInputs:
     async def prepare(self, url: str, *, own_hosts: set[str]) -> str:
         """Fetch and check one image input; return the storage key of its normalized PNG."""
         data = await self._read(url, own_hosts)
-        decoded = await asyncio.to_thread(decode_image, data, max_pixels=self.max_pixels)
-        png = await asyncio.to_thread(encode_png, decoded.image)
+        # Decoding, encoding and the storage write are CPU and disk (or Volume) work: off the event loop.
+        return await asyncio.to_thread(self._store_clean_copy, data)
+
+    def _store_clean_copy(self, data: bytes) -> str:
+        png = encode_png(decode_image(data, max_pixels=self.max_pixels).image)
         key = f"input-{hashlib.sha256(png).hexdigest()[:40]}/{INPUT_FILE_NAME}"
         if self.storage.lookup(key) is None:  # content-addressed: the same image is stored once
             self.storage.put(key, png)
@@ -50,7 +53,7 @@ class ImageInputs:
             raise ImageInputError(422, "image URLs must be http(s) URLs, data URIs, or URLs of files uploaded here")
         key = files_key(url)
         if key is not None and parts.netloc in own_hosts:
-            return self._own_file(key)
+            return await asyncio.to_thread(self._own_file, key)
         return await self._download(url)
 
     def _data_uri(self, url: str) -> bytes:
