@@ -59,6 +59,11 @@ async def generations(request: Request) -> dict[str, Any]:
 async def edits(request: Request) -> dict[str, Any]:
     state = app_state(request)
     owner = state.api_keys.owner(request)
+    # Refuse an oversized body before the form parser spools it all to disk.
+    limit = MAX_REFERENCES * state.settings.max_image_bytes + (1 << 20)
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413, f"request body is larger than {limit} bytes")
     form = await request.form()
     try:
         unknown = sorted(set(form.keys()) - EDIT_FIELDS)

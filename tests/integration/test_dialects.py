@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -344,3 +345,19 @@ def test_webhooks_of_fal_jobs_still_verify_after_the_dialects(server: ServerProc
     httpx.post(f"{server.url}/hidream/noop", params={"fal_webhook": receiver.url("/fal")}, json={})
     (hook,) = receiver.wait_for("/fal")
     assert Webhook(TEST_SECRET).verify(hook.body, hook.headers)["status"] == "OK"
+
+
+def test_openai_edits_refuse_an_oversized_body_before_reading_it(server: ServerProcess) -> None:
+    host, port = server.url.removeprefix("http://").split(":")
+    head = (
+        "POST /v1/images/edits HTTP/1.1\r\n"
+        f"Host: {host}\r\n"
+        "Content-Type: multipart/form-data; boundary=b\r\n"
+        f"Content-Length: {1 << 40}\r\n\r\n"  # a terabyte announced; none of it sent
+    )
+    with socket.create_connection((host, int(port)), timeout=10) as connection:
+        connection.sendall(head.encode())
+        answer = connection.recv(65536).decode()
+
+    assert answer.startswith("HTTP/1.1 413")
+    assert "request body is larger than" in answer
