@@ -166,9 +166,15 @@ def _row_to_delivery(row: sqlite3.Row) -> Delivery:
 
 
 class SqliteOutbox:
-    """The delivery side of the outbox: claim due deliveries, record what each attempt did."""
+    """The delivery side of the outbox: claim due deliveries, record what each attempt did.
 
-    def __init__(self, path: Path, *, synchronous: str = "FULL") -> None:
+    Its commits are not forced to disk (`synchronous=NORMAL`): what a power cut can undo here is a
+    claim or an attempt record, and either only means the event is sent again with the same
+    webhook-id, which receivers already deduplicate. The deliveries themselves are enqueued
+    durably, in the job's own transaction.
+    """
+
+    def __init__(self, path: Path, *, synchronous: str = "NORMAL") -> None:
         self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
         self._conn.row_factory = sqlite3.Row
         self._conn.execute("PRAGMA journal_mode=WAL")
@@ -181,13 +187,25 @@ class SqliteOutbox:
     def claim_due(self, now: float, *, claim_seconds: float, limit: int) -> list[Delivery]:
         """Take up to `limit` due deliveries, pushing their due time past the attempt so that a
         crashed sender's claim simply runs out and the delivery is tried again."""
+        # The sender is woken by every job change, and most find nothing due: asking first with a
+        # read keeps those wake-ups from taking the write lock a worker may be holding.
+        due = [
+            row[0]
+            for row in self._conn.execute(
+                "SELECT id FROM webhook_deliveries WHERE state = 'pending' AND next_attempt_at <= ?"
+                " ORDER BY next_attempt_at LIMIT ?",
+                (now, limit),
+            )
+        ]
+        if not due:
+            return []
         rows = self._conn.execute(
-            "UPDATE webhook_deliveries SET next_attempt_at = ?, claimed = 1 WHERE id IN ("
-            " SELECT id FROM webhook_deliveries WHERE state = 'pending' AND next_attempt_at <= ?"
-            " ORDER BY next_attempt_at LIMIT ?) RETURNING *",
-            (now + claim_seconds, now, limit),
+            f"UPDATE webhook_deliveries SET next_attempt_at = ?, claimed = 1 WHERE id IN ({','.join('?' * len(due))})"
+            " AND state = 'pending' AND next_attempt_at <= ? RETURNING *",
+            (now + claim_seconds, *due, now),
         ).fetchall()
-        return [_row_to_delivery(row) for row in rows]
+        claimed = {row["id"]: row for row in rows}
+        return [_row_to_delivery(claimed[delivery_id]) for delivery_id in due if delivery_id in claimed]
 
     def release_claims(self, now: float) -> int:
         """Make deliveries a dead sender had in flight due at once (call before sending starts)."""

@@ -84,7 +84,7 @@ async def embedded_runtime(settings: Settings, *, start_workers: bool = True) ->
     with data_dir_lock(settings):
         keys = SigningKeys.for_settings(settings)
         store = SqliteJobStore(settings.database_path, synchronous=settings.sqlite_synchronous)
-        outbox = SqliteOutbox(settings.database_path, synchronous=settings.sqlite_synchronous)
+        outbox = SqliteOutbox(settings.database_path)
         client = webhook_client(settings)
         deliverer = build_deliverer(settings, outbox, keys, client)
         events = JobEvents(asyncio.get_running_loop(), on_change=deliverer.wake)
