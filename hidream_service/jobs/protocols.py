@@ -78,9 +78,11 @@ class JobStore(Protocol):
         token: str | None,
         message: OutboxMessage | None,
         deliver_at: float = 0.0,
+        logs: Sequence[LogLine] = (),
     ) -> bool:
         """Write the terminal fields of `job` and its webhook delivery as one atomic step, only if the
-        stored job is still in one of `expected` (and, with a token, still leased by it)."""
+        stored job is still in one of `expected` (and, with a token, still leased by it). `logs`, the
+        run's last lines, are appended either way, as `append_logs` would."""
 
 
 class Executor(Protocol):

@@ -20,7 +20,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from hidream_service import webhook_payloads
@@ -206,21 +206,30 @@ class JobService:
             self.store.enqueue_webhook(message, now)
             self._logs_events[job.id] = (now, count + 1)
 
-    def complete(self, lease: Lease, result: dict[str, Any], inference_time: float) -> bool:
+    # A run's last log lines are written with its ending, in the same transaction: one commit fewer
+    # on every job, and the ending's webhook carries them.
+
+    def complete(
+        self, lease: Lease, result: dict[str, Any], inference_time: float, logs: Sequence[LogLine] = ()
+    ) -> bool:
         return self._end(
             lease.job,
             lease.token,
             expected=(JobStatus.IN_PROGRESS,),
+            logs=logs,
             status=JobStatus.COMPLETED,
             result=result,
             inference_time=inference_time,
         )
 
-    def fail(self, lease: Lease, error_type: ErrorType, message: str, detail: Any = None) -> bool:
+    def fail(
+        self, lease: Lease, error_type: ErrorType, message: str, detail: Any = None, logs: Sequence[LogLine] = ()
+    ) -> bool:
         return self._end(
             lease.job,
             lease.token,
             expected=(JobStatus.IN_PROGRESS,),
+            logs=logs,
             status=JobStatus.COMPLETED,
             error=message,
             error_type=error_type,
@@ -239,8 +248,8 @@ class JobService:
             error_type=error_type,
         )
 
-    def acknowledge_cancel(self, lease: Lease) -> bool:
-        return self._end(lease.job, lease.token, expected=(JobStatus.IN_PROGRESS,), **_cancelled())
+    def acknowledge_cancel(self, lease: Lease, logs: Sequence[LogLine] = ()) -> bool:
+        return self._end(lease.job, lease.token, expected=(JobStatus.IN_PROGRESS,), logs=logs, **_cancelled())
 
     # -- recovery --------------------------------------------------------------------------------
 
@@ -296,11 +305,12 @@ class JobService:
         *,
         expected: tuple[JobStatus, ...],
         status: JobStatus,
+        logs: Sequence[LogLine] = (),
         **fields: Any,
     ) -> bool:
         self._logs_events.pop(job.id, None)
         if job.dialect in DIALECTS_WITH_LOGS_IN_WEBHOOKS:
-            job = dataclasses.replace(job, logs=self.store.logs(job.id))
+            job = dataclasses.replace(job, logs=[*self.store.logs(job.id), *logs])
         ended = dataclasses.replace(job, status=status, completed_at=self._clock(), **fields)
         message = webhook_payloads.outbox_message(ended)
         assert ended.completed_at is not None
@@ -310,6 +320,7 @@ class JobService:
             token=token,
             message=message,
             deliver_at=ended.completed_at + self._webhook_first_delay(),
+            logs=logs,
         )
         if written:
             self._on_changed(job.id)

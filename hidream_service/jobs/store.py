@@ -266,10 +266,13 @@ class SqliteJobStore:
     def append_logs(self, job_id: str, lines: Iterable[LogLine]) -> None:
         with self._lock, self._conn:
             self._conn.execute("BEGIN")
-            self._conn.executemany(
-                "INSERT INTO job_logs (job_id, timestamp, level, message) VALUES (?, ?, ?, ?)",
-                [(job_id, line.timestamp, line.level, line.message) for line in lines],
-            )
+            self._insert_logs(job_id, lines)
+
+    def _insert_logs(self, job_id: str, lines: Iterable[LogLine]) -> None:
+        self._conn.executemany(
+            "INSERT INTO job_logs (job_id, timestamp, level, message) VALUES (?, ?, ?, ?)",
+            [(job_id, line.timestamp, line.level, line.message) for line in lines],
+        )
 
     def requeue(self, job_id: str, token: str) -> bool:
         """Give an IN_PROGRESS job back to the queue (its worker is gone), keeping its queue place."""
@@ -299,6 +302,7 @@ class SqliteJobStore:
         token: str | None,
         message: outbox.OutboxMessage | None,
         deliver_at: float = 0.0,
+        logs: Sequence[LogLine] = (),
     ) -> bool:
         """Write the terminal fields of `job` and its webhook delivery in one transaction.
 
@@ -322,6 +326,7 @@ class SqliteJobStore:
             params.append(token)
         with self._lock, self._conn:
             self._conn.execute("BEGIN IMMEDIATE")
+            self._insert_logs(job.id, logs)
             row = self._conn.execute(
                 "UPDATE jobs SET status = ?, completed_at = ?, result = ?, error = ?, error_type = ?,"
                 " error_detail = ?, inference_time = ?, lease_token = NULL, lease_expires_at = NULL"

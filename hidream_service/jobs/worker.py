@@ -222,15 +222,15 @@ class Worker:
     def _finish(self, lease: Lease, ctx: WorkerRunContext, outcome: _Outcome, started: float) -> None:
         job = lease.job
         ctx.log("cancelled" if outcome.cancelled else "failed" if outcome.error else "done")
-        self.service.heartbeat(lease, ctx.take_logs())  # every log line lands before the job ends
+        logs = ctx.take_logs()  # every line lands with the ending, in its transaction
         if outcome.result is not None:
             inference_time = outcome.result.get("timings", {}).get("inference", time.perf_counter() - started)
-            ended = self.service.complete(lease, outcome.result, inference_time)
+            ended = self.service.complete(lease, outcome.result, inference_time, logs)
         elif outcome.cancelled:
-            ended = self.service.acknowledge_cancel(lease)
+            ended = self.service.acknowledge_cancel(lease, logs)
         else:
             error_type, message, detail = outcome.error or (ErrorType.INFERENCE, "no result", None)
-            ended = self.service.fail(lease, error_type, message, detail)
+            ended = self.service.fail(lease, error_type, message, detail, logs)
         if not ended:
             log.warning("job %s: lease lost before the outcome could be written; dropped this run", job.id)
 

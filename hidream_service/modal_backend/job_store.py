@@ -289,7 +289,9 @@ class DictJobStore:
         token: str | None,
         message: OutboxMessage | None,
         deliver_at: float = 0.0,
+        logs: Sequence[LogLine] = (),
     ) -> bool:
+        self.append_logs(job.id, logs)
         allowed = {status.value for status in expected}
 
         def end(record: Record) -> Record | None:

@@ -267,6 +267,36 @@ def test_logs_are_kept_in_order(service: JobService) -> None:
     ]
 
 
+def test_the_last_lines_are_written_with_the_ending_and_reach_its_webhook(
+    service: JobService, backend: Backend
+) -> None:
+    job, _ = service.submit(request(dialect="replicate", webhook_events=("completed",)))
+    lease = service.lease_next("w")
+    assert lease is not None
+    service.flush_logs(lease, [LogLine(1.0, "INFO", "step 1/1")])
+
+    assert service.complete(lease, {"images": []}, 0.1, [LogLine(2.0, "INFO", "done")])
+    seen = service.get(job.id, "", with_logs=True)
+    assert seen is not None and [line.message for line in seen.logs] == ["step 1/1", "done"]
+    (delivery,) = deliveries(backend, job.id)
+    assert json.loads(delivery.body)["logs"].splitlines()[-2:] == ["step 1/1", "done"]
+
+
+def test_a_run_that_lost_its_lease_keeps_its_lines_but_not_its_outcome(service: JobService, clock: Clock) -> None:
+    job, _ = service.submit(request())
+    first = service.lease_next("w1")
+    assert first is not None
+    clock.now += 11
+    service.recover_expired_leases()
+    second = service.lease_next("w2")
+    assert second is not None
+
+    assert not service.fail(first, ErrorType.INFERENCE, "late", logs=[LogLine(clock.now, "INFO", "late line")])
+    seen = service.get(job.id, "", with_logs=True)
+    assert seen is not None and seen.status is JobStatus.IN_PROGRESS
+    assert [line.message for line in seen.logs] == ["late line"]
+
+
 def test_pages_are_newest_first_per_owner_and_dialect(service: JobService, backend: Backend) -> None:
     mine = [service.submit(request(owner="a", dialect="replicate", input={"prompt": str(n)}))[0] for n in range(3)]
     service.submit(request(owner="b", dialect="replicate"))
