@@ -154,16 +154,24 @@ def ensure_cog_venv() -> None:
 # -- 1. overhead -----------------------------------------------------------------------------------
 
 
-def sequential(server: Any, jobs: int, warmup: int) -> dict[str, Any]:
-    latencies = []
+def sequential(servers: list[Any], jobs: int, warmup: int, blocks: int) -> dict[str, dict[str, Any]]:
+    """One job at a time, each server in turn for `blocks` blocks of jobs/blocks: this machine's
+    speed drifts by tens of percent over a minute, and alternating makes the drift fall on both."""
+    latencies: dict[str, list[float]] = {server.name: [] for server in servers}
     with httpx.Client(timeout=30) as client:
-        for n in range(warmup + jobs):
-            started = time.perf_counter()
-            key = server.job(client)
-            arrived = server.receiver.wait(key)
-            if n >= warmup:
-                latencies.append((arrived - started) * 1000)
-    return {"latency_ms": summary(latencies), "jobs_per_s": round(1000 / statistics.mean(latencies), 1)}
+        for server in servers:
+            for _ in range(warmup):
+                server.receiver.wait(server.job(client))
+        for _ in range(blocks):
+            for server in servers:
+                for _ in range(jobs // blocks):
+                    started = time.perf_counter()
+                    arrived = server.receiver.wait(server.job(client))
+                    latencies[server.name].append((arrived - started) * 1000)
+    return {
+        name: {"latency_ms": summary(values), "jobs_per_s": round(1000 / statistics.mean(values), 1)}
+        for name, values in latencies.items()
+    }
 
 
 def concurrent(server: Any, jobs: int, submitters: int, poll_status: bool) -> dict[str, Any]:
@@ -208,19 +216,22 @@ def concurrent(server: Any, jobs: int, submitters: int, poll_status: bool) -> di
 
 
 def overhead(quick: bool, workdir: Path) -> dict[str, Any]:
-    jobs, warmup, load_jobs = (20, 5, 64) if quick else (300, 30, 400)
-    results: dict[str, Any] = {}
-    for make in (lambda: Hidream(workdir / "overhead-data"), lambda: Coglet(workdir)):
-        server = make()
-        try:
+    jobs, warmup, blocks, load_jobs = (20, 5, 2, 64) if quick else (400, 30, 8, 400)
+    servers = [Hidream(workdir / "overhead-data"), Coglet(workdir)]
+    try:
+        for server in servers:
             server.ready()
-            results[server.name] = {
-                "sequential": sequential(server, jobs, warmup),
+        alone = sequential(servers, jobs, warmup, blocks)
+        return {
+            server.name: {
+                "sequential": alone[server.name],
                 "32_submitters": concurrent(server, load_jobs, 32, poll_status=server.name == "hidream"),
             }
-        finally:
+            for server in servers
+        }
+    finally:
+        for server in servers:
             server.close()
-    return results
 
 
 # -- 2. inference ----------------------------------------------------------------------------------
