@@ -4,8 +4,10 @@
 
 Starts `hidream serve` on a fresh data dir and a webhook receiver on loopback. `--in-flight N` keeps N
 submitters busy, each submitting a job and waiting for its webhook. Prints, as p50/p90/p99:
-submit -> webhook received, and job completed (as the database records it) -> webhook received,
-which is the delivery path alone; and jobs/s. (bench/run.py compares the sequential case with cog.)
+submit -> webhook received, then where that time goes, from the clocks of the client, the job's
+row (created, leased, completed) and the receiver: the API up to the commit, the answer, the wake-up
+and lease, the run and its ending, and the delivery; and jobs/s. (bench/run.py compares the
+sequential case with cog.)
 """
 
 from __future__ import annotations
@@ -25,6 +27,16 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import Process, Receiver, free_port, summary, wait_ready
 
+# Where a round trip's time goes. The first two and the last three overlap (the answer is sent while
+# the worker leases); each is p50 over the jobs, so they need not add up.
+STAGES = {
+    "sent_to_created": "request sent -> job row written (API, validation)",
+    "created_to_answered": "job row written -> answer received (commit, reply)",
+    "created_to_leased": "job row written -> leased by a worker (wake-up)",
+    "leased_to_completed": "leased -> completed (run, image, ending)",
+    "completed_to_webhook": "completed -> webhook received (commit, sender)",
+}
+
 
 def main() -> int:
     parser = argparse.ArgumentParser()
@@ -43,11 +55,12 @@ def main() -> int:
         with Process(command, env={"HIDREAM_SQLITE_SYNCHRONOUS": args.synchronous}):
             wait_ready(f"{base}/health", lambda response: response.status_code == 200)
 
-            def one_job(client: httpx.Client) -> tuple[str, float]:
-                started = time.perf_counter()
+            def one_job(client: httpx.Client) -> tuple[str, float, float, float]:
+                sent_wall, started = time.time(), time.perf_counter()
                 response = client.post(f"{base}/hidream/noop", params={"fal_webhook": receiver.url}, json={})
+                answered_wall = time.time()
                 request_id: str = response.json()["request_id"]
-                return request_id, (receiver.wait(request_id) - started) * 1000
+                return request_id, (receiver.wait(request_id) - started) * 1000, sent_wall, answered_wall
 
             clients = [httpx.Client(timeout=30) for _ in range(args.in_flight)]
             try:
@@ -60,22 +73,33 @@ def main() -> int:
                 for client in clients:
                     client.close()
         with sqlite3.connect(f"{data_dir}/hidream.sqlite3") as conn:
-            completed = dict(conn.execute("SELECT id, completed_at FROM jobs").fetchall())
+            rows = conn.execute("SELECT id, created_at, started_at, completed_at FROM jobs").fetchall()
+            stamps = {request_id: times for request_id, *times in rows}
     receiver.close()
-    delivery = [(receiver.arrived_wall[request_id] - completed[request_id]) * 1000 for request_id, _ in measured]
+    stages: dict[str, list[float]] = {name: [] for name in STAGES}
+    for request_id, _, sent, answered in measured:
+        created, started, completed = stamps[request_id]
+        arrived = receiver.arrived_wall[request_id]
+        for name, (begin, end) in zip(
+            STAGES,
+            [(sent, created), (created, answered), (created, started), (started, completed), (completed, arrived)],
+            strict=True,
+        ):
+            stages[name].append((end - begin) * 1000)
     figures: dict[str, Any] = {
         "jobs": args.jobs,
         "in_flight": args.in_flight,
         "sqlite_synchronous": args.synchronous,
-        "submit_to_webhook_ms": summary([latency for _, latency in measured]),
-        "completed_to_webhook_ms": summary(delivery),
+        "submit_to_webhook_ms": summary([latency for _, latency, _, _ in measured]),
+        **{f"{name}_ms": summary(values) for name, values in stages.items()},
         "jobs_per_s": round(args.jobs / elapsed, 1),
     }
     print(f"hidream/noop, {args.jobs} jobs, {args.in_flight} in flight, synchronous={args.synchronous}")
-    for name in ("submit_to_webhook_ms", "completed_to_webhook_ms"):
-        row = figures[name]
-        print(f"  {name:<26} p50 {row['p50']:>8.2f}  p90 {row['p90']:>8.2f}  p99 {row['p99']:>8.2f}")
-    print(f"  {'throughput':<26} {figures['jobs_per_s']} jobs/s")
+    for name in ("submit_to_webhook", *STAGES):
+        row = figures[f"{name}_ms"]
+        label = name if name == "submit_to_webhook" else f"  {STAGES[name]}"
+        print(f"  {label:<54} p50 {row['p50']:>8.2f}  p90 {row['p90']:>8.2f}  p99 {row['p99']:>8.2f}")
+    print(f"  {'throughput':<54} {figures['jobs_per_s']} jobs/s")
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
     return 0
