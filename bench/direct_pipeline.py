@@ -1,9 +1,13 @@
-"""The inference benchmark's peer: the same tiny HiDream-I1 pipeline called directly, no service.
+"""The inference and batching benchmarks' peer: the same tiny HiDream-I1 pipeline called directly, no service.
 
-    python bench/direct_pipeline.py WEIGHTS_DIR RUNS   -> last line: {"ms": [...]}
+    python bench/direct_pipeline.py WEIGHTS_DIR      then, one per line on stdin:
+        one           -> the inference benchmark's call (I1_ARGS), one prompt
+        batch N       -> the batching benchmark's call (BATCH_ARGS) with N prompts in one call
+    each answered on stdout with one line: {"ms": <wall time of the call>}
 
 Loads the pipeline through the service's own loader (so both sides run identical weights and
-scheduler), then times RUNS calls after one warm-up, with the inference benchmark's arguments.
+scheduler) and stays up, so that bench/run.py can alternate its calls with jobs sent to the service:
+this machine's speed drifts too much for one side to be measured after the other.
 """
 
 from __future__ import annotations
@@ -12,36 +16,45 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from hidream_service.inference.pipelines import PipelineCache
 from hidream_service.inference.weights import WeightsLayout
-from hidream_service.models.hidream_i1 import rendered_size
+from hidream_service.models.hidream_i1 import requested_size
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import I1_ARGS
+from run import BATCH_ARGS, I1_ARGS
 
 
 def main() -> None:
-    weights, runs = Path(sys.argv[1]), int(sys.argv[2])
-    loaded = PipelineCache(WeightsLayout(weights), "cpu").get("full")
-    width, height = rendered_size(512, 512, loaded.area_side)
-    timings = []
-    for n in range(runs + 1):
+    pipeline = PipelineCache(WeightsLayout(Path(sys.argv[1])), "cpu").get("full").pipeline
+    width, height = requested_size("square")  # the pipeline scales it to its area, as for a service job
+
+    def call(prompts: list[str], steps: Any, guidance: Any, seed: int) -> float:
         started = time.perf_counter()
-        loaded.pipeline(
-            prompt=I1_ARGS["prompt"],
+        pipeline(
+            prompt=prompts,
             height=height,
             width=width,
-            num_inference_steps=I1_ARGS["num_inference_steps"],
-            guidance_scale=I1_ARGS["guidance_scale"],
-            generator=[torch.Generator().manual_seed(int(I1_ARGS["seed"]))],
+            num_inference_steps=int(steps),
+            guidance_scale=float(guidance),
+            generator=[torch.Generator().manual_seed(seed + n) for n in range(len(prompts))],
             output_type="pil",
         )
-        if n > 0:
-            timings.append((time.perf_counter() - started) * 1000)
-    print(json.dumps({"ms": timings}))
+        return (time.perf_counter() - started) * 1000
+
+    for line in sys.stdin:
+        command = line.split()
+        if command == ["one"]:
+            ms = call([str(I1_ARGS["prompt"])], I1_ARGS["num_inference_steps"], I1_ARGS["guidance_scale"], 7)
+        elif len(command) == 2 and command[0] == "batch":
+            prompts = [f"job {n}" for n in range(int(command[1]))]
+            ms = call(prompts, BATCH_ARGS["num_inference_steps"], 5.0, 0)
+        else:
+            raise SystemExit(f"unknown command {line!r}")
+        print(json.dumps({"ms": ms}), flush=True)
 
 
 if __name__ == "__main__":

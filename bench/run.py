@@ -239,18 +239,42 @@ def overhead(quick: bool, workdir: Path) -> dict[str, Any]:
 I1_ARGS = {"prompt": "a red fox in the snow", "num_inference_steps": 50, "guidance_scale": 5.0, "seed": 7}
 
 
+class DirectPipeline:
+    """bench/direct_pipeline.py kept running: the pipeline called directly, one command at a time."""
+
+    def __init__(self, weights: Path) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, str(Path(__file__).parent / "direct_pipeline.py"), str(weights)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+
+    def call(self, command: str) -> float:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(command + "\n")
+        self.process.stdin.flush()
+        answer = self.process.stdout.readline()
+        if not answer:
+            raise RuntimeError(f"direct_pipeline.py exited with {self.process.wait()}")
+        ms: float = json.loads(answer)["ms"]
+        return ms
+
+    def close(self) -> None:
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        self.process.wait(timeout=30)
+
+
 def inference(quick: bool, workdir: Path) -> dict[str, Any]:
+    """One tiny I1 job at a time through the service, alternating with the same call made directly."""
     runs = 3 if quick else 10
     weights = workdir / "tiny"
-    direct = subprocess.run(
-        [sys.executable, str(Path(__file__).parent / "direct_pipeline.py"), str(weights), str(runs)],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    direct_ms = json.loads(direct.stdout.strip().splitlines()[-1])["ms"]
+    direct = DirectPipeline(weights)
     server = Hidream(workdir / "inference-data", weights=str(weights))
-    service_ms = []
+    direct_ms: list[float] = []
+    service_ms: list[float] = []
     try:
         server.ready()
         with httpx.Client(timeout=120) as client:
@@ -258,17 +282,18 @@ def inference(quick: bool, workdir: Path) -> dict[str, Any]:
                 started = time.perf_counter()
                 key = server.job(client, "fal-ai/hidream-i1-full", {**I1_ARGS, "image_size": "square"})
                 arrived = server.receiver.wait(key, timeout=300)
-                if n > 0:  # the first call loads the pipeline
+                direct_call = direct.call("one")
+                if n > 0:  # the first call of each loads the pipeline
                     service_ms.append((arrived - started) * 1000)
+                    direct_ms.append(direct_call)
     finally:
         server.close()
-    direct_p50 = statistics.median(direct_ms)
-    service_p50 = statistics.median(service_ms)
+        direct.close()
     return {
         "steps": I1_ARGS["num_inference_steps"],
         "direct_ms": summary(direct_ms),
         "service_ms": summary(service_ms),
-        "ratio_p50": round(service_p50 / direct_p50, 3),
+        "ratio_p50": round(statistics.median(service_ms) / statistics.median(direct_ms), 3),
     }
 
 
@@ -278,35 +303,55 @@ BATCH_ARGS = {"num_inference_steps": 20, "image_size": "square"}
 
 
 def batching(quick: bool, workdir: Path) -> dict[str, Any]:
-    """8 tiny I1 jobs submitted at once, `rounds` times: batching off (1) against on (up to 8)."""
-    rounds, in_flight = (1, 8) if quick else (4, 8)
-    results: dict[str, Any] = {}
-    for label, size in (("off", "1"), ("on", "8")):
-        env = {"HIDREAM_BATCH_MAX_SIZE": size, "HIDREAM_BATCH_WAIT_SECONDS": "0.2"}
-        server = Hidream(workdir / f"batching-{label}", weights=str(workdir / "tiny"), env=env)
-        try:
-            server.ready()
-            elapsed = batch_rounds(server, rounds, in_flight)
-        finally:
+    """Waves of 8 tiny I1 jobs submitted at once, to a server with batching off (1) and one with it
+    on (up to 8), in turn; and the ceiling: the pipeline called directly, 8 prompts one at a time
+    against 8 prompts in one call."""
+    waves, in_flight = (1, 8) if quick else (4, 8)
+    weights = workdir / "tiny"
+    servers: dict[str, Hidream] = {}
+    direct = DirectPipeline(weights)
+    seconds = {"off": 0.0, "on": 0.0, "direct_one_at_a_time": 0.0, "direct_one_call": 0.0}
+    try:
+        for label, size in (("off", "1"), ("on", "8")):
+            env = {"HIDREAM_BATCH_MAX_SIZE": size, "HIDREAM_BATCH_WAIT_SECONDS": "0.2"}
+            servers[label] = Hidream(workdir / f"batching-{label}", weights=str(weights), env=env)
+        with httpx.Client(timeout=120) as client:
+            for server in servers.values():
+                server.ready()
+                warm = server.job(client, "fal-ai/hidream-i1-full", {**BATCH_ARGS, "prompt": "warm up"})
+                server.receiver.wait(warm, timeout=300)  # the first job loads the pipeline
+            direct.call(f"batch {in_flight}")
+            for wave in range(waves):
+                for label, server in servers.items():
+                    seconds[label] += batch_wave(server, client, wave, in_flight)
+                seconds["direct_one_at_a_time"] += sum(direct.call("batch 1") for _ in range(in_flight)) / 1000
+                seconds["direct_one_call"] += direct.call(f"batch {in_flight}") / 1000
+    finally:
+        for server in servers.values():
             server.close()
-        results[label] = {"jobs_per_s": round(rounds * in_flight / elapsed, 2)}
-    results["ratio"] = round(results["on"]["jobs_per_s"] / results["off"]["jobs_per_s"], 2)
-    return results
+        direct.close()
+    jobs_per_s = {label: round(waves * in_flight / spent, 2) for label, spent in seconds.items()}
+    return {
+        "off": {"jobs_per_s": jobs_per_s["off"]},
+        "on": {"jobs_per_s": jobs_per_s["on"]},
+        "ratio": round(jobs_per_s["on"] / jobs_per_s["off"], 2),
+        "direct": {
+            "one_at_a_time_jobs_per_s": jobs_per_s["direct_one_at_a_time"],
+            "one_call_jobs_per_s": jobs_per_s["direct_one_call"],
+            "ratio": round(jobs_per_s["direct_one_call"] / jobs_per_s["direct_one_at_a_time"], 2),
+        },
+    }
 
 
-def batch_rounds(server: Hidream, rounds: int, in_flight: int) -> float:
-    """Seconds for `rounds` waves of `in_flight` jobs submitted together, each wave waited out."""
-    with httpx.Client(timeout=120) as client:
-        warm = server.job(client, "fal-ai/hidream-i1-full", {**BATCH_ARGS, "prompt": "warm up"})
-        server.receiver.wait(warm, timeout=300)  # the first job loads the pipeline
-        started = time.perf_counter()
-        for wave in range(rounds):
-            bodies = [{**BATCH_ARGS, "prompt": f"job {i}", "seed": wave * 100 + i} for i in range(in_flight)]
-            with ThreadPoolExecutor(in_flight) as pool:
-                keys = list(pool.map(lambda body: server.job(client, "fal-ai/hidream-i1-full", body), bodies))
-            for key in keys:
-                server.receiver.wait(key, timeout=300)
-        return time.perf_counter() - started
+def batch_wave(server: Hidream, client: httpx.Client, wave: int, in_flight: int) -> float:
+    """Seconds for `in_flight` jobs submitted together to come back."""
+    started = time.perf_counter()
+    bodies = [{**BATCH_ARGS, "prompt": f"job {i}", "seed": wave * 100 + i} for i in range(in_flight)]
+    with ThreadPoolExecutor(in_flight) as pool:
+        keys = list(pool.map(lambda body: server.job(client, "fal-ai/hidream-i1-full", body), bodies))
+    for key in keys:
+        server.receiver.wait(key, timeout=300)
+    return time.perf_counter() - started
 
 
 # -- 5. GPU (only where CUDA exists) ----------------------------------------------------------------
@@ -423,6 +468,15 @@ def print_table(results: dict[str, Any]) -> None:
                 f"{batched['on']['jobs_per_s']} (batching)",
                 f"{batched['off']['jobs_per_s']} (no batching)",
                 f"{batched['ratio']:.2f}",
+            )
+        )
+        ceiling = batched["direct"]
+        rows.append(
+            (
+                "  the ceiling: pipeline alone, 8 prompts",
+                f"{ceiling['one_call_jobs_per_s']} (one call)",
+                f"{ceiling['one_at_a_time_jobs_per_s']} (one at a time)",
+                f"{ceiling['ratio']:.2f}",
             )
         )
     if "gpu" in results:
