@@ -24,6 +24,13 @@ INPUT_FILE_NAME = "image.png"
 _DATA_URI_PREFIX = "data:"
 
 
+@dataclass(frozen=True)
+class PreparedImage:
+    key: str  # storage key of the clean PNG
+    width: int  # after EXIF orientation
+    height: int
+
+
 @dataclass
 class ImageInputs:
     client: httpx.AsyncClient  # the SSRF-guarded client, redirects off
@@ -32,18 +39,19 @@ class ImageInputs:
     max_pixels: int
     timeout: float
 
-    async def prepare(self, url: str, *, own_hosts: set[str]) -> str:
-        """Fetch and check one image input; return the storage key of its normalized PNG."""
+    async def prepare(self, url: str, *, own_hosts: set[str]) -> PreparedImage:
+        """Fetch and check one image input; return where its normalized PNG is stored, and its size."""
         data = await self._read(url, own_hosts)
         # Decoding, encoding and the storage write are CPU and disk (or Volume) work: off the event loop.
         return await asyncio.to_thread(self._store_clean_copy, data)
 
-    def _store_clean_copy(self, data: bytes) -> str:
-        png = encode_png(decode_image(data, max_pixels=self.max_pixels).image)
+    def _store_clean_copy(self, data: bytes) -> PreparedImage:
+        decoded = decode_image(data, max_pixels=self.max_pixels)
+        png = encode_png(decoded.image)
         key = f"input-{hashlib.sha256(png).hexdigest()[:40]}/{INPUT_FILE_NAME}"
         if self.storage.lookup(key) is None:  # content-addressed: the same image is stored once
             self.storage.put(key, png)
-        return key
+        return PreparedImage(key, decoded.width, decoded.height)
 
     async def _read(self, url: str, own_hosts: set[str]) -> bytes:
         if url.startswith(_DATA_URI_PREFIX):

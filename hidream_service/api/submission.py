@@ -137,11 +137,17 @@ async def prepare_images(
         for index, url in enumerate(urls):
             loc: list[str | int] = ["body", field, index] if isinstance(value, list) else ["body", field]
             try:
-                key = await state.image_inputs.prepare(url, own_hosts=own_hosts)
+                image = await state.image_inputs.prepare(url, own_hosts=own_hosts)
             except ImageInputError as exc:
                 detail: Any = exc.message if exc.status == 413 else one_error(loc, exc.message, "image_input")
                 raise HTTPException(exc.status, detail) from None
-            prepared.append(f"{base}/files/{key}")
+            if max(image.width / image.height, image.height / image.width) > endpoint.max_image_aspect:
+                message = (
+                    f"the image is {image.width}x{image.height}, more elongated than "
+                    f"{endpoint.max_image_aspect:g}:1, which HiDream cannot render; crop it first"
+                )
+                raise HTTPException(422, one_error(loc, message, "image_input"))
+            prepared.append(f"{base}/files/{image.key}")
         if urls:
             job_input[field] = prepared if isinstance(value, list) else prepared[0]
     return job_input

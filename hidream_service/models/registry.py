@@ -20,6 +20,8 @@ class Endpoint:
     family: str  # "noop" | "hidream-i1" | "hidream-i1-image-to-image" | "hidream-e1" | "hidream-o1" | "hidream-o1-edit"
     variant: str | None = None  # the model key the weights layout serves: full, dev, fast, e1-full, e1-1, o1, o1-dev
     image_fields: tuple[str, ...] = ()  # inputs holding image URLs, fetched and checked at submit
+    # The most elongated image those inputs may hold: HiDream renders at most 128 patches a side.
+    max_image_aspect: float = hidream_i1.MAX_ASPECT_RATIO
 
     @property
     def needs_weights(self) -> bool:

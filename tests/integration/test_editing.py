@@ -166,6 +166,30 @@ def test_bad_image_inputs_are_refused_at_submit(http: httpx.Client, image_url: s
     assert says in detail[0]["msg"]
 
 
+@pytest.mark.parametrize(
+    ("app", "body", "loc"),
+    [
+        (E1_FULL, {"edit_instruction": "x", "image_url": data_uri(png(576, 64))}, ["body", "image_url"]),
+        (I2I, {"prompt": "x", "image_url": data_uri(png(64, 576))}, ["body", "image_url"]),
+        (
+            "fal-ai/hidream-o1-image/edit",
+            {"prompt": "x", "reference_image_urls": [data_uri(png(64, 64)), data_uri(png(576, 64))]},
+            ["body", "reference_image_urls", 1],
+        ),
+    ],
+)
+def test_an_image_more_elongated_than_4_to_1_is_refused_at_submit(
+    http: httpx.Client, app: str, body: dict[str, Any], loc: list[str | int]
+) -> None:
+    response = http.post(f"/{app}", json=body)
+
+    assert response.status_code == 422, response.text
+    (error,) = response.json()["detail"]
+    assert error["loc"] == loc
+    assert "576x64" in error["msg"] or "64x576" in error["msg"]
+    assert "more elongated than 4:1" in error["msg"]
+
+
 def test_remote_failures_are_explained(http: httpx.Client, images_host: WebhookReceiver) -> None:
     images_host.files["/moved.png"] = Reply(302, {"location": "http://169.254.169.254/x"}, body=b"")
     images_host.files["/page.png"] = Reply(200, {"content-type": "text/html"}, body=b"<html>login</html>")
