@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from hidream_service.models.base import StrictInput
+from hidream_service.models.registry import ENDPOINTS
 
 MODELS = {
     "hidream-i1-full": "fal-ai/hidream-i1-full",
@@ -26,7 +27,7 @@ EDIT_MODELS = {
     "hidream-o1-image-dev": "fal-ai/hidream-o1-image/dev/edit",
 }
 #: Edit endpoints that take several images (`image[]`): one is edited, several are subjects.
-SEVERAL_IMAGES = {"fal-ai/hidream-o1-image/edit", "fal-ai/hidream-o1-image/dev/edit"}
+SEVERAL_IMAGES = frozenset(endpoint.id for endpoint in ENDPOINTS.values() if endpoint.family == "hidream-o1-edit")
 DEFAULT_MODEL = "hidream-i1-full"
 DEFAULT_EDIT_MODEL = "hidream-e1-full"
 SIZE = re.compile(r"^(\d{2,4})x(\d{2,4})$")
@@ -88,7 +89,7 @@ class EditRequest(_ImagesRequest):
 
     def to_fal(self, endpoint: str, image_urls: list[str]) -> dict[str, Any]:
         """The fal input of the editing endpoint: the prompt is E1's instruction, I1's and O1's prompt."""
-        editing = "hidream-e1" in endpoint
+        editing = ENDPOINTS[endpoint].family == "hidream-e1"
         # E1 keeps the source's aspect ratio, so it takes no size.
         fal = self._fal_common("edit_instruction" if editing else "prompt", with_size=not editing)
         if endpoint in SEVERAL_IMAGES:

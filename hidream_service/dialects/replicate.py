@@ -9,6 +9,7 @@ from pydantic import Field
 from hidream_service.dialects.common import image_urls, iso, log_text
 from hidream_service.jobs.model import Job, JobStatus
 from hidream_service.models.base import StrictInput
+from hidream_service.models.registry import ENDPOINTS
 
 #: Replicate model name -> fal endpoint id.
 MODELS = {
@@ -104,10 +105,10 @@ ReplicateInput = type[ReplicateImageInput] | type[ReplicateNoopInput] | type[Rep
 
 
 def input_model(model: str) -> ReplicateInput:
-    endpoint = MODELS[model]
-    if endpoint == "hidream/noop":
+    family = ENDPOINTS[MODELS[model]].family
+    if family == "noop":
         return ReplicateNoopInput
-    return ReplicateEditInput if "hidream-e1" in endpoint else ReplicateImageInput
+    return ReplicateEditInput if family == "hidream-e1" else ReplicateImageInput
 
 
 STATUS = {

@@ -10,6 +10,7 @@ from pydantic import Field, field_validator
 from hidream_service.dialects.common import image_urls, iso, nsfw_flags
 from hidream_service.jobs.model import Job, JobStatus
 from hidream_service.models.base import StrictInput
+from hidream_service.models.registry import ENDPOINTS
 
 MODELS = {
     "wavespeed-ai/hidream-i1-full": "fal-ai/hidream-i1-full",
@@ -115,10 +116,10 @@ WaveSpeedInput = type[WaveSpeedImageInput] | type[WaveSpeedO1ImageInput] | type[
 
 
 def input_model(model: str) -> WaveSpeedInput:
-    endpoint = MODELS[model]
-    if "hidream-e1" in endpoint:
+    family = ENDPOINTS[MODELS[model]].family
+    if family == "hidream-e1":
         return WaveSpeedEditInput
-    return WaveSpeedO1ImageInput if "hidream-o1" in endpoint else WaveSpeedImageInput
+    return WaveSpeedO1ImageInput if family == "hidream-o1" else WaveSpeedImageInput
 
 
 def status_of(job: Job) -> str:
