@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 LOG_FLUSH_SECONDS = 0.5  # progress lines reach status readers at most this late (less with a faster heartbeat)
 IDLE_POLL_SECONDS = 1.0  # fallback when a wake-up is missed; new jobs normally wake the worker at once
+HEARTBEAT_IDLE_SECONDS = 5.0  # the heartbeat thread ends after this long with no run to serve
 
 
 @dataclass
@@ -88,7 +89,9 @@ class Heartbeat:
     is a commit and this thread competes with the denoising loop for the GIL.
 
     One thread rather than one per run: starting and joining a thread costs about a sixth of a
-    noop job's time in the worker.
+    noop job's time in the worker. It ends after HEARTBEAT_IDLE_SECONDS with nothing held (a worker
+    built for one job, as Modal's noop function builds, leaves no thread behind) and the next run
+    starts it again.
     """
 
     def __init__(self, service: JobService, settings: Settings) -> None:
@@ -108,8 +111,8 @@ class Heartbeat:
         now = time.monotonic()
         with self._lock:
             self._held = [_Held(lease, ctx, now, now) for lease, ctx in runs]
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._beat_forever, name="heartbeat", daemon=True)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._beat_while_needed, name="heartbeat", daemon=True)
                 self._thread.start()
         try:
             yield
@@ -122,16 +125,28 @@ class Heartbeat:
         with self._lock:
             return [held.lease.job.id for held in self._held]
 
-    def _beat_forever(self) -> None:
+    def running(self) -> threading.Thread | None:
+        """The heartbeat thread, while there is one."""
+        with self._lock:
+            return self._thread if self._thread is not None and self._thread.is_alive() else None
+
+    def _beat_while_needed(self) -> None:
+        last_busy = time.monotonic()
         while True:
             time.sleep(self._tick)
             if os.getppid() != self._parent:
                 os._exit(1)  # the server is gone; a new one re-runs the job
             with self._lock:
-                for held in self._held:
-                    self._beat(held)
+                if self._held:
+                    last_busy = time.monotonic()
+                    # A run whose lease is gone is let go of, should its release ever have been missed.
+                    self._held = [held for held in self._held if self._beat(held)]
+                elif time.monotonic() - last_busy > HEARTBEAT_IDLE_SECONDS:
+                    self._thread = None
+                    return
 
-    def _beat(self, held: _Held) -> None:
+    def _beat(self, held: _Held) -> bool:
+        """One tick for one run; False once its lease is no longer ours."""
         now = time.monotonic()
         try:
             if now - held.last_renew >= self._renew_every:
@@ -144,9 +159,10 @@ class Heartbeat:
                 ours, cancel = self._service.lease_state(held.lease)
         except Exception:
             log.exception("heartbeat of %s failed; retrying", held.lease.job.id)
-            return
+            return True
         if cancel or not ours:
             held.ctx.cancel_event.set()
+        return ours
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from standardwebhooks import Webhook
 
 import modal_app
 from hidream_service.inference.manifest import ManifestMismatch
+from hidream_service.jobs import worker as worker_module
 from hidream_service.jobs.model import JobRequest, JobStatus
 from hidream_service.jobs.service import JobService
 from hidream_service.jobs.worker import Runners
@@ -236,8 +237,10 @@ def test_the_sweeper_writes_a_webhook_a_crash_left_unwritten(
 
 
 def test_an_input_cancellation_mid_step_ends_the_job_cancelled(
-    modal_stand_in: StandInModal, receiver: WebhookReceiver
+    modal_stand_in: StandInModal, receiver: WebhookReceiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(worker_module, "HEARTBEAT_IDLE_SECONDS", 0.2)
+
     class InputCancellation(BaseException):
         """What Modal raises in the container when its FunctionCall is cancelled."""
 
@@ -257,3 +260,4 @@ def test_an_input_cancellation_mid_step_ends_the_job_cancelled(
 
     assert service.get(job.id, "").status is JobStatus.CANCELLED  # type: ignore[union-attr]
     assert worker.heartbeat.held() == []  # no lease of it is renewed any more
+    wait_until(lambda: worker.heartbeat.running() is None)  # and the idle heartbeat thread ends

@@ -3,7 +3,6 @@ lines while it runs, passes a cancel on, and lets go of a run the moment the run
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from hidream_service.config import Settings
+from hidream_service.jobs import worker as worker_module
 from hidream_service.jobs.model import JobRequest, Lease
 from hidream_service.jobs.service import JobService, build_service
 from hidream_service.jobs.store import SqliteJobStore
@@ -81,13 +81,32 @@ def test_a_cancel_reaches_the_run(service: JobService, settings: Settings) -> No
         wait_until(ctx.cancelled)
 
 
-def test_one_thread_serves_run_after_run(service: JobService, settings: Settings) -> None:
+def test_one_thread_serves_run_after_run_and_ends_when_idle(
+    service: JobService, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(worker_module, "HEARTBEAT_IDLE_SECONDS", 0.2)
     heartbeat = Heartbeat(service, settings)
-    threads_before = threading.active_count()
+    threads = set()
     for _ in range(3):
         lease, ctx = running_job(service, settings)
         with heartbeat.holding([(lease, ctx)]):
-            pass
+            threads.add(heartbeat.running())
         assert service.complete(lease, {}, 0.0)
 
-    assert threading.active_count() == threads_before + 1
+    assert len(threads) == 1 and None not in threads
+    wait_until(lambda: heartbeat.running() is None)
+    lease, ctx = running_job(service, settings)
+    with heartbeat.holding([(lease, ctx)]):  # the next run starts it again
+        assert heartbeat.running() not in (None, *threads)
+        service.cancel(lease.job.id, "")
+        wait_until(ctx.cancelled)
+
+
+def test_a_run_whose_lease_is_gone_is_let_go(service: JobService, settings: Settings) -> None:
+    heartbeat = Heartbeat(service, settings)
+    lease, ctx = running_job(service, settings)
+
+    with heartbeat.holding([(lease, ctx)]):
+        assert service.complete(lease, {}, 0.0)  # as if by another holder
+        wait_until(lambda: heartbeat.held() == [])
+        assert ctx.cancelled()  # the run is told to stop
