@@ -141,12 +141,9 @@ async def prepare_images(
             except ImageInputError as exc:
                 detail: Any = exc.message if exc.status == 413 else one_error(loc, exc.message, "image_input")
                 raise HTTPException(exc.status, detail) from None
-            if max(image.width / image.height, image.height / image.width) > endpoint.max_image_aspect:
-                message = (
-                    f"the image is {image.width}x{image.height}, more elongated than "
-                    f"{endpoint.max_image_aspect:g}:1, which HiDream cannot render; crop it first"
-                )
-                raise HTTPException(422, one_error(loc, message, "image_input"))
+            problem = endpoint.image_shape_problem(image.width, image.height, job_input)
+            if problem is not None:
+                raise HTTPException(422, one_error(loc, problem, "image_input"))
             prepared.append(f"{base}/files/{image.key}")
         if urls:
             job_input[field] = prepared if isinstance(value, list) else prepared[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from hidream_service.inference.hidream_o1.recipes import O1, O1_DEV
 from hidream_service.models import hidream_e1, hidream_i1, hidream_o1
@@ -20,12 +21,24 @@ class Endpoint:
     family: str  # "noop" | "hidream-i1" | "hidream-i1-image-to-image" | "hidream-e1" | "hidream-o1" | "hidream-o1-edit"
     variant: str | None = None  # the model key the weights layout serves: full, dev, fast, e1-full, e1-1, o1, o1-dev
     image_fields: tuple[str, ...] = ()  # inputs holding image URLs, fetched and checked at submit
-    # The most elongated image those inputs may hold: HiDream renders at most 128 patches a side.
-    max_image_aspect: float = hidream_i1.MAX_ASPECT_RATIO
 
     @property
     def needs_weights(self) -> bool:
         return self.family != "noop"
+
+    def image_shape_problem(self, width: int, height: int, job_input: dict[str, Any]) -> str | None:
+        """Why an image input of this size cannot be used by this job, or None. HiDream renders at most
+        128 patches a side, so nothing more elongated than MAX_ASPECT_RATIO; image-to-image with an
+        explicit image_size covers and crops the source to that size, so there any shape will do."""
+        limit = hidream_i1.MAX_ASPECT_RATIO
+        if max(width / height, height / width) <= limit:
+            return None
+        fix = "crop it first"
+        if self.family == "hidream-i1-image-to-image":
+            if job_input.get("image_size") is not None:
+                return None
+            fix = "crop it first or give image_size"
+        return f"the image is {width}x{height}, more elongated than {limit:g}:1, which HiDream cannot render; {fix}"
 
 
 ENDPOINTS: dict[str, Endpoint] = {

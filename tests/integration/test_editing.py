@@ -170,7 +170,7 @@ def test_bad_image_inputs_are_refused_at_submit(http: httpx.Client, image_url: s
     ("app", "body", "loc"),
     [
         (E1_FULL, {"edit_instruction": "x", "image_url": data_uri(png(576, 64))}, ["body", "image_url"]),
-        (I2I, {"prompt": "x", "image_url": data_uri(png(64, 576))}, ["body", "image_url"]),
+        (I2I, {"prompt": "x", "image_url": data_uri(png(64, 576))}, ["body", "image_url"]),  # and no image_size
         (
             "fal-ai/hidream-o1-image/edit",
             {"prompt": "x", "reference_image_urls": [data_uri(png(64, 64)), data_uri(png(576, 64))]},
@@ -188,6 +188,14 @@ def test_an_image_more_elongated_than_4_to_1_is_refused_at_submit(
     assert error["loc"] == loc
     assert "576x64" in error["msg"] or "64x576" in error["msg"]
     assert "more elongated than 4:1" in error["msg"]
+
+
+def test_image_to_image_with_a_size_takes_an_elongated_source_and_crops_it(http: httpx.Client) -> None:
+    body = {"prompt": "x", "image_url": data_uri(png(576, 64)), "image_size": "square", "num_inference_steps": 2}
+
+    result, _ = run(http, I2I, body)
+
+    assert (result["images"][0]["width"], result["images"][0]["height"]) == (64, 64)
 
 
 def test_remote_failures_are_explained(http: httpx.Client, images_host: WebhookReceiver) -> None:
