@@ -2,7 +2,8 @@
 
     python bench/direct_pipeline.py WEIGHTS_DIR      then, one per line on stdin:
         one           -> the inference benchmark's call (I1_ARGS), one prompt
-        batch N       -> the batching benchmark's call (BATCH_ARGS) with N prompts in one call
+        batch N [K]   -> the batching benchmark's call (BATCH_ARGS) with N prompts in one call: prompts
+                         "job K" ... "job K+N-1", seeds K ... K+N-1 (K defaults to 0)
     each answered on stdout with one line: {"ms": <wall time of the call>}
 
 Loads the pipeline through the service's own loader (so both sides run identical weights and
@@ -49,9 +50,10 @@ def main() -> None:
         command = line.split()
         if command == ["one"]:
             ms = call([str(I1_ARGS["prompt"])], I1_ARGS["num_inference_steps"], I1_ARGS["guidance_scale"], 7)
-        elif len(command) == 2 and command[0] == "batch":
-            prompts = [f"job {n}" for n in range(int(command[1]))]
-            ms = call(prompts, BATCH_ARGS["num_inference_steps"], 5.0, 0)
+        elif len(command) in (2, 3) and command[0] == "batch":
+            first = int(command[2]) if len(command) == 3 else 0
+            prompts = [f"job {n}" for n in range(first, first + int(command[1]))]
+            ms = call(prompts, BATCH_ARGS["num_inference_steps"], 5.0, first)
         else:
             raise SystemExit(f"unknown command {line!r}")
         print(json.dumps({"ms": ms}), flush=True)

@@ -19,6 +19,7 @@ disturb the service's dependencies. --quick runs a few jobs of each, only to pro
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import statistics
@@ -217,8 +218,11 @@ def concurrent(server: Any, jobs: int, submitters: int, poll_status: bool) -> di
 
 def overhead(quick: bool, workdir: Path) -> dict[str, Any]:
     jobs, warmup, blocks, load_jobs = (20, 5, 2, 64) if quick else (400, 30, 8, 400)
-    servers = [Hidream(workdir / "overhead-data"), Coglet(workdir)]
-    try:
+    with contextlib.ExitStack() as running:
+        servers: list[Hidream | Coglet] = []
+        for make in (lambda: Hidream(workdir / "overhead-data"), lambda: Coglet(workdir)):
+            servers.append(make())
+            running.callback(servers[-1].close)
         for server in servers:
             server.ready()
         alone = sequential(servers, jobs, warmup, blocks)
@@ -229,9 +233,6 @@ def overhead(quick: bool, workdir: Path) -> dict[str, Any]:
             }
             for server in servers
         }
-    finally:
-        for server in servers:
-            server.close()
 
 
 # -- 2. inference ----------------------------------------------------------------------------------
@@ -242,14 +243,16 @@ I1_ARGS = {"prompt": "a red fox in the snow", "num_inference_steps": 50, "guidan
 class DirectPipeline:
     """bench/direct_pipeline.py kept running: the pipeline called directly, one command at a time."""
 
-    def __init__(self, weights: Path) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, str(Path(__file__).parent / "direct_pipeline.py"), str(weights)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
+    def __init__(self, weights: Path, log: Path) -> None:
+        self.log = log
+        with log.open("w") as stderr:  # its warnings and, should it fail, its traceback
+            self.process = subprocess.Popen(
+                [sys.executable, str(Path(__file__).parent / "direct_pipeline.py"), str(weights)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                text=True,
+            )
 
     def call(self, command: str) -> float:
         assert self.process.stdin is not None and self.process.stdout is not None
@@ -257,25 +260,32 @@ class DirectPipeline:
         self.process.stdin.flush()
         answer = self.process.stdout.readline()
         if not answer:
-            raise RuntimeError(f"direct_pipeline.py exited with {self.process.wait()}")
+            tail = self.log.read_text()[-2000:]
+            raise RuntimeError(f"direct_pipeline.py exited with {self.process.wait()}:\n{tail}")
         ms: float = json.loads(answer)["ms"]
         return ms
 
     def close(self) -> None:
         if self.process.stdin is not None:
             self.process.stdin.close()
-        self.process.wait(timeout=30)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
 
 def inference(quick: bool, workdir: Path) -> dict[str, Any]:
     """One tiny I1 job at a time through the service, alternating with the same call made directly."""
     runs = 3 if quick else 10
     weights = workdir / "tiny"
-    direct = DirectPipeline(weights)
-    server = Hidream(workdir / "inference-data", weights=str(weights))
     direct_ms: list[float] = []
     service_ms: list[float] = []
-    try:
+    with contextlib.ExitStack() as running:
+        direct = DirectPipeline(weights, workdir / "direct-inference.log")
+        running.callback(direct.close)
+        server = Hidream(workdir / "inference-data", weights=str(weights))
+        running.callback(server.close)
         server.ready()
         with httpx.Client(timeout=120) as client:
             for n in range(runs + 1):
@@ -286,9 +296,6 @@ def inference(quick: bool, workdir: Path) -> dict[str, Any]:
                 if n > 0:  # the first call of each loads the pipeline
                     service_ms.append((arrived - started) * 1000)
                     direct_ms.append(direct_call)
-    finally:
-        server.close()
-        direct.close()
     return {
         "steps": I1_ARGS["num_inference_steps"],
         "direct_ms": summary(direct_ms),
@@ -309,27 +316,26 @@ def batching(quick: bool, workdir: Path) -> dict[str, Any]:
     waves, in_flight = (1, 8) if quick else (4, 8)
     weights = workdir / "tiny"
     servers: dict[str, Hidream] = {}
-    direct = DirectPipeline(weights)
     seconds = {"off": 0.0, "on": 0.0, "direct_one_at_a_time": 0.0, "direct_one_call": 0.0}
-    try:
+    with contextlib.ExitStack() as running:
+        direct = DirectPipeline(weights, workdir / "direct-batching.log")
+        running.callback(direct.close)
         for label, size in (("off", "1"), ("on", "8")):
             env = {"HIDREAM_BATCH_MAX_SIZE": size, "HIDREAM_BATCH_WAIT_SECONDS": "0.2"}
             servers[label] = Hidream(workdir / f"batching-{label}", weights=str(weights), env=env)
-        with httpx.Client(timeout=120) as client:
-            for server in servers.values():
-                server.ready()
-                warm = server.job(client, "fal-ai/hidream-i1-full", {**BATCH_ARGS, "prompt": "warm up"})
-                server.receiver.wait(warm, timeout=300)  # the first job loads the pipeline
-            direct.call(f"batch {in_flight}")
-            for wave in range(waves):
-                for label, server in servers.items():
-                    seconds[label] += batch_wave(server, client, wave, in_flight)
-                seconds["direct_one_at_a_time"] += sum(direct.call("batch 1") for _ in range(in_flight)) / 1000
-                seconds["direct_one_call"] += direct.call(f"batch {in_flight}") / 1000
-    finally:
+            running.callback(servers[label].close)
+        client = running.enter_context(httpx.Client(timeout=120))
         for server in servers.values():
-            server.close()
-        direct.close()
+            server.ready()
+            warm = server.job(client, "fal-ai/hidream-i1-full", {**BATCH_ARGS, "prompt": "warm up"})
+            server.receiver.wait(warm, timeout=300)  # the first job loads the pipeline
+        direct.call(f"batch {in_flight}")
+        for wave in range(waves):
+            for label, server in servers.items():
+                seconds[label] += batch_wave(server, client, wave, in_flight)
+            one_at_a_time = [direct.call(f"batch 1 {wave * 100 + n}") for n in range(in_flight)]
+            seconds["direct_one_at_a_time"] += sum(one_at_a_time) / 1000
+            seconds["direct_one_call"] += direct.call(f"batch {in_flight} {wave * 100}") / 1000
     jobs_per_s = {label: round(waves * in_flight / spent, 2) for label, spent in seconds.items()}
     return {
         "off": {"jobs_per_s": jobs_per_s["off"]},
@@ -346,7 +352,7 @@ def batching(quick: bool, workdir: Path) -> dict[str, Any]:
 def batch_wave(server: Hidream, client: httpx.Client, wave: int, in_flight: int) -> float:
     """Seconds for `in_flight` jobs submitted together to come back."""
     started = time.perf_counter()
-    bodies = [{**BATCH_ARGS, "prompt": f"job {i}", "seed": wave * 100 + i} for i in range(in_flight)]
+    bodies = [{**BATCH_ARGS, "prompt": f"job {wave * 100 + i}", "seed": wave * 100 + i} for i in range(in_flight)]
     with ThreadPoolExecutor(in_flight) as pool:
         keys = list(pool.map(lambda body: server.job(client, "fal-ai/hidream-i1-full", body), bodies))
     for key in keys:

@@ -103,7 +103,7 @@ class Settings(BaseSettings):
         "or cloud metadata). Unset: allowed when the API binds to loopback, refused otherwise.",
     )
     webhook_max_concurrency: int = Field(
-        default=16, ge=1, description="Webhook POSTs in flight at once from the delivery loop."
+        default=16, ge=1, le=1000, description="Webhook POSTs in flight at once from the delivery loop."
     )
     sync_timeout_seconds: float = Field(
         default=300.0,
@@ -130,7 +130,8 @@ class Settings(BaseSettings):
     )
     sqlite_synchronous: Literal["FULL", "NORMAL"] = Field(
         default="FULL",
-        description="FULL survives power loss; NORMAL survives process crashes only and commits faster.",
+        description="Commits of jobs and their webhooks: FULL survives power loss; NORMAL survives process crashes "
+        "only and commits faster. (Webhook claims and attempt records are always NORMAL: losing one means a resend.)",
     )
     batch_max_size: int = Field(
         default=4,

@@ -307,7 +307,8 @@ class SqliteJobStore:
         """Write the terminal fields of `job` and its webhook delivery in one transaction.
 
         Applies only if the stored job is still in one of `expected` (and, with a token, still
-        leased by it); otherwise nothing is written and False is returned.
+        leased by it); otherwise they are not written and False is returned. `logs` are appended
+        in the same transaction either way.
         """
         placeholders = ",".join("?" for _ in expected)
         token_clause = " AND lease_token = ?" if token is not None else ""
