@@ -6,6 +6,7 @@ lines to the store and notices a cancel, so the denoising loop itself never touc
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -265,11 +266,18 @@ class Worker:
         for held, ctx in zip(leases, contexts, strict=True):
             ctx.log(f"running on worker {self.name} (attempt {held.job.attempts})")
         started = time.perf_counter()
-        with self.heartbeat.holding(list(zip(leases, contexts, strict=True))):
-            if mates:
-                outcomes = self._execute_batch(lease.job.endpoint, [held.job.input for held in leases], contexts)
-            else:
-                outcomes = [self._execute(lease.job.endpoint, lease.job.input, contexts[0])]
+        try:
+            with self.heartbeat.holding(list(zip(leases, contexts, strict=True))):
+                if mates:
+                    outcomes = self._execute_batch(lease.job.endpoint, [held.job.input for held in leases], contexts)
+                else:
+                    outcomes = [self._execute(lease.job.endpoint, lease.job.input, contexts[0])]
+        except BaseException:
+            # Interrupted from outside (Modal's input cancellation): whoever ends the job, keep what it logged.
+            for held, ctx in zip(leases, contexts, strict=True):
+                with contextlib.suppress(Exception):
+                    self.service.flush_logs(held, ctx.take_logs())
+            raise
         for held, ctx, outcome in zip(leases, contexts, outcomes, strict=True):
             self._finish(held, ctx, outcome, started)
 

@@ -258,6 +258,8 @@ def test_an_input_cancellation_mid_step_ends_the_job_cancelled(
     with pytest.raises(InputCancellation):
         run_spawned_job(service, worker, job.id, "fc-0001", cancellations=(InputCancellation,))
 
-    assert service.get(job.id, "").status is JobStatus.CANCELLED  # type: ignore[union-attr]
+    ended = service.get(job.id, "", with_logs=True)
+    assert ended is not None and ended.status is JobStatus.CANCELLED
+    assert any("running on worker" in line.message for line in ended.logs)  # what it logged is kept
     assert worker.heartbeat.held() == []  # no lease of it is renewed any more
     wait_until(lambda: worker.heartbeat.running() is None)  # and the idle heartbeat thread ends
