@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from hidream_service.jobs.model import ErrorType, JobRequest, JobStatus, LogLine
+from hidream_service.jobs.model import ErrorType, JobRequest, JobStatus, Lease, LogLine
 from hidream_service.jobs.protocols import JobStore
 from hidream_service.jobs.service import CancelOutcome, IdempotencyKeyReused, JobService
 from hidream_service.jobs.store import SqliteJobStore
@@ -83,6 +83,18 @@ def deliveries(backend: Backend, job_id: str) -> list[Delivery]:
     return backend.outbox.for_subject(job_id)
 
 
+def overtaken_run(service: JobService, clock: Clock) -> tuple[Lease, Lease]:
+    """A job whose first run's lease ran out and was re-queued, and the second run that took it."""
+    service.submit(request())
+    first = service.lease_next("w1")
+    assert first is not None
+    clock.now += 11
+    assert service.recover_expired_leases() == 1
+    second = service.lease_next("w2")
+    assert second is not None and second.job.id == first.job.id
+    return first, second
+
+
 def test_a_submitted_job_is_visible_to_another_process_at_once(service: JobService, backend: Backend) -> None:
     job, created = service.submit(request())
 
@@ -129,13 +141,7 @@ def test_a_job_without_webhook_writes_no_delivery(service: JobService, backend: 
 
 
 def test_a_stale_lease_cannot_overwrite_a_newer_outcome(service: JobService, clock: Clock) -> None:
-    service.submit(request())
-    first = service.lease_next("w1")
-    assert first is not None
-    clock.now += 11
-    assert service.recover_expired_leases() == 1
-    second = service.lease_next("w2")
-    assert second is not None and second.job.id == first.job.id
+    first, second = overtaken_run(service, clock)
 
     assert not service.complete(first, {"from": "old"}, 1.0)
     assert service.complete(second, {"from": "new"}, 1.0)
@@ -225,13 +231,8 @@ def test_jobs_are_invisible_to_other_owners(service: JobService) -> None:
 def test_a_job_that_ends_twice_sends_one_webhook_with_one_id(
     service: JobService, clock: Clock, backend: Backend
 ) -> None:
-    job, _ = service.submit(request())
-    first = service.lease_next("w1")
-    assert first is not None
-    clock.now += 11
-    service.recover_expired_leases()
-    second = service.lease_next("w2")
-    assert second is not None
+    first, second = overtaken_run(service, clock)
+    job = second.job
     service.complete(second, {}, 0.1)
     service.complete(first, {}, 0.1)  # the stale run finishing late changes nothing
 
@@ -283,13 +284,8 @@ def test_the_last_lines_are_written_with_the_ending_and_reach_its_webhook(
 
 
 def test_a_run_that_lost_its_lease_keeps_its_lines_but_not_its_outcome(service: JobService, clock: Clock) -> None:
-    job, _ = service.submit(request())
-    first = service.lease_next("w1")
-    assert first is not None
-    clock.now += 11
-    service.recover_expired_leases()
-    second = service.lease_next("w2")
-    assert second is not None
+    first, _ = overtaken_run(service, clock)
+    job = first.job
 
     assert not service.fail(first, ErrorType.INFERENCE, "late", logs=[LogLine(clock.now, "INFO", "late line")])
     seen = service.get(job.id, "", with_logs=True)
