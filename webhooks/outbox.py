@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import enum
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS webhook_deliveries (
@@ -147,21 +147,22 @@ def enqueue(conn: sqlite3.Connection, message: OutboxMessage, due_at: float) -> 
     )
 
 
-def _row_to_delivery(row: sqlite3.Row) -> Delivery:
+def delivery_from_record(record: sqlite3.Row | Mapping[str, Any]) -> Delivery:
+    """A Delivery from its stored columns: a SQLite row here, a record in any other outbox."""
     return Delivery(
-        id=row["id"],
-        url=row["url"],
-        body=bytes(row["body"]),
-        signer=row["signer"],
-        context=row["context"],
-        subject=row["subject"],
-        single_attempt=bool(row["single_attempt"]),
-        state=DeliveryState(row["state"]),
-        attempts=row["attempts"],
-        next_attempt_at=row["next_attempt_at"],
-        created_at=row["created_at"],
-        finished_at=row["finished_at"],
-        last_error=row["last_error"],
+        id=record["id"],
+        url=record["url"],
+        body=bytes(record["body"]),
+        signer=record["signer"],
+        context=record["context"],
+        subject=record["subject"],
+        single_attempt=bool(record["single_attempt"]),
+        state=DeliveryState(record["state"]),
+        attempts=record["attempts"],
+        next_attempt_at=record["next_attempt_at"],
+        created_at=record["created_at"],
+        finished_at=record["finished_at"],
+        last_error=record["last_error"],
     )
 
 
@@ -205,7 +206,7 @@ class SqliteOutbox:
             (now + claim_seconds, *due, now),
         ).fetchall()
         claimed = {row["id"]: row for row in rows}
-        return [_row_to_delivery(claimed[delivery_id]) for delivery_id in due if delivery_id in claimed]
+        return [delivery_from_record(claimed[delivery_id]) for delivery_id in due if delivery_id in claimed]
 
     def release_claims(self, now: float) -> int:
         """Make deliveries a dead sender had in flight due at once (call before sending starts)."""
@@ -274,7 +275,7 @@ class SqliteOutbox:
 
     def get(self, delivery_id: str) -> Delivery | None:
         row = self._conn.execute("SELECT * FROM webhook_deliveries WHERE id = ?", (delivery_id,)).fetchone()
-        return None if row is None else _row_to_delivery(row)
+        return None if row is None else delivery_from_record(row)
 
     def attempts(self, delivery_id: str) -> list[AttemptRecord]:
         rows = self._conn.execute(
@@ -303,10 +304,10 @@ class SqliteOutbox:
             " ORDER BY created_at",
             list(subjects),
         ).fetchall()
-        return {row["subject"]: _row_to_delivery(row) for row in rows}
+        return {row["subject"]: delivery_from_record(row) for row in rows}
 
     def for_subject(self, subject: str) -> list[Delivery]:
         rows = self._conn.execute(
             "SELECT * FROM webhook_deliveries WHERE subject = ? ORDER BY created_at", (subject,)
         ).fetchall()
-        return [_row_to_delivery(row) for row in rows]
+        return [delivery_from_record(row) for row in rows]

@@ -17,25 +17,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from hidream_service.modal_backend.kv import AppendOnlyLog, KeyValueStore, Record, VersionedRecords
-from webhooks.outbox import RESPONSE_HEAD_BYTES, AttemptRecord, Delivery, DeliveryState, OutboxMessage
-
-
-def _delivery(record: Record) -> Delivery:
-    return Delivery(
-        id=record["id"],
-        url=record["url"],
-        body=bytes(record["body"]),
-        signer=record["signer"],
-        context=record["context"],
-        subject=record["subject"],
-        single_attempt=record["single_attempt"],
-        state=DeliveryState(record["state"]),
-        attempts=record["attempts"],
-        next_attempt_at=record["next_attempt_at"],
-        created_at=record["created_at"],
-        finished_at=record["finished_at"],
-        last_error=record["last_error"],
-    )
+from webhooks.outbox import (
+    RESPONSE_HEAD_BYTES,
+    AttemptRecord,
+    Delivery,
+    DeliveryState,
+    OutboxMessage,
+    delivery_from_record,
+)
 
 
 def _attempt_record(attempt: AttemptRecord) -> Record:
@@ -107,7 +96,7 @@ class DictOutbox:
             won = self._records.update(f"delivery:{delivery_id}", claim)
             if won is not None:
                 self._due.put(delivery_id, now + claim_seconds)
-                claimed.append(_delivery(won))
+                claimed.append(delivery_from_record(won))
             else:
                 self._refresh_due(delivery_id)
         return claimed
@@ -170,7 +159,7 @@ class DictOutbox:
 
     def get(self, delivery_id: str) -> Delivery | None:
         record = self._records.get(f"delivery:{delivery_id}")
-        return None if record is None else _delivery(record)
+        return None if record is None else delivery_from_record(record)
 
     def attempts(self, delivery_id: str) -> list[AttemptRecord]:
         return [AttemptRecord(**entry) for entry in self._logs.read(f"attempts:{delivery_id}")]
