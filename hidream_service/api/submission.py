@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import urllib.parse
 from collections.abc import Sequence
 from typing import Any
@@ -52,12 +53,24 @@ async def read_json_object(request: Request) -> dict[str, Any]:
     if not raw.strip():
         return {}
     try:
-        payload = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        payload = json.loads(raw, parse_constant=_not_json, parse_float=_finite_float)
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors too
         raise HTTPException(422, one_error(["body"], f"body is not valid JSON: {exc}", "json_invalid")) from None
     if not isinstance(payload, dict):
         raise HTTPException(422, one_error(["body"], "body must be a JSON object", "model_attributes_type"))
     return payload
+
+
+def _not_json(constant: str) -> Any:
+    """Python's json reads NaN and Infinity, which JSON does not have."""
+    raise ValueError(f"{constant} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"{text} is too large for a number")
+    return number
 
 
 def parse(model: type[BaseModel], payload: dict[str, Any]) -> Any:

@@ -17,9 +17,10 @@ class JobCancelled(Exception):
 
 
 class StrictInput(BaseModel):
-    """Base of every endpoint input: unknown fields are an error, not silently ignored."""
+    """Base of every endpoint input: unknown fields are an error, not silently ignored, and so are
+    NaN and infinities (a form field or a Python caller can send them; JSON cannot)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ImageFile(BaseModel):

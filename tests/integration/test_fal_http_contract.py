@@ -118,7 +118,20 @@ def test_extreme_aspect_ratio_is_rejected_with_a_reason(http: httpx.Client) -> N
     assert "4:1" in response.text
 
 
-@pytest.mark.parametrize("raw", [b"{not json", b"[1, 2]", b'"text"', b"\xff\xfe"])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"{not json",
+        b"[1, 2]",
+        b'"text"',
+        b"\xff\xfe",
+        # Python's json reads these; JSON has no such numbers, and they used to reach the error renderer.
+        b'{"prompt": "x", "guidance_scale": NaN}',
+        b'{"prompt": "x", "guidance_scale": -Infinity}',
+        b'{"prompt": "x", "seed": 1e400}',
+        b'{"prompt": "x", "seed": 1' + b"0" * 5000 + b"}",
+    ],
+)
 def test_a_body_that_is_not_a_json_object_is_a_422(http: httpx.Client, raw: bytes) -> None:
     response = http.post(f"/{I1}", content=raw, headers={"content-type": "application/json"})
 

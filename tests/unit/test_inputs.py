@@ -58,6 +58,12 @@ def test_unknown_fields_are_errors_not_ignored() -> None:
         HiDreamI1FullInput(prompt="x", prompt_embeds=[1, 2])  # type: ignore[call-arg]
 
 
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_nan_and_infinities_are_errors(value: str) -> None:
+    with pytest.raises(ValidationError, match="finite number"):
+        HiDreamI1FullInput.model_validate({"prompt": "x", "guidance_scale": value})
+
+
 def test_settings_read_lists_from_comma_separated_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HIDREAM_API_KEYS", "a, b,,c")
     monkeypatch.setenv("HIDREAM_WEBHOOK_RETRY_SCHEDULE", "0,0.5,2")
