@@ -19,6 +19,7 @@ import httpx
 
 from hidream_service.image_inputs import ImageInputError, decode_image, encode_png
 from hidream_service.storage import OutputStorage, files_key
+from webhooks.ssrf import BlockedURL, parse_target
 
 INPUT_FILE_NAME = "image.png"
 _DATA_URI_PREFIX = "data:"
@@ -56,11 +57,14 @@ class ImageInputs:
     async def _read(self, url: str, own_hosts: set[str]) -> bytes:
         if url.startswith(_DATA_URI_PREFIX):
             return self._data_uri(url)
-        parts = urllib.parse.urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ImageInputError(422, "image URLs must be http(s) URLs, data URIs, or URLs of files uploaded here")
+        try:
+            parse_target(url)
+        except BlockedURL as exc:
+            raise ImageInputError(
+                422, f"image URLs must be http(s) URLs, data URIs, or URLs of files uploaded here ({exc})"
+            ) from None
         key = files_key(url)
-        if key is not None and parts.netloc in own_hosts:
+        if key is not None and urllib.parse.urlsplit(url).netloc in own_hosts:
             return await asyncio.to_thread(self._own_file, key)
         return await self._download(url)
 
@@ -90,7 +94,7 @@ class ImageInputs:
                 return await self._stream(url)
         except TimeoutError:
             raise ImageInputError(422, f"downloading the image took longer than {self.timeout:g} s") from None
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise ImageInputError(422, f"could not download the image: {exc}") from None
 
     async def _stream(self, url: str) -> bytes:

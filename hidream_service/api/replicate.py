@@ -128,7 +128,7 @@ async def cancel_prediction(request: Request, prediction_id: str) -> JSONRespons
 async def list_predictions(request: Request, cursor: str | None = None) -> dict[str, Any]:
     state = app_state(request)
     owner = state.api_keys.owner(request)
-    if cursor is not None and not (cursor.isdigit() and len(cursor) <= MAX_CURSOR_DIGITS):
+    if cursor is not None and not re.fullmatch(f"[0-9]{{1,{MAX_CURSOR_DIGITS}}}", cursor):  # not isdigit(): "²"
         raise HTTPException(400, "cursor is not valid")
     jobs = state.service.store.page(owner, "replicate", before_seq=int(cursor) if cursor else None, limit=PAGE_SIZE)
     following = None

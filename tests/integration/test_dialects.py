@@ -139,7 +139,7 @@ def test_replicate_errors_are_replicate_shaped(server: ServerProcess, rep: repli
 
     missing = httpx.get(f"{server.url}/v1/predictions/nope").json()
     assert missing["status"] == 404 and missing["title"] == "Not Found"
-    for cursor in ("abc", "9" * 30):
+    for cursor in ("abc", "9" * 30, "\u00b2"):  # "²" passes str.isdigit() but not int()
         bad_cursor = httpx.get(f"{server.url}/v1/predictions", params={"cursor": cursor})
         assert bad_cursor.status_code == 400 and bad_cursor.json()["detail"] == "cursor is not valid"
 

@@ -154,6 +154,8 @@ def test_image_to_image_strength_changes_the_result(http: httpx.Client) -> None:
         (data_uri(png(64, 64)[:60]), 422, "truncated or corrupt"),
         ("data:image/png,notbase64", 422, "base64"),
         ("ftp://example.com/a.png", 422, "http(s) URLs"),
+        ("http://[::1/a.png", 422, "http(s) URLs"),  # urlsplit raises on it
+        ("http://a\x00b/a.png", 422, "could not download"),  # httpx.InvalidURL is no HTTPError
         ("http://169.254.169.254/latest/meta-data", 422, "could not download"),
     ],
 )
