@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from hidream_service.inference.denoising import step_noise_from
-from hidream_service.models.base import InputError, JobCancelled, RunContext, StrictInput
+from hidream_service.inference.image_to_image import steps_to_run
+from hidream_service.models.base import JobCancelled, RunContext, StrictInput
 from hidream_service.models.running import MAX_SEED, generators_for, image_result, seed_for, step_reporter
 
 if TYPE_CHECKING:
@@ -130,6 +131,15 @@ class HiDreamI1ImageToImageInput(_I1InputBase):
     def _aspect_ratio_in_range(self) -> HiDreamI1ImageToImageInput:
         if self.image_size is not None:
             check_aspect_ratio(*requested_size(self.image_size))
+        return self
+
+    @model_validator(mode="after")
+    def _at_least_one_step(self) -> HiDreamI1ImageToImageInput:
+        if steps_to_run(self.num_inference_steps, self.strength) < 1:
+            raise ValueError(
+                f"strength {self.strength} of {self.num_inference_steps} steps is less than one step; "
+                "raise strength or num_inference_steps"
+            )
         return self
 
 
@@ -250,14 +260,9 @@ class HiDreamI1ImageToImageRunner:
         self.pipelines = pipelines
 
     def __call__(self, inputs: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
-        from hidream_service.inference.image_to_image import image_to_image, steps_to_run
+        from hidream_service.inference.image_to_image import image_to_image
 
         params = HiDreamI1ImageToImageInput.model_validate(inputs)
-        if steps_to_run(params.num_inference_steps, params.strength) < 1:
-            raise InputError(
-                f"strength {params.strength} of {params.num_inference_steps} steps is less than one step; "
-                "raise strength or num_inference_steps"
-            )
         loaded = self.pipelines.get(self.variant.name)
         source = ctx.load_image(params.image_url)
         want_w, want_h = requested_size(params.image_size) if params.image_size is not None else source.size

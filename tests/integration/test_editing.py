@@ -192,6 +192,15 @@ def test_an_image_more_elongated_than_4_to_1_is_refused_at_submit(
     assert "more elongated than 4:1" in error["msg"]
 
 
+def test_image_to_image_with_less_than_one_step_to_run_is_refused_at_submit(http: httpx.Client) -> None:
+    body = {"prompt": "x", "image_url": data_uri(png(64, 64)), "strength": 0.05, "num_inference_steps": 10}
+
+    response = http.post(f"/{I2I}", json=body)
+
+    assert response.status_code == 422, response.text
+    assert "less than one step" in response.json()["detail"][0]["msg"]
+
+
 def test_image_to_image_with_a_size_takes_an_elongated_source_and_crops_it(http: httpx.Client) -> None:
     body = {"prompt": "x", "image_url": data_uri(png(576, 64)), "image_size": "square", "num_inference_steps": 2}
 
