@@ -3,7 +3,7 @@
     POST /storage/auth/token?storage_type=fal-cdn-v3   -> {token, token_type, base_url, expires_at}
     POST /files/upload                                 raw bytes, X-Fal-File-Name -> {access_url}
     POST /storage/upload/initiate                      {file_name, content_type} -> {upload_url, file_url}
-    PUT  /storage/upload/{upload_id}/{name}            raw bytes to a URL from initiate
+    PUT  /storage/upload/{ticket}/{name}               raw bytes to a URL from initiate (signed, one use)
 
 The returned URLs can be passed to any input that takes an image URL.
 """
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import time
 from typing import Any
 
@@ -27,28 +26,34 @@ from hidream_service.uploads import Upload, UploadTooLarge, clean_name, new_uplo
 router = APIRouter()
 
 TOKEN_SECONDS = 3600
-_TOKEN_KEY = os.urandom(32)  # tokens are short-lived; a restart simply makes clients ask again
 
 
-def _token_for(owner: str, expires_at: int) -> str:
-    mac = hmac.new(_TOKEN_KEY, f"{owner}.{expires_at}".encode(), hashlib.sha256).hexdigest()
-    return f"{owner or '-'}.{expires_at}.{mac}"
+def _mac(state: AppState, message: str) -> str:
+    """Storage tokens and upload URLs carry their own proof. The key comes from the webhook signing
+    secret, which every process and container of a deployment shares, so one issued by one web
+    container is honoured by another (and a restart does not void it)."""
+    key = hmac.new(state.keys.current_secret.encode(), b"hidream storage", hashlib.sha256).digest()
+    return hmac.new(key, message.encode(), hashlib.sha256).hexdigest()
 
 
-def _owner_from_token(token: str) -> str | None:
+def _token_for(state: AppState, owner: str, expires_at: int) -> str:
+    return f"{owner or '-'}.{expires_at}.{_mac(state, f'token.{owner}.{expires_at}')}"
+
+
+def _owner_from_token(state: AppState, token: str) -> str | None:
     owner, _, rest = token.partition(".")
-    expires, _, _mac = rest.partition(".")
+    expires, _, _mac_text = rest.partition(".")
     if not expires.isdigit() or int(expires) < time.time():
         return None
     owner = "" if owner == "-" else owner
-    return owner if hmac.compare_digest(_token_for(owner, int(expires)), token) else None
+    return owner if hmac.compare_digest(_token_for(state, owner, int(expires)), token) else None
 
 
 def _uploader(state: AppState, request: Request) -> str:
     """Who uploads: a storage token we issued, else an API key."""
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() == "bearer" and "." in token:
-        owner = _owner_from_token(token.strip())
+        owner = _owner_from_token(state, token.strip())
         if owner is not None:
             return owner
     return state.api_keys.owner(request)
@@ -78,7 +83,7 @@ async def token(request: Request) -> dict[str, Any]:
     owner = state.api_keys.owner(request)
     expires_at = int(time.time()) + TOKEN_SECONDS
     return {
-        "token": _token_for(owner, expires_at),
+        "token": _token_for(state, owner, expires_at),
         "token_type": "Bearer",
         "base_url": submission.base_url(state, request),
         "expires_at": iso(expires_at),
@@ -106,16 +111,24 @@ def begin_upload(state: AppState, request: Request, file_name: str) -> tuple[str
     """A one-time PUT URL (valid an hour) and the URL the file will have once it is put."""
     name = clean_name(file_name)
     upload_id = new_upload_id()
-    state.pending_uploads[upload_id] = int(time.time()) + TOKEN_SECONDS
+    expires = int(time.time()) + TOKEN_SECONDS
+    ticket = f"{upload_id}.{expires}.{_mac(state, f'upload.{upload_id}.{expires}.{name}')}"
     base = submission.base_url(state, request)
-    return f"{base}/storage/upload/{upload_id}/{name}", f"{base}/files/{upload_id}/{name}"
+    return f"{base}/storage/upload/{ticket}/{name}", f"{base}/files/{upload_id}/{name}"
 
 
-@router.put("/storage/upload/{upload_id}/{name}")
-async def put_upload(request: Request, upload_id: str, name: str) -> JSONResponse:
+@router.put("/storage/upload/{ticket}/{name}")
+async def put_upload(request: Request, ticket: str, name: str) -> JSONResponse:
     state = app_state(request)
-    expires = state.pending_uploads.pop(upload_id, None)
-    if expires is None or expires < time.time():
+    upload_id, _, rest = ticket.partition(".")
+    expires, _, mac = rest.partition(".")
+    valid = (
+        expires.isdigit()
+        and int(expires) >= time.time()
+        and hmac.compare_digest(_mac(state, f"upload.{upload_id}.{expires}.{name}"), mac)
+    )
+    # One time only: a URL whose file is already there has been used.
+    if not valid or state.storage.lookup(f"{upload_id}/{name}") is not None:
         raise HTTPException(404, "no such upload; ask /storage/upload/initiate for a new one")
     await _store(state, request, name, upload_id=upload_id)
     return JSONResponse({}, status_code=200)

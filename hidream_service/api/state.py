@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from fastapi import Request
 
@@ -45,7 +45,6 @@ class AppState:
     outbox: Outbox
     deliverer: Deliverer
     image_inputs: ImageInputs
-    pending_uploads: dict[str, float] = field(default_factory=dict)  # upload id -> expiry, from initiate
 
 
 def app_state(request: Request) -> AppState:

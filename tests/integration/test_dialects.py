@@ -326,6 +326,30 @@ def test_fal_storage_initiate_and_put(server: ServerProcess) -> None:
     assert again.status_code == 404  # an upload URL works once
 
 
+def test_upload_urls_and_storage_tokens_outlive_the_process_that_issued_them(tmp_path: Path) -> None:
+    """On Modal several web containers answer one deployment: an upload URL or a storage token from
+    one must work on another. A restarted server on the same data dir stands in for the other."""
+    env = {"HIDREAM_API_KEYS": "the-key"}
+    key = {"authorization": "Key the-key"}
+    with ServerProcess(tmp_path, env=env) as first:
+        handle = httpx.post(f"{first.url}/storage/upload/initiate", json={"file_name": "a.png"}, headers=key).json()
+        token = httpx.post(f"{first.url}/storage/auth/token", headers=key).json()["token"]
+    with ServerProcess(tmp_path, env=env) as second:
+        upload_url = handle["upload_url"].replace(first.url, second.url)
+        forged = upload_url.replace("/a.png", "/b.png")  # the name is part of what is signed
+        assert httpx.put(forged, content=b"x").status_code == 404
+        assert httpx.put(upload_url, content=b"\x89PNG fake").status_code == 200
+        # The token alone, no API key, is enough to upload.
+        uploaded = httpx.post(
+            f"{second.url}/files/upload",
+            content=b"y",
+            headers={"authorization": f"Bearer {token}", "x-fal-file-name": "t.bin"},
+        )
+        assert uploaded.status_code == 200, uploaded.text
+        stored = httpx.get(handle["file_url"].replace(first.url, second.url), headers=key)
+        assert stored.content == b"\x89PNG fake"
+
+
 def test_catalogue_lists_every_endpoint_with_its_names_and_schema(server: ServerProcess) -> None:
     models = {model["id"]: model for model in httpx.get(f"{server.url}/models").json()["models"]}
 
