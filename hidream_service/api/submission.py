@@ -4,6 +4,7 @@ honour Idempotency-Key, persist; and, for synchronous dialects, wait for the job
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import math
 import urllib.parse
@@ -111,10 +112,10 @@ async def submit(
         raise HTTPException(
             422, one_error(["header", "Idempotency-Key"], "must be 1 to 255 characters", "string_too_long")
         )
-    job_input = await prepare_images(state, request, endpoint, validated.model_dump(mode="json"))
+    as_submitted = validated.model_dump(mode="json")
     job_request = JobRequest(
         endpoint=endpoint.id,
-        input=job_input,
+        input=as_submitted,
         owner=owner,
         dialect=dialect,
         webhook_url=webhook_url,
@@ -122,9 +123,15 @@ async def submit(
         idempotency_key=key,
         client_input=client_input,
         webhook_events=tuple(webhook_events),
+        as_submitted=as_submitted,
     )
     try:
-        job, _created = state.service.submit(job_request)
+        # A repeat is answered before its images are fetched again (their URLs may have expired).
+        repeat = state.service.repeat_of(job_request)
+        if repeat is not None:
+            return repeat
+        job_input = await prepare_images(state, request, endpoint, dict(as_submitted))
+        job, _created = state.service.submit(dataclasses.replace(job_request, input=job_input))
     except IdempotencyKeyReused:
         raise HTTPException(
             422,

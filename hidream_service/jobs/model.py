@@ -56,6 +56,9 @@ class JobRequest:
     idempotency_key: str | None = None
     client_input: dict[str, Any] | None = None  # the input as the dialect's client sent it, for echoing
     webhook_events: tuple[str, ...] = ()  # progress events wanted besides the terminal one (Replicate)
+    # The input before its image inputs were fetched and replaced by stored copies: what a repeat
+    # under the same Idempotency-Key is compared on, so that it can be answered before any fetch.
+    as_submitted: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

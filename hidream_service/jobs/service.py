@@ -49,7 +49,11 @@ class CancelOutcome(enum.StrEnum):
 
 def request_fingerprint(request: JobRequest) -> str:
     canonical = json.dumps(
-        {"endpoint": request.endpoint, "input": request.input, "webhook_url": request.webhook_url},
+        {
+            "endpoint": request.endpoint,
+            "input": request.input if request.as_submitted is None else request.as_submitted,
+            "webhook_url": request.webhook_url,
+        },
         sort_keys=True,
         separators=(",", ":"),
     )
@@ -104,6 +108,13 @@ class JobService:
         assert job is not None
         self._on_submitted(job)
         return job, True
+
+    def repeat_of(self, request: JobRequest) -> Job | None:
+        """The job an earlier submit under this request's Idempotency-Key made, if any; raises
+        IdempotencyKeyReused when that submit was a different request."""
+        if request.idempotency_key is None:
+            return None
+        return self._existing(request, request_fingerprint(request))
 
     def _existing(self, request: JobRequest, fingerprint: str) -> Job | None:
         assert request.idempotency_key is not None

@@ -137,6 +137,24 @@ def test_image_to_image_fetches_its_input_from_a_url(http: httpx.Client, images_
     assert "step 4/3" not in messages
 
 
+def test_a_repeat_under_the_same_idempotency_key_is_answered_without_fetching_again(
+    http: httpx.Client, images_host: WebhookReceiver
+) -> None:
+    images_host.files["/expiring.png"] = Reply(200, {"content-type": "image/png"}, body=png(64, 64))
+    body = {"prompt": "x", "image_url": images_host.url("/expiring.png"), "num_inference_steps": 2}
+    key = {"idempotency-key": "retry-after-the-link-expired"}
+    first = http.post(f"/{I2I}", json=body, headers=key)
+    assert first.status_code == 200, first.text
+    del images_host.files["/expiring.png"]  # a signed link that has run out
+
+    again = http.post(f"/{I2I}", json=body, headers=key)
+    other = http.post(f"/{I2I}", json={**body, "prompt": "y"}, headers=key)
+
+    assert again.status_code == 200, again.text
+    assert again.json()["request_id"] == first.json()["request_id"]
+    assert other.status_code == 422 and "Idempotency-Key" in other.text
+
+
 def test_image_to_image_strength_changes_the_result(http: httpx.Client) -> None:
     source = data_uri(png(64, 64))
     common = {"prompt": "x", "image_url": source, "num_inference_steps": 4, "seed": 1, "output_format": "png"}
