@@ -131,7 +131,10 @@ async def submit(
         if repeat is not None:
             return repeat
         job_input = await prepare_images(state, request, endpoint, dict(as_submitted))
-        job, _created = state.service.submit(dataclasses.replace(job_request, input=job_input))
+        echoed = (
+            None if client_input is None else _inline_images_replaced(client_input, endpoint, as_submitted, job_input)
+        )
+        job, _created = state.service.submit(dataclasses.replace(job_request, input=job_input, client_input=echoed))
     except IdempotencyKeyReused:
         raise HTTPException(
             422,
@@ -142,6 +145,33 @@ async def submit(
             ),
         ) from None
     return job
+
+
+def _inline_images_replaced(
+    client_input: dict[str, Any], endpoint: Endpoint, submitted: dict[str, Any], prepared: dict[str, Any]
+) -> dict[str, Any]:
+    """The dialect's own input, kept to be echoed back, with each image sent inline as a data URI
+    replaced by the URL of its stored copy: the job row, every status answer and every webhook would
+    otherwise carry the whole image again."""
+
+    def urls(value: Any) -> list[Any]:
+        return value if isinstance(value, list) else [value]
+
+    stored = {
+        before: after
+        for field in endpoint.image_fields
+        for before, after in zip(urls(submitted.get(field)), urls(prepared.get(field)), strict=True)
+        if isinstance(before, str) and before.startswith("data:")
+    }
+    if not stored:
+        return client_input
+
+    def swap(value: Any) -> Any:
+        if isinstance(value, list):
+            return [swap(item) for item in value]
+        return stored.get(value, value) if isinstance(value, str) else value
+
+    return {name: swap(value) for name, value in client_input.items()}
 
 
 async def prepare_images(

@@ -67,6 +67,22 @@ def test_replicate_runs_e1_with_a_local_file(rep: replicate.Client, tmp_path: Pa
     assert png_size(httpx.get(str(output[0])).content) == (64, 64)
 
 
+def test_an_image_sent_inline_is_echoed_as_the_url_of_its_stored_copy(server: ServerProcess) -> None:
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), "green").save(buffer, format="PNG")
+    inline = f"data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}"
+    created = httpx.post(
+        f"{server.url}/v1/models/hidream-ai/hidream-e1-full/predictions",
+        json={"input": {"image": inline, "prompt": "red walls", "num_inference_steps": 2}},
+    )
+    assert created.status_code == 201, created.text
+
+    echoed = httpx.get(f"{server.url}/v1/predictions/{created.json()['id']}").json()["input"]
+    assert echoed["prompt"] == "red walls"
+    assert echoed["image"].startswith(f"{server.url}/files/input-")  # not the image's bytes again
+    assert httpx.get(echoed["image"]).status_code == 200
+
+
 def test_replicate_create_poll_and_cancel(rep: replicate.Client) -> None:
     prediction = rep.predictions.create(model="hidream/noop", input={"num_steps": 200, "step_seconds": 0.05})
     assert prediction.status in ("starting", "processing")
