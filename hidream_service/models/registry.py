@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
 from hidream_service.inference.hidream_o1.recipes import O1, O1_DEV
 from hidream_service.models import hidream_e1, hidream_i1, hidream_o1
 from hidream_service.models.base import StrictInput
+from hidream_service.models.image_fields import image_fields
 from hidream_service.models.noop import NoopInput
 
 NOOP = "hidream/noop"
@@ -20,7 +22,12 @@ class Endpoint:
     input_model: type[StrictInput]
     family: str  # "noop" | "hidream-i1" | "hidream-i1-image-to-image" | "hidream-e1" | "hidream-o1" | "hidream-o1-edit"
     variant: str | None = None  # the model key the weights layout serves: full, dev, fast, e1-full, e1-1, o1, o1-dev
-    image_fields: tuple[str, ...] = ()  # inputs holding image URLs, fetched and checked at submit
+
+    @functools.cached_property
+    def image_fields(self) -> tuple[str, ...]:
+        """Inputs holding image URLs, fetched and checked at submit: read from the input schema, as
+        the catalogue publishes them, so that the two cannot disagree."""
+        return tuple(field.name for field in image_fields(self.input_model.model_json_schema()))
 
     @property
     def needs_weights(self) -> bool:
@@ -54,7 +61,6 @@ ENDPOINTS: dict[str, Endpoint] = {
             hidream_i1.HiDreamI1ImageToImageInput,
             "hidream-i1-image-to-image",
             "full",
-            image_fields=("image_url",),
         ),
         Endpoint(
             "fal-ai/hidream-e1-full",
@@ -62,7 +68,6 @@ ENDPOINTS: dict[str, Endpoint] = {
             hidream_e1.HiDreamE1FullInput,
             "hidream-e1",
             hidream_e1.E1_FULL,
-            image_fields=("image_url",),
         ),
         Endpoint(
             "fal-ai/hidream-e1-1",
@@ -70,7 +75,6 @@ ENDPOINTS: dict[str, Endpoint] = {
             hidream_e1.HiDreamE1_1Input,
             "hidream-e1",
             hidream_e1.E1_1,
-            image_fields=("image_url",),
         ),
         Endpoint("fal-ai/hidream-o1-image", "HiDream-O1-Image", hidream_o1.HiDreamO1Input, "hidream-o1", O1),
         Endpoint(
@@ -79,7 +83,6 @@ ENDPOINTS: dict[str, Endpoint] = {
             hidream_o1.HiDreamO1EditInput,
             "hidream-o1-edit",
             O1,
-            image_fields=("reference_image_urls",),
         ),
         Endpoint(
             "fal-ai/hidream-o1-image/dev", "HiDream-O1-Image Dev", hidream_o1.HiDreamO1DevInput, "hidream-o1", O1_DEV
@@ -90,7 +93,6 @@ ENDPOINTS: dict[str, Endpoint] = {
             hidream_o1.HiDreamO1DevEditInput,
             "hidream-o1-edit",
             O1_DEV,
-            image_fields=("reference_image_urls",),
         ),
     ]
 }
