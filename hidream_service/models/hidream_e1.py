@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field
 
 from hidream_service.models.base import InputError, JobCancelled, RunContext, StrictInput
-from hidream_service.models.hidream_i1 import MAX_ASPECT_RATIO, MAX_IMAGE_URL_LENGTH
+from hidream_service.models.hidream_i1 import MAX_IMAGE_URL_LENGTH, too_elongated
 from hidream_service.models.running import MAX_SEED, generators_for, image_result, seed_for, step_reporter
 
 if TYPE_CHECKING:
@@ -92,11 +92,9 @@ class HiDreamE1Runner:
         params = INPUT_MODELS[self.model].model_validate(inputs)
         loaded = self.pipelines.get(self.model)
         source = ctx.load_image(params.image_url)
-        if max(source.width / source.height, source.height / source.width) > MAX_ASPECT_RATIO:
-            raise InputError(
-                f"the image is {source.width}x{source.height}, more elongated than {MAX_ASPECT_RATIO:g}:1, "
-                "which HiDream cannot edit; crop it first"
-            )
+        problem = too_elongated(source.width, source.height, "the image")
+        if problem is not None:  # refused at submit already; this guards jobs from anywhere else
+            raise InputError(f"{problem}; crop it first")
         side = loaded.area_side
         if self.model == E1_FULL:
             model_input = resize_to_square(source, side)

@@ -150,11 +150,18 @@ INPUT_MODELS: dict[str, type[_I1InputBase]] = {
 }
 
 
+def too_elongated(width: int, height: int, what: str) -> str | None:
+    """Why HiDream cannot render `what` at this size, or None: the one aspect-ratio rule, for requested
+    sizes and for image inputs alike."""
+    if max(width / height, height / width) <= MAX_ASPECT_RATIO:
+        return None
+    return f"{what} is {width}x{height}, more elongated than {MAX_ASPECT_RATIO:g}:1, which HiDream cannot render"
+
+
 def check_aspect_ratio(width: int, height: int, what: str = "image_size") -> None:
-    if max(width / height, height / width) > MAX_ASPECT_RATIO:
-        raise ValueError(
-            f"{what} {width}x{height} is more elongated than {MAX_ASPECT_RATIO:g}:1, which HiDream cannot render"
-        )
+    problem = too_elongated(width, height, what)
+    if problem is not None:
+        raise ValueError(problem)
 
 
 def requested_size(size: ImageSizeName | ImageSize) -> tuple[int, int]:

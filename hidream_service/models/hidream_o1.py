@@ -16,11 +16,11 @@ from pydantic import Field
 from hidream_service.inference.hidream_o1.recipes import DEV, FULL, O1, O1_DEV
 from hidream_service.models.base import InputError, JobCancelled, RunContext, StrictInput
 from hidream_service.models.hidream_i1 import (
-    MAX_ASPECT_RATIO,
     MAX_IMAGE_URL_LENGTH,
     ImageSize,
     ImageSizeName,
     requested_size,
+    too_elongated,
 )
 from hidream_service.models.running import MAX_SEED, image_result, seed_for, step_reporter
 
@@ -134,11 +134,9 @@ class HiDreamO1Runner:
             return []
         images = [ctx.load_image(url) for url in params.reference_image_urls]
         for index, image in enumerate(images):
-            if max(image.width / image.height, image.height / image.width) > MAX_ASPECT_RATIO:
-                raise InputError(
-                    f"reference image {index} is {image.width}x{image.height}, more elongated than "
-                    f"{MAX_ASPECT_RATIO:g}:1; crop it first"
-                )
+            problem = too_elongated(image.width, image.height, f"reference image {index}")
+            if problem is not None:  # refused at submit already; this guards jobs from anywhere else
+                raise InputError(f"{problem}; crop it first")
         return images
 
 

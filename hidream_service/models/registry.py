@@ -37,15 +37,12 @@ class Endpoint:
         """Why an image input of this size cannot be used by this job, or None. HiDream renders at most
         128 patches a side, so nothing more elongated than MAX_ASPECT_RATIO; image-to-image with an
         explicit image_size covers and crops the source to that size, so there any shape will do."""
-        limit = hidream_i1.MAX_ASPECT_RATIO
-        if max(width / height, height / width) <= limit:
+        problem = hidream_i1.too_elongated(width, height, "the image")
+        if problem is None:
             return None
-        fix = "crop it first"
         if self.family == "hidream-i1-image-to-image":
-            if job_input.get("image_size") is not None:
-                return None
-            fix = "crop it first or give image_size"
-        return f"the image is {width}x{height}, more elongated than {limit:g}:1, which HiDream cannot render; {fix}"
+            return None if job_input.get("image_size") is not None else f"{problem}; crop it first or give image_size"
+        return f"{problem}; crop it first"
 
 
 ENDPOINTS: dict[str, Endpoint] = {
