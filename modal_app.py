@@ -13,8 +13,8 @@
 #     web (asgi_app, CPU)        create_app(): the fal / Replicate / WaveSpeed / OpenAI routes
 #        │ spawn(job_id)
 #        ▼
-#     HiDreamI1 (GPU, per variant)   lease the job, denoise, write images to the outputs Volume,
-#     run_noop_job (CPU)             end the job (its webhook is written with the ending)
+#     HiDreamModel (GPU, one pool per model)   lease the job, denoise, write images to the outputs
+#     run_cpu_job (CPU, endpoints without weights)   Volume, end the job (its webhook is written with the ending)
 #        │ spawn()
 #        ▼
 #     send_webhooks (CPU)        sign and POST; short retries wait here
@@ -40,18 +40,17 @@ OUTPUTS_DIR = "/outputs"
 # ## Sizing and timeouts
 #
 # One HiDream-I1 pipeline in bf16 is about 57 GiB with its Llama encoder: it needs an 80 GB GPU.
-# The list is an order of preference: H100 when Modal has one, else an A100 80GB.
-GPU_FALLBACKS = ["H100", "A100-80GB"]
 # One O1 checkpoint (8.8 B parameters, no separate text encoder) is about 18 GiB in bf16, and its
 # 2048x2048 renders keep long sequences: an H100 holds it with room to spare, an A100 80GB too.
-O1_GPU_FALLBACKS = ["H100", "A100-80GB"]
+# The list is an order of preference: H100 when Modal has one, else an A100 80GB.
+GPU_FALLBACKS = ["H100", "A100-80GB"]
 # Longest run of one job: 4 images x 50 steps at 1024x1024 on an A100 is about 4 minutes.
 JOB_TIMEOUT_SECONDS = 20 * MINUTES
 # Loading ~57 GiB from the weights Volume at 1-2 GB/s, plus building the snapshot on first start.
 STARTUP_TIMEOUT_SECONDS = 20 * MINUTES
 # How long an idle GPU container stays up for the next job. Longer: fewer cold starts, more idle cost.
 GPU_SCALEDOWN_WINDOW_SECONDS = 5 * MINUTES
-# GPU containers per variant (each parameter set of a Modal class scales on its own): the spending cap.
+# GPU containers per model (each parameter set of a Modal class scales on its own): the spending cap.
 MAX_GPU_CONTAINERS = 4
 # Modal re-runs an input whose container was preempted; these are retries after a failure. A job's
 # seed, output keys and webhook-id come from its request id, so a re-run gives the same results.
@@ -193,14 +192,11 @@ def deployment() -> Any:
 
 
 def dispatch(endpoint: Any, job_id: str) -> Any:
-    """The spawn behind each endpoint: one function per model family."""
-    if endpoint.family == "noop":
-        return run_noop_job.spawn(job_id)
-    if endpoint.family.startswith("hidream-o1"):
-        return HiDreamO1(variant=endpoint.variant).run.spawn(job_id)
-    if endpoint.variant is not None:  # I1 text-to-image and image-to-image, E1 editing
-        return HiDreamI1(variant=endpoint.variant).run.spawn(job_id)
-    raise ValueError(f"no Modal function runs the {endpoint.family!r} family yet")
+    """The spawn behind each endpoint: its model's GPU container pool, or a CPU function for an
+    endpoint that loads no model."""
+    if endpoint.model is None:
+        return run_cpu_job.spawn(job_id)
+    return HiDreamModel(model=endpoint.model).run.spawn(job_id)
 
 
 def call_holder() -> str:
@@ -222,13 +218,13 @@ def call_holder() -> str:
 @modal.concurrent(max_inputs=WEB_MAX_CONCURRENT_REQUESTS)
 @modal.asgi_app()
 def web() -> Any:
-    from hidream_service.api import create_app
+    from hidream_service.server import create_app
 
     service = deployment()
     return create_app(service.settings, runtime=service.web_runtime)
 
 
-# ## Inference: one class per model family, one container pool per variant
+# ## Inference: one GPU class, one container pool per model (Modal scales each parameter on its own)
 
 
 #: What every GPU class shares: the image, mounts, Secret, limits and snapshots.
@@ -246,29 +242,29 @@ GPU_CLASS_OPTIONS: dict[str, Any] = {
 }
 
 
-def prepare_model(variant: str) -> tuple[str, Any]:
+def prepare_model(model: str) -> tuple[str, Any]:
     """Refuse weights that are missing or do not match their pinned manifest, before anything is
     snapshotted (the input fails with that message, and the sweeper ends the job with it); then the
     runners, with the pipeline preloaded when the GPU snapshot is on (it goes into the snapshot)."""
     from hidream_service.inference.weights import resolve_weights
     from hidream_service.jobs.worker import Runners
-    from hidream_service.models.registry import ENDPOINTS
+    from hidream_service.models.registry import DEFAULT_REGISTRY
 
     settings = container_settings()
     layout = resolve_weights(settings.weights, settings.data_dir)
     assert layout is not None, "HIDREAM_WEIGHTS is set in the image"
-    layout.check(variant)
-    endpoint_id = next(e.id for e in ENDPOINTS.values() if e.variant == variant)
-    runners = Runners(settings)
+    DEFAULT_REGISTRY.check_weights(layout, model)
+    endpoint_id = DEFAULT_REGISTRY.endpoint_for_model(model).id
+    runners = Runners(settings, DEFAULT_REGISTRY)
     if GPU_SNAPSHOT:  # the GPU is visible now
         runners.preload(endpoint_id)
     return endpoint_id, runners
 
 
-def start_model(variant: str, endpoint_id: str, runners: Any) -> tuple[Any, Any]:
+def start_model(model: str, endpoint_id: str, runners: Any) -> tuple[Any, Any]:
     if not GPU_SNAPSHOT:
         runners.preload(endpoint_id)
-    return deployment().job_worker(f"gpu-{variant}", runners)
+    return deployment().job_worker(f"gpu-{model}", runners)
 
 
 def run_model_job(service: Any, worker: Any, job_id: str) -> bool:
@@ -277,37 +273,24 @@ def run_model_job(service: Any, worker: Any, job_id: str) -> bool:
     return run_spawned_job(service, worker, job_id, call_holder(), cancellations=(modal.exception.InputCancellation,))
 
 
-class _ModelContainer:
-    """The lifecycle every GPU class shares: check the weights (before the snapshot), load, run jobs."""
+@app.cls(gpu=GPU_FALLBACKS, **GPU_CLASS_OPTIONS)
+class HiDreamModel:
+    """One model of any family: `model` is its key (full, dev, fast, e1-full, e1-1, o1, o1-dev), and
+    each key gets its own container pool. Check the weights (before the snapshot), load, run jobs."""
 
-    variant: str
+    model: str = modal.parameter(default="full")
 
     @modal.enter(snap=True)
     def check_weights(self) -> None:
-        self.endpoint_id, self.runners = prepare_model(self.variant)
+        self.endpoint_id, self.runners = prepare_model(self.model)
 
     @modal.enter(snap=False)
     def load(self) -> None:
-        self.service, self.worker = start_model(self.variant, self.endpoint_id, self.runners)
+        self.service, self.worker = start_model(self.model, self.endpoint_id, self.runners)
 
     @modal.method()
     def run(self, job_id: str) -> bool:
         return run_model_job(self.service, self.worker, job_id)
-
-
-@app.cls(gpu=GPU_FALLBACKS, **GPU_CLASS_OPTIONS)
-class HiDreamI1(_ModelContainer):
-    """The HiDream-I1 family: `variant` is full, dev or fast (text-to-image; full also serves
-    image-to-image), or e1-full / e1-1 (editing, built on I1-Full's components)."""
-
-    variant: str = modal.parameter(default="full")
-
-
-@app.cls(gpu=O1_GPU_FALLBACKS, **GPU_CLASS_OPTIONS)
-class HiDreamO1(_ModelContainer):
-    """HiDream-O1-Image: `variant` is o1 or o1-dev (text-to-image, editing, personalization)."""
-
-    variant: str = modal.parameter(default="o1")
 
 
 @app.function(
@@ -318,13 +301,13 @@ class HiDreamO1(_ModelContainer):
     scaledown_window=WEB_SCALEDOWN_WINDOW_SECONDS,
     retries=JOB_RETRIES,
 )
-def run_noop_job(job_id: str) -> bool:
-    """hidream/noop on a CPU: the whole job lifecycle on Modal, no GPU spent (smoke tests, overhead)."""
-    from hidream_service.jobs.worker import Runners
+def run_cpu_job(job_id: str) -> bool:
+    """An endpoint that loads no model (hidream/noop), on a CPU: the whole job lifecycle on Modal, no
+    GPU spent (smoke tests, overhead)."""
     from hidream_service.modal_backend.executor import run_spawned_job
 
     built = deployment()
-    service, worker = built.job_worker("cpu-noop", Runners(built.settings))
+    service, worker = built.job_worker("cpu", built.runners())
     return run_spawned_job(service, worker, job_id, call_holder(), cancellations=(modal.exception.InputCancellation,))
 
 
@@ -368,9 +351,13 @@ def sweep() -> dict[str, int]:
 def download_weights(model: str = "all") -> list[str]:
     """`modal run modal_app.py::download_weights --model hidream-i1-full` (or hidream-e1-full, all, ...)."""
     from hidream_service.inference.download import download_model
+    from hidream_service.models.registry import DEFAULT_REGISTRY
 
     manifests = download_model(
-        model, Path(WEIGHTS_DIR), token=os.environ.get("HF_TOKEN"), on_saved=lambda source: weights_volume.commit()
+        DEFAULT_REGISTRY.sources_for(model),
+        Path(WEIGHTS_DIR),
+        token=os.environ.get("HF_TOKEN"),
+        on_saved=lambda source: weights_volume.commit(),
     )
     return [f"{m.repo}@{m.revision}: {len(m.files)} files, {m.total_bytes / 1e9:.1f} GB" for m in manifests]
 
@@ -379,10 +366,10 @@ def download_weights(model: str = "all") -> list[str]:
 def verify_weights(model: str = "all") -> list[str]:
     """Hash every file against its manifest (loading checks names and sizes only)."""
     from hidream_service.inference.manifest import verify_directory
-    from hidream_service.inference.sources import sources_for
+    from hidream_service.models.registry import DEFAULT_REGISTRY
 
     verified = []
-    for source in sources_for(model):
-        manifest = verify_directory(Path(WEIGHTS_DIR) / source.directory, hash_files=True)
+    for source in DEFAULT_REGISTRY.sources_for(model):
+        manifest = verify_directory(source, Path(WEIGHTS_DIR), hash_files=True)
         verified.append(f"{source.repo}: " + ("no manifest" if manifest is None else f"ok at {manifest.revision}"))
     return verified

@@ -21,17 +21,17 @@ from typing import Any
 
 import torch
 
-from hidream_service.inference.pipelines import PipelineCache
 from hidream_service.inference.weights import WeightsLayout
-from hidream_service.models.hidream_i1 import requested_size
+from hidream_service.models.registry import DEFAULT_REGISTRY
+from hidream_service.models.sizes import ImageSizeName, requested_size
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import BATCH_ARGS, I1_ARGS
 
 
 def main() -> None:
-    pipeline = PipelineCache(WeightsLayout(Path(sys.argv[1])), "cpu").get("full").pipeline
-    width, height = requested_size("square")  # the pipeline scales it to its area, as for a service job
+    pipeline = DEFAULT_REGISTRY.pipelines(WeightsLayout(Path(sys.argv[1])), "cpu").get("full").pipeline
+    width, height = requested_size(ImageSizeName.SQUARE)  # the pipeline scales it to its area, as for a service job
 
     def call(prompts: list[str], steps: Any, guidance: Any, seed: int) -> float:
         started = time.perf_counter()

@@ -434,9 +434,9 @@ def first_image_after_preload(workdir: Path, settle_s: float = 10.0) -> float:
 def build_tiny(workdir: Path) -> None:
     code = (
         "import sys, pathlib\n"
-        "from hidream_service.inference.tiny import ensure_tiny_weights\n"
+        "from hidream_service.models.registry import DEFAULT_REGISTRY\n"
         "from hidream_service.inference.weights import WeightsLayout\n"
-        "ensure_tiny_weights(WeightsLayout(pathlib.Path(sys.argv[1]), tiny=True))\n"
+        "DEFAULT_REGISTRY.ensure_tiny_weights(WeightsLayout(pathlib.Path(sys.argv[1]), tiny=True))\n"
     )
     subprocess.run([sys.executable, "-c", code, str(workdir / "tiny")], check=True, capture_output=True)
 

@@ -21,9 +21,10 @@ from typing import Any
 
 from hidream_service.config import Settings
 from hidream_service.jobs.model import JobRequest
-from hidream_service.jobs.service import build_service
 from hidream_service.jobs.store import SqliteJobStore
 from hidream_service.jobs.worker import Runners, Worker
+from hidream_service.models.registry import DEFAULT_REGISTRY
+from hidream_service.runtime import job_service
 
 JOBS: dict[str, tuple[str, dict[str, Any]]] = {
     "noop": ("hidream/noop", {}),
@@ -42,10 +43,11 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as data_dir:
         settings = Settings(data_dir=Path(data_dir), weights="tiny" if args.job == "tiny" else None)
-        service = build_service(
-            settings, SqliteJobStore(settings.database_path), on_submitted=lambda job: None, on_changed=lambda _: None
+        store = SqliteJobStore(settings.database_path)
+        service = job_service(
+            settings, store, DEFAULT_REGISTRY, on_submitted=lambda job: None, on_changed=lambda _: None
         )
-        worker = Worker("profile", settings, service, Runners(settings))
+        worker = Worker("profile", settings, service, Runners(settings, DEFAULT_REGISTRY))
         request = JobRequest(endpoint, body, webhook_url="http://127.0.0.1:9/hook", base_url="http://127.0.0.1")
 
         def run(count: int) -> None:

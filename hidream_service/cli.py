@@ -25,9 +25,9 @@ EXIT_INTERRUPTED = 130
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from hidream_service.api import create_app
-    from hidream_service.api.app import DataDirInUse, data_dir_lock
     from hidream_service.inference.weights import WeightsError
+    from hidream_service.runtime import DataDirInUse, data_dir_lock
+    from hidream_service.server import SettingsError, create_app
 
     settings = settings_from(args)
     try:
@@ -40,6 +40,9 @@ def serve(args: argparse.Namespace) -> int:
         app = create_app(settings)
     except WeightsError as exc:
         print(f"error: {exc} (see docs/weights.md for the layout, or pass --weights tiny)", file=sys.stderr)
+        return 2
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if not settings.api_keys and settings.host not in ("127.0.0.1", "localhost", "::1"):

@@ -176,16 +176,6 @@ class Settings(BaseSettings):
             raise ValueError("retry delays must be >= 0 seconds")
         return value
 
-    @field_validator("preload")
-    @classmethod
-    def _known_endpoints(cls, value: list[str]) -> list[str]:
-        from hidream_service.models.registry import ENDPOINTS
-
-        unknown = [endpoint for endpoint in value if endpoint not in ENDPOINTS]
-        if unknown:
-            raise ValueError(f"unknown endpoint(s) to preload: {', '.join(unknown)}; known: {', '.join(ENDPOINTS)}")
-        return value
-
     @model_validator(mode="after")
     def _batch_wait_within_lease(self) -> Settings:
         # A worker holds its first job's lease while it waits for batch mates, without renewing it.

@@ -181,7 +181,7 @@ class StandInModal:
             **self.dicts,
             outputs=mount,
             outputs_dir=mount.path,
-            dispatch=lambda endpoint, job_id: self.spawner.spawn(endpoint.family, job_id),
+            dispatch=lambda endpoint, job_id: self.spawner.spawn(endpoint.family.name, job_id),
             call_from_id=self.spawner.from_id,
             send_webhooks=lambda: self.spawner.spawn("send_webhooks"),
         )

@@ -1,5 +1,3 @@
-"""The HTTP API: create_app() and one thin module per dialect."""
-
-from hidream_service.api.app import create_app
-
-__all__ = ["create_app"]
+"""HTTP plumbing every dialect's routes share (submission, auth, errors, files, uploads) and the
+service's own routes (catalogue, request view, webhook deliveries, playground). The app itself is
+composed in hidream_service/server.py."""

@@ -8,22 +8,9 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from hidream_service.api.state import app_state
-from hidream_service.dialects import openai, replicate, wavespeed
 from hidream_service.models.image_fields import image_fields
 
 router = APIRouter()
-
-
-def _names(endpoint_id: str) -> dict[str, str | None]:
-    def lookup(table: dict[str, str]) -> str | None:
-        return next((name for name, target in table.items() if target == endpoint_id), None)
-
-    return {
-        "fal": endpoint_id,
-        "replicate": lookup(replicate.MODELS),
-        "wavespeed": lookup(wavespeed.MODELS),
-        "openai": lookup(openai.MODELS) or lookup(openai.EDIT_MODELS),
-    }
 
 
 @router.get("/models")
@@ -41,7 +28,7 @@ async def catalogue(request: Request) -> dict[str, Any]:
             {
                 "id": endpoint.id,
                 "title": endpoint.title,
-                "names": _names(endpoint.id),
+                "names": {dialect.id: dialect.name_of(endpoint) for dialect in state.dialects},
                 "input_schema": schema,
                 "defaults": {name: getattr(value, "value", value) for name, value in defaults.items()},
                 "image_fields": [field.to_json() for field in image_fields(schema)],

@@ -1,107 +1,95 @@
-"""Every error in the shape of the dialect the caller speaks, chosen by the request path.
+"""Every error in the shape of the dialect whose route raised it.
 
-    fal (default)  {"detail": "..." | [{"loc", "msg", "type"}, ...]}
-    Replicate      {"title", "detail", "status"[, "invalid_fields"]}   (RFC 7807, as Replicate answers)
-    WaveSpeed      {"code", "message", "data": null}
-    OpenAI         {"error": {"message", "type", "param", "code"}}
+Routes raise HTTPException with a message or a fal-style list of field errors; each dialect's router
+is built with `shaped_route(render)`, which answers whatever its routes raise with that dialect's
+renderer:
 
-Routes raise HTTPException with a message or a fal-style list of field errors; nothing else needs
-to know which dialect it is in.
+    fal (and the service's own routes)  {"detail": "..." | [{"loc", "msg", "type"}, ...]}
+    Replicate                           {"title", "detail", "status"[, "invalid_fields"]}   (RFC 7807)
+    WaveSpeed                           {"code", "message", "data": null}
+    OpenAI                              {"error": {"message", "type", "param", "code"}}
+
+A request no route matches (an unknown path, a wrong method) gets the service's own shape.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from http import HTTPStatus
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("hidream_service")
 
-REPLICATE_PREFIXES = ("/v1/predictions", "/v1/models/", "/v1/files", "/v1/webhooks/default")
+#: (HTTP status, detail) -> (status to answer, body); a dialect may answer a status of its own.
+ErrorRenderer = Callable[[int, Any], tuple[int, dict[str, Any]]]
 
 
-def dialect_of(path: str) -> str:
-    if path.startswith("/v1/images") or path == "/v1/models":
-        return "openai"
-    if path.startswith(REPLICATE_PREFIXES):
-        return "replicate"
-    if path.startswith("/api/v3/"):
-        return "wavespeed"
-    return "fal"
+def detail_body(status: int, detail: Any) -> tuple[int, dict[str, Any]]:
+    """The service's own shape, which is fal's."""
+    return status, {"detail": detail}
 
 
-def _field(error: Mapping[str, Any]) -> str:
-    parts = [str(part) for part in error.get("loc", ()) if part not in ("body", "query", "header")]
-    return ".".join(parts)
+def error_response(
+    render: ErrorRenderer, status: int, detail: Any, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    status, body = render(status, detail)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
-def _message(detail: Any) -> str:
-    if isinstance(detail, list):
-        return "; ".join(
-            f"{_field(error)}: {error.get('msg')}" if _field(error) else str(error.get("msg")) for error in detail
-        )
-    return str(detail)
+def validation_detail(exc: RequestValidationError) -> list[dict[str, Any]]:
+    return [{key: error[key] for key in ("loc", "msg", "type") if key in error} for error in exc.errors()]
 
 
-def render_error(path: str, status: int, detail: Any) -> dict[str, Any]:
-    dialect = dialect_of(path)
-    if dialect == "fal":
-        return {"detail": detail}
-    message = _message(detail)
-    if dialect == "replicate":
-        body: dict[str, Any] = {"title": HTTPStatus(status).phrase, "detail": message, "status": status}
-        if isinstance(detail, list):
-            body["title"] = "Input validation failed"
-            body["invalid_fields"] = [
-                {"type": error.get("type"), "field": _field(error), "description": error.get("msg")} for error in detail
-            ]
-        return body
-    if dialect == "wavespeed":
-        return {"code": status, "message": message, "data": None}
-    param = _field(detail[0]) if isinstance(detail, list) and detail else None
-    kind = "invalid_request_error" if status < 500 else "server_error"
-    if status == 401:
-        kind = "authentication_error"
-    return {"error": {"message": message, "type": kind, "param": param, "code": _openai_code(status, detail)}}
+#: A route's ASGI-level handler, as FastAPI builds it.
+Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 
 
-def _openai_code(status: int, detail: Any) -> str | None:
-    if status == 404:
-        return "not_found"
-    if isinstance(detail, list) and detail:
-        return "invalid_value"
-    return None
+async def shaped(render: ErrorRenderer, request: Request, handler: Handler) -> Response:
+    """Run a route; answer what it raises in `render`'s shape."""
+    try:
+        return await handler(request)
+    except StarletteHTTPException as exc:
+        return error_response(render, exc.status_code, exc.detail, getattr(exc, "headers", None))
+    except RequestValidationError as exc:
+        return error_response(render, 422, validation_detail(exc))
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(render, 500, "internal server error")
 
 
-def status_for(path: str, status: int) -> int:
-    """OpenAI and WaveSpeed answer a bad input with 400, fal and Replicate with 422."""
-    if status == 422 and dialect_of(path) in ("openai", "wavespeed"):
-        return 400
-    return status
+def shaped_route(render: ErrorRenderer) -> type[APIRoute]:
+    """A route class whose routes answer errors with `render`: a dialect's router is built with it."""
 
+    class ShapedRoute(APIRoute):
+        def get_route_handler(self) -> Handler:
+            handler = super().get_route_handler()
 
-def error_response(path: str, status: int, detail: Any, headers: Mapping[str, str] | None = None) -> JSONResponse:
-    status = status_for(path, status)
-    return JSONResponse(render_error(path, status, detail), status_code=status, headers=headers)
+            async def handle(request: Request) -> Response:
+                return await shaped(render, request, handler)
+
+            return handle
+
+    return ShapedRoute
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    """The service's own shape for its own routes and for requests no route matched."""
+
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error_response(request.url.path, exc.status_code, exc.detail, getattr(exc, "headers", None))
+        return error_response(detail_body, exc.status_code, exc.detail, getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        detail = [{key: error[key] for key in ("loc", "msg", "type") if key in error} for error in exc.errors()]
-        return error_response(request.url.path, 422, detail)
+        return error_response(detail_body, 422, validation_detail(exc))
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(request.url.path, 500, "internal server error")
+        return error_response(detail_body, 500, "internal server error")

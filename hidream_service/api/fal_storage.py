@@ -19,8 +19,8 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
 
 from hidream_service.api import submission
+from hidream_service.api.rendering import iso
 from hidream_service.api.state import AppState, app_state
-from hidream_service.dialects.common import iso
 from hidream_service.uploads import Upload, UploadTooLarge, clean_name, new_upload_id, store_upload
 
 router = APIRouter()

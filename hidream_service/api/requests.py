@@ -2,23 +2,28 @@
 
 GET /v1/requests[?limit=N&before=REQUEST_ID]   newest first; `next` is the `before` of the next page
 GET /v1/requests/{request_id}                  one request: the summary plus its input, result and logs
+GET /v1/requests/{request_id}/stream           server-sent events: the summary each time the request
+                                               changes, with the log lines added since the last event
 
 Like every other route, a caller sees only the requests its API key made. Deliveries and replays
 are at /v1/requests/{id}/webhooks and /v1/webhooks/deliveries/{id}/replay (api/webhooks.py);
-cancelling goes through the fal `cancel_url` each summary carries.
+cancelling goes through the fal `cancel_url` each summary carries. A running request's `progress`
+({step, total}) is its run's last typed progress event: the playground and `hidream run` read it.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.responses import StreamingResponse
 
-from hidream_service.api.fal import queue_urls
+from hidream_service.api.rendering import iso, queue_urls
 from hidream_service.api.state import app_state
 from hidream_service.api.submission import one_error
-from hidream_service.dialects.common import iso
-from hidream_service.jobs.model import Job, JobStatus
+from hidream_service.jobs.model import Job, JobStatus, LogLine
 from webhooks.outbox import Delivery, DeliveryState
 
 router = APIRouter(tags=["requests"])
@@ -26,6 +31,7 @@ router = APIRouter(tags=["requests"])
 DEFAULT_PAGE = 20
 MAX_PAGE = 100
 MAX_ID_LENGTH = 100
+SSE_KEEPALIVE_SECONDS = 15.0
 
 
 def _outcome(job: Job) -> str:
@@ -78,9 +84,14 @@ def request_summary(job: Job, delivery: Delivery | None) -> dict[str, Any]:
         "error": None if job.succeeded else job.error,
         "error_type": job.error_type.value if job.error_type else None,
         "images": len(job.result.get("images", [])) if job.result else 0,
+        "progress": None if job.progress is None else job.progress.to_json(),
         "webhook": webhook_summary(delivery),
         **queue_urls(job),
     }
+
+
+def _log_json(line: LogLine) -> dict[str, Any]:
+    return {"timestamp": iso(line.timestamp), "level": line.level, "message": line.message}
 
 
 @router.get("/v1/requests", summary="Recent requests of every dialect, newest first")
@@ -118,5 +129,42 @@ async def get_request(request: Request, request_id: str) -> dict[str, Any]:
         "input": job.input,
         "result": job.result,
         "error_detail": job.error_detail,
-        "logs": [{"timestamp": iso(line.timestamp), "level": line.level, "message": line.message} for line in job.logs],
+        "logs": [_log_json(line) for line in job.logs],
     }
+
+
+@router.get("/v1/requests/{request_id}/stream", summary="One request's changes as server-sent events")
+async def stream_request(request: Request, request_id: str) -> StreamingResponse:
+    """Each event is the request's summary with `logs`, the lines added since the previous event
+    (all of them in the first); the last event is the one where the request has ended, and it
+    carries `result` and `error_detail` too. Wakes only when this request changes."""
+    state = app_state(request)
+    owner = state.api_keys.owner(request)
+    if state.service.get(request_id, owner) is None:
+        raise HTTPException(404, f"request {request_id} not found")
+
+    async def events() -> AsyncIterator[str]:
+        sent_lines = 0
+        last_summary = None
+        with state.events.watching(request_id) as watch:
+            while True:
+                version = watch.version
+                job = state.service.get(request_id, owner, with_logs=True)
+                if job is None:
+                    return
+                ended = job.status.is_terminal()
+                delivery = state.outbox.final_for_subjects([job.id]).get(job.id) if ended else None
+                summary = request_summary(job, delivery)
+                new_lines = job.logs[sent_lines:]
+                if summary != last_summary or new_lines:
+                    event = {**summary, "logs": [_log_json(line) for line in new_lines]}
+                    if ended:
+                        event.update(result=job.result, error_detail=job.error_detail)
+                    yield f"data: {json.dumps(event)}\n\n"
+                    sent_lines, last_summary = len(job.logs), summary
+                if ended:
+                    return
+                if not await watch.changed_since(version, SSE_KEEPALIVE_SECONDS):
+                    yield ": keep-alive\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})

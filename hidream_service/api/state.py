@@ -3,20 +3,30 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 from fastapi import Request
 
 from hidream_service.api.auth import ApiKeys
-from hidream_service.api.events import JobEvents
 from hidream_service.api.image_fetch import ImageInputs
 from hidream_service.config import Settings
+from hidream_service.jobs.events import JobEvents
 from hidream_service.jobs.protocols import Executor
 from hidream_service.jobs.service import JobService
-from hidream_service.models.registry import Endpoint
+from hidream_service.models.family import Endpoint
+from hidream_service.models.registry import Registry
 from hidream_service.signing_keys import SigningKeys
 from hidream_service.storage import OutputStorage
 from webhooks.delivery import Deliverer
 from webhooks.outbox import Outbox
+
+
+class NamingDialect(Protocol):
+    """What the service's own routes ask of a dialect: its id and its name for an endpoint."""
+
+    id: str
+
+    def name_of(self, endpoint: Endpoint) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -36,7 +46,9 @@ class Runtime:
 class AppState:
     settings: Settings
     service: JobService
-    endpoints: dict[str, Endpoint]
+    registry: Registry
+    endpoints: dict[str, Endpoint]  # those served: the registry's, less those without weights here
+    dialects: tuple[NamingDialect, ...]
     api_keys: ApiKeys
     storage: OutputStorage
     events: JobEvents

@@ -19,7 +19,7 @@ from hidream_service.api.webhooks import callback_url_problem
 from hidream_service.image_inputs import ImageInputError
 from hidream_service.jobs.model import Job, JobRequest
 from hidream_service.jobs.service import IdempotencyKeyReused
-from hidream_service.models.registry import Endpoint
+from hidream_service.models.family import Endpoint
 
 MAX_BODY_BYTES = 1 << 20  # JSON inputs, besides image inputs sent inline as data URIs
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
@@ -201,14 +201,16 @@ async def prepare_images(
 
 
 async def until_terminal(state: AppState, job_id: str, owner: str, timeout: float, *, with_logs: bool = False) -> Job:
-    """The job once it has ended, or as it stands when `timeout` runs out."""
+    """The job once it has ended, or as it stands when `timeout` runs out. Wakes when this job
+    changes (and once a second, should a wake-up ever be missed)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    while True:
-        version = state.events.version
-        job = state.service.get(job_id, owner, with_logs=with_logs)
-        assert job is not None
-        remaining = deadline - loop.time()
-        if job.status.is_terminal() or remaining <= 0:
-            return job
-        await state.events.wait_past(version, min(remaining, 1.0))
+    with state.events.watching(job_id) as watch:
+        while True:
+            version = watch.version
+            job = state.service.get(job_id, owner, with_logs=with_logs)
+            assert job is not None
+            remaining = deadline - loop.time()
+            if job.status.is_terminal() or remaining <= 0:
+                return job
+            await watch.changed_since(version, min(remaining, 1.0))

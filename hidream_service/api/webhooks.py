@@ -1,10 +1,11 @@
 """Webhook endpoints of our own: public keys, the signing secret, delivery history and replay.
 
 GET  /.well-known/jwks.json                         Ed25519 keys that verify fal-style signatures
-GET  /v1/webhooks/default/secret                    {"key": "whsec_..."} (Replicate's endpoint)
-POST /v1/webhooks/default/secret/rotate             new secret; the old one signs on for a grace period
 GET  /v1/requests/{request_id}/webhooks             the request's deliveries and every attempt
 POST /v1/webhooks/deliveries/{delivery_id}/replay   send once more now: same webhook-id, fresh signature
+
+The signing secret is served where each dialect's clients look for it: Replicate's
+`/v1/webhooks/default/secret` (dialects/replicate.py) and WaveSpeed's `/api/v3/webhook/secret`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Request
 
 from hidream_service.api.state import AppState, app_state
-from hidream_service.signing_keys import SecretPinned
 from webhooks.outbox import AttemptRecord, Delivery
 from webhooks.signing import jwks
 from webhooks.ssrf import BlockedURL, checked_addresses
@@ -70,24 +70,6 @@ def _delivery_json(state: AppState, delivery: Delivery) -> dict[str, Any]:
 @router.get("/.well-known/jwks.json")
 async def jwks_document(request: Request) -> dict[str, Any]:
     return jwks(app_state(request).keys.fal_public_keys())
-
-
-@router.get("/v1/webhooks/default/secret")
-async def signing_secret(request: Request) -> dict[str, str]:
-    state = app_state(request)
-    state.api_keys.owner(request)
-    return {"key": state.keys.current_secret}
-
-
-@router.post("/v1/webhooks/default/secret/rotate")
-async def rotate_secret(request: Request) -> dict[str, Any]:
-    state = app_state(request)
-    state.api_keys.owner(request)
-    try:
-        secret, previous_until = state.keys.rotate()
-    except SecretPinned as exc:
-        raise HTTPException(400, str(exc)) from None
-    return {"key": secret, "previous_key_valid_until": _iso(previous_until)}
 
 
 @router.get("/v1/requests/{request_id}/webhooks")

@@ -25,7 +25,7 @@ from pathlib import Path
 from hidream_service.commands.common import settings_from
 from hidream_service.config import LOOPBACK_HOSTS, Settings
 from hidream_service.inference.weights import WeightsError, WeightsLayout, resolve_weights
-from hidream_service.models.hidream_i1 import VARIANTS
+from hidream_service.models.registry import DEFAULT_REGISTRY, Registry
 from hidream_service.signing_keys import KEYS_FILE
 from webhooks.signing import secret_bytes
 
@@ -33,7 +33,6 @@ GIB = 1 << 30
 MIN_FREE_BYTES = 1 * GIB  # below this, outputs and SQLite writes soon fail
 LOW_FREE_BYTES = 10 * GIB  # real weights alone are tens of GB
 MIN_SECRET_BYTES = 16
-WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
 
 class Level(enum.StrEnum):
@@ -139,41 +138,7 @@ def check_database(settings: Settings) -> Check:
     return Check("database", Level.OK, summary)
 
 
-def _weights_problem(folder: Path) -> str | None:
-    """What is missing from a model folder: its weights, or a shard its index names."""
-    indexes = list(folder.glob("*.index.json"))
-    if indexes:
-        for index in indexes:
-            shards = set(json.loads(index.read_text()).get("weight_map", {}).values())
-            missing = sorted(shard for shard in shards if not (folder / shard).is_file())
-            if missing:
-                return f"{folder} lacks {len(missing)} of the shards {index.name} names, e.g. {missing[0]}"
-        return None
-    if not any(entry.suffix in WEIGHT_SUFFIXES for entry in folder.iterdir()):
-        return f"{folder} has a config.json but no weight file (*.safetensors or *.bin)"
-    return None
-
-
-def _components_problem(variant_dir: Path) -> str | None:
-    """Every component model_index.json lists must be there, and models must have their weights."""
-    try:
-        index = json.loads((variant_dir / "model_index.json").read_text())
-    except (OSError, ValueError) as exc:
-        return f"{variant_dir}/model_index.json cannot be read: {exc}"
-    for name, spec in index.items():
-        if name.startswith("_") or not isinstance(spec, list) or spec[0] is None:
-            continue
-        folder = variant_dir / name
-        if not folder.is_dir() or not any(folder.iterdir()):
-            return f"{folder} is missing or empty (model_index.json lists {name})"
-        if (folder / "config.json").is_file():
-            problem = _weights_problem(folder)
-            if problem:
-                return problem
-    return None
-
-
-def check_weights(settings: Settings) -> Check:
+def check_weights(settings: Settings, registry: Registry = DEFAULT_REGISTRY) -> Check:
     fix_layout = "download the missing files again (see docs/weights.md for the layout), or pass --weights tiny"
     if settings.weights is None:
         return Check(
@@ -187,39 +152,25 @@ def check_weights(settings: Settings) -> Check:
     except WeightsError as exc:
         return Check("weights", Level.FAIL, str(exc), "set HIDREAM_WEIGHTS (or --weights) to the weights directory")
     assert layout is not None
-    if layout.tiny:
-        built = [name for name in VARIANTS if (layout.variant_dir(name) / "model_index.json").is_file()]
-        if not built:
-            return Check("weights", Level.OK, "tiny: not built yet; the first job builds them offline (a minute or so)")
-        return _checked_variants(layout, built, "tiny", fix_layout)
-    variants = sorted(layout.available_variants())
-    if not variants:
-        expected = ", ".join(variant.directory for variant in VARIANTS.values())
+    # Tiny weights are checked as they lie, like a real directory: only what was built so far.
+    models = sorted(registry.available_models(WeightsLayout(layout.root)))
+    if layout.tiny and not models:
+        return Check("weights", Level.OK, "tiny: not built yet; the first job builds them offline (a minute or so)")
+    if not models:
+        expected = ", ".join(sorted({s.directory for group in registry.downloads().values() for s in group}))
         return Check(
             "weights",
             Level.FAIL,
-            f"{layout.root} holds no HiDream-I1 variant (expected {expected} with a model_index.json)",
+            f"{layout.root} holds no complete model (expected some of {expected}, as docs/weights.md lays out)",
             fix_layout,
         )
-    return _checked_variants(layout, variants, str(layout.root), fix_layout)
-
-
-def _checked_variants(layout: WeightsLayout, variants: list[str], where: str, fix: str) -> Check:
-    for variant in variants:
+    for model in models:
         try:
-            layout.check(variant)
+            registry.check_weights(layout, model)
         except WeightsError as exc:
-            return Check("weights", Level.FAIL, str(exc), fix)
-        if variant not in VARIANTS:
-            continue  # E1: its own files were checked above; it runs on I1-Full's components
-        problem = _components_problem(layout.variant_dir(variant))
-        if problem:
-            return Check("weights", Level.FAIL, problem, fix)
-    if (layout.llama_dir / "config.json").is_file():
-        problem = _weights_problem(layout.llama_dir)
-        if problem:
-            return Check("weights", Level.FAIL, problem, fix)
-    return Check("weights", Level.OK, f"{where}: {', '.join(variants)} complete")
+            return Check("weights", Level.FAIL, str(exc), fix_layout)
+    where = "tiny" if layout.tiny else str(layout.root)
+    return Check("weights", Level.OK, f"{where}: {', '.join(models)} complete")
 
 
 def check_webhook_secret(settings: Settings) -> Check:

@@ -36,7 +36,7 @@ class InProcessServer:
     def __init__(self, settings: Settings) -> None:
         import uvicorn
 
-        from hidream_service.api import create_app
+        from hidream_service.server import create_app
 
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._socket.bind(("127.0.0.1", 0))

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import json
 from typing import Any
 
 from hidream_service.jobs.model import Job
-
-
-def iso(timestamp: float | None) -> str | None:
-    return None if timestamp is None else datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
 
 
 def image_urls(job: Job) -> list[str]:
@@ -35,3 +31,8 @@ def log_text(job: Job) -> str:
 def validation_messages(errors: list[dict[str, Any]]) -> list[tuple[str, str]]:
     """(field, message) pairs from pydantic errors, with the field path dotted."""
     return [(".".join(str(part) for part in error["loc"]) or "input", str(error["msg"])) for error in errors]
+
+
+def compact_json(body: Any) -> bytes:
+    """A webhook body as sent: compact JSON, rendered once and stored byte for byte."""
+    return json.dumps(body, separators=(",", ":")).encode()

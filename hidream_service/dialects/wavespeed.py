@@ -1,27 +1,71 @@
-"""WaveSpeed v3: model ids, inputs (size "W*H", seed -1), the {code, message, data} envelope."""
+"""WaveSpeed's v3 API, as the official `wavespeed` client uses it.
+
+    POST /api/v3/{owner}/{model}[?webhook=URL]     submit -> HTTP 200 {code, message, data}
+    GET  /api/v3/predictions/{id}/result           the task (the SDK polls this)
+    GET  /api/v3/predictions/{id}                  the same, as the REST docs name it
+    GET  /api/v3/webhook/secret                    the signing secret, as WaveSpeed serves it
+    POST /api/v3/media/uploads                     {filename, size} -> a PUT instruction and download_url
+
+Inputs: `size` "W*H", seed -1 for a random one, `enable_base64_output`, `enable_sync_mode`; mapped
+onto the endpoint's fal schema by its task. Webhooks carry the bare `data` object, signed WaveSpeed's
+way (`webhook-signature: v3,<hex>`). Errors are {code, message, data: null}, with 400 for bad input.
+"""
 
 from __future__ import annotations
 
 import re
-from typing import Any, ClassVar, Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.responses import JSONResponse
 from pydantic import Field, field_validator
 
-from hidream_service.dialects.common import image_urls, iso, nsfw_flags
+from hidream_service.api import fal_storage, submission
+from hidream_service.api.errors import shaped_route
+from hidream_service.api.openapi import json_body
+from hidream_service.api.rendering import iso
+from hidream_service.api.state import AppState, app_state
+from hidream_service.dialects.base import Dialect, error_message
+from hidream_service.dialects.common import compact_json, image_urls, nsfw_flags
 from hidream_service.jobs.model import Job, JobStatus
 from hidream_service.models.base import StrictInput
-from hidream_service.models.registry import ENDPOINTS
+from hidream_service.models.family import Endpoint, Task
+from hidream_service.signing_keys import SigningKeys
+from webhooks.outbox import Delivery, OutboxMessage
+from webhooks.signing import wavespeed_sign_headers
 
-MODELS = {
-    "wavespeed-ai/hidream-i1-full": "fal-ai/hidream-i1-full",
-    "wavespeed-ai/hidream-i1-dev": "fal-ai/hidream-i1-dev",
-    "wavespeed-ai/hidream-i1-fast": "fal-ai/hidream-i1-fast",
-    "wavespeed-ai/hidream-e1-full": "fal-ai/hidream-e1-full",
-    "wavespeed-ai/hidream-o1-image-text-to-image": "fal-ai/hidream-o1-image",
-    "wavespeed-ai/hidream-o1-image-dev-text-to-image": "fal-ai/hidream-o1-image/dev",
-}
-ENDPOINT_TO_MODEL = {endpoint: model for model, endpoint in MODELS.items()}
+SIGNER = "wavespeed"  # WaveSpeed's v3 HMAC headers
 SIZE = re.compile(r"^(\d{2,4})\*(\d{2,4})$")
+SIDES = (256, 4096)
+
+
+class WaveSpeedDialect(Dialect):
+    id = "wavespeed"
+    signer = SIGNER
+
+    def router(self, endpoints: Mapping[str, Endpoint]) -> APIRouter:
+        return _router
+
+    def render_error(self, status: int, detail: Any) -> tuple[int, dict[str, Any]]:
+        status = 400 if status == 422 else status  # WaveSpeed answers a bad input with 400
+        return status, {"code": status, "message": error_message(detail), "data": None}
+
+    def ending(self, job: Job, endpoint: Endpoint | None) -> OutboxMessage | None:
+        if job.webhook_url is None:
+            return None
+        body = compact_json(render_data(job, endpoint))
+        return OutboxMessage(job.webhook_id, job.webhook_url, body, SIGNER, subject=job.id)
+
+    def sign(self, keys: SigningKeys, delivery: Delivery, timestamp: int) -> Mapping[str, str]:
+        return wavespeed_sign_headers(keys.current_secret, delivery.id, timestamp, delivery.body)
+
+
+WAVESPEED = WaveSpeedDialect()
+_router = APIRouter(prefix="/api/v3", route_class=shaped_route(WAVESPEED.render_error))
+
+
+# -- inputs ---------------------------------------------------------------------------------------
 
 
 class _WaveSpeedOptions(StrictInput):
@@ -44,54 +88,42 @@ class _WaveSpeedOptions(StrictInput):
         return fal
 
 
-class _WaveSpeedTextToImage(_WaveSpeedOptions):
-    """What every WaveSpeed text-to-image model takes; subclasses set the size range."""
-
-    SIDES: ClassVar[tuple[int, int]] = (256, 1536)
+class WaveSpeedTextToImageInput(_WaveSpeedOptions):
+    """A WaveSpeed text-to-image model. `size` unset: the model's own default size (1024*1024 for
+    I1, 2048*2048 for O1); the optional fields go to models that take them (a model that does not
+    answers 400 naming the field)."""
 
     prompt: str = Field(min_length=1, max_length=10_000)
-    size: str = Field(default="1024*1024", description='"width*height", each 256 to 1536')
+    size: str | None = Field(default=None, description='"width*height", each 256 to 4096')
+    negative_prompt: str | None = Field(default=None, max_length=10_000)
+    num_inference_steps: int | None = Field(default=None, ge=1, le=50)
+    guidance_scale: float | None = Field(default=None, ge=0.0, le=20.0)
+    num_images: int | None = Field(default=None, ge=1, le=4)
 
     @field_validator("size")
     @classmethod
-    def _size(cls, value: str) -> str:
+    def _size(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
         match = SIZE.match(value)
         if match is None:
             raise ValueError('size must look like "1024*1024"')
-        low, high = cls.SIDES
+        low, high = SIDES
         for side in (int(match.group(1)), int(match.group(2))):
             if not low <= side <= high:
                 raise ValueError(f"each side of size must be {low} to {high}")
         return value
 
     def to_fal(self) -> dict[str, Any]:
-        width, height = (int(side) for side in self.size.split("*"))
-        return {"prompt": self.prompt, "image_size": {"width": width, "height": height}, **self._fal_options()}
-
-
-class WaveSpeedImageInput(_WaveSpeedTextToImage):
-    """wavespeed-ai/hidream-i1-*."""
-
-    negative_prompt: str | None = Field(default=None, max_length=10_000)
-    num_inference_steps: int | None = Field(default=None, ge=1, le=50)
-    guidance_scale: float | None = Field(default=None, ge=0.0, le=20.0)
-    num_images: int = Field(default=1, ge=1, le=4)
-
-    def to_fal(self) -> dict[str, Any]:
-        fal = {**super().to_fal(), "num_images": self.num_images}
-        for name in ("negative_prompt", "num_inference_steps", "guidance_scale"):
+        fal: dict[str, Any] = {"prompt": self.prompt, **self._fal_options()}
+        if self.size is not None:
+            width, height = (int(side) for side in self.size.split("*"))
+            fal["image_size"] = {"width": width, "height": height}
+        for name in ("negative_prompt", "num_inference_steps", "guidance_scale", "num_images"):
             value = getattr(self, name)
             if value is not None:
                 fal[name] = value
         return fal
-
-
-class WaveSpeedO1ImageInput(_WaveSpeedTextToImage):
-    """wavespeed-ai/hidream-o1-image(-dev)-text-to-image: 2K by default; the size snaps to O1's presets."""
-
-    SIDES: ClassVar[tuple[int, int]] = (256, 4096)
-
-    size: str = Field(default="2048*2048", description='"width*height", each 256 to 4096; snapped to a preset')
 
 
 class WaveSpeedEditInput(_WaveSpeedOptions):
@@ -112,14 +144,15 @@ class UploadTicketRequest(StrictInput):
     content_type: str | None = Field(default=None, max_length=200)
 
 
-WaveSpeedInput = type[WaveSpeedImageInput] | type[WaveSpeedO1ImageInput] | type[WaveSpeedEditInput]
+WaveSpeedInput = type[WaveSpeedTextToImageInput] | type[WaveSpeedEditInput]
 
 
-def input_model(model: str) -> WaveSpeedInput:
-    family = ENDPOINTS[MODELS[model]].family
-    if family == "hidream-e1":
-        return WaveSpeedEditInput
-    return WaveSpeedO1ImageInput if family == "hidream-o1" else WaveSpeedImageInput
+def input_model(endpoint: Endpoint) -> WaveSpeedInput:
+    """The input shape WaveSpeed's clients send for an endpoint, by its task."""
+    return WaveSpeedEditInput if endpoint.task is Task.INSTRUCTION_EDIT else WaveSpeedTextToImageInput
+
+
+# -- tasks ----------------------------------------------------------------------------------------
 
 
 def status_of(job: Job) -> str:
@@ -132,12 +165,12 @@ def status_of(job: Job) -> str:
     return "completed" if job.succeeded else "failed"
 
 
-def render_data(job: Job) -> dict[str, Any]:
+def render_data(job: Job, endpoint: Endpoint | None) -> dict[str, Any]:
     """The `data` object of WaveSpeed's envelope; webhooks carry it bare."""
     inference_ms = None if job.inference_time is None else round(job.inference_time * 1000)
     return {
         "id": job.id,
-        "model": ENDPOINT_TO_MODEL.get(job.endpoint, job.endpoint),
+        "model": endpoint.names.get(WAVESPEED.id, job.endpoint) if endpoint is not None else job.endpoint,
         "input": job.client_input if job.client_input is not None else job.input,
         "outputs": image_urls(job) if job.succeeded else [],
         "urls": {"get": f"{job.base_url}/api/v3/predictions/{job.id}/result"},
@@ -152,3 +185,84 @@ def render_data(job: Job) -> dict[str, Any]:
 
 def envelope(data: Any, code: int = 200, message: str = "success") -> dict[str, Any]:
     return {"code": code, "message": message, "data": data}
+
+
+# -- routes ---------------------------------------------------------------------------------------
+
+
+def _data(state: AppState, job: Job) -> dict[str, Any]:
+    return render_data(job, state.registry.endpoints.get(job.endpoint))
+
+
+def _answer(state: AppState, job: Job) -> JSONResponse:
+    return JSONResponse(envelope(_data(state, job)))
+
+
+@_router.get("/webhook/secret")
+async def secret(request: Request) -> dict[str, Any]:
+    state = app_state(request)
+    state.api_keys.owner(request)
+    return envelope({"secret": state.keys.current_secret})
+
+
+@_router.get("/predictions/{task_id}/result")
+async def result(request: Request, task_id: str) -> JSONResponse:
+    return await _get(request, task_id)
+
+
+@_router.get("/predictions/{task_id}")
+async def task(request: Request, task_id: str) -> JSONResponse:
+    return await _get(request, task_id)
+
+
+async def _get(request: Request, task_id: str) -> JSONResponse:
+    state = app_state(request)
+    job = state.service.get(task_id, state.api_keys.owner(request))
+    if job is None or job.dialect != WAVESPEED.id:
+        raise HTTPException(404, f"task {task_id} not found")
+    return _answer(state, job)
+
+
+@_router.post("/media/uploads", openapi_extra=json_body(UploadTicketRequest))
+async def media_upload(request: Request) -> dict[str, Any]:
+    """The upload ticket `wavespeed.upload()` asks for; the file then goes to our one-time PUT URL."""
+    state = app_state(request)
+    state.api_keys.owner(request)
+    ticket = submission.parse(UploadTicketRequest, await submission.read_json_object(request))
+    if ticket.size > state.settings.max_upload_bytes:
+        raise HTTPException(413, f"uploads are limited to {state.settings.max_upload_bytes} bytes")
+    upload_url, file_url = fal_storage.begin_upload(state, request, ticket.filename)
+    headers = {"Content-Type": ticket.content_type} if ticket.content_type else {}
+    return envelope({"upload": {"method": "PUT", "url": upload_url, "headers": headers}, "download_url": file_url})
+
+
+@_router.post("/{owner}/{model}", openapi_extra=json_body(WaveSpeedTextToImageInput))
+async def submit(request: Request, owner: str, model: str, webhook: str | None = Query(None)) -> JSONResponse:
+    state = app_state(request)
+    caller = state.api_keys.owner(request)
+    model_id = f"{owner}/{model}"
+    models = state.registry.named(WAVESPEED.id)
+    endpoint = models.get(model_id)
+    if endpoint is None:
+        raise HTTPException(404, f"model {model_id} not found; models here: {', '.join(sorted(models))}")
+    payload = await submission.read_json_object(request)
+    body_webhook = payload.pop("webhook_url", None)
+    if body_webhook is not None and not isinstance(body_webhook, str):
+        raise HTTPException(422, submission.one_error(["body", "webhook_url"], "must be a URL string", "string_type"))
+    inputs = submission.parse(input_model(endpoint), payload)
+    job = await submission.submit(
+        state,
+        request,
+        endpoint_id=endpoint.id,
+        fal_input=inputs.to_fal(),
+        dialect=WAVESPEED.id,
+        webhook_url=webhook or body_webhook,
+        webhook_field=("query", "webhook") if webhook else ("body", "webhook_url"),
+        client_input=payload,
+    )
+    if inputs.enable_sync_mode:
+        job = await submission.until_terminal(state, job.id, caller, state.settings.sync_timeout_seconds)
+        if not job.status.is_terminal():
+            data = {**_data(state, job), "error": "Sync mode timed out; poll urls.get for the result"}
+            return JSONResponse(envelope(data, 5004, "sync mode timed out"))
+    return _answer(state, job)

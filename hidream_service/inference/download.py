@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from hidream_service.inference.manifest import Manifest, build_manifest, problems, read_manifest, write_manifest
-from hidream_service.inference.sources import WeightSource, sources_for
+from hidream_service.inference.sources import WeightSource
 
 log = logging.getLogger(__name__)
 
@@ -48,20 +48,20 @@ def hub_fetch() -> Fetch:
 
 
 def download_model(
-    model: str,
+    sources: tuple[WeightSource, ...],
     root: Path,
     *,
     token: str | None,
     fetch: Fetch | None = None,
     on_saved: Callable[[WeightSource], None] = lambda source: None,
 ) -> list[Manifest]:
-    """Fetch every source of `model` (or `all`) under `root`; returns their manifests.
+    """Fetch `sources` (a model's, from its family: `Registry.sources_for`) under `root`; returns
+    their manifests.
 
     Refuses, before any transfer, a source without a pinned revision and a gated one without a
     token. A directory already complete at the pinned revision is skipped; one holding another
     revision is replaced; an interrupted download of the same revision is resumed.
     """
-    sources = sources_for(model)
     for source in sources:
         source.require_pinned()
         if source.gated and not token:
@@ -78,7 +78,7 @@ def download_model(
 
 def _download_source(source: WeightSource, directory: Path, token: str | None, fetch: Fetch) -> Manifest:
     existing = read_manifest(directory)
-    if existing is not None and existing.revision == source.revision and not problems(directory, existing):
+    if existing is not None and not problems(directory, existing, source):
         log.info("%s is already at %s in %s", source.repo, source.revision, directory)
         return existing
     marker = directory / IN_PROGRESS_MARKER

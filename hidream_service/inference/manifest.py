@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from hidream_service.inference.sources import source_for_repo
+from hidream_service.inference.sources import WeightSource
 from hidream_service.inference.weights import WeightsError
 
 MANIFEST_FILE = "hidream_manifest.json"
@@ -93,12 +93,12 @@ def read_manifest(directory: Path) -> Manifest | None:
     return Manifest.from_json(path.read_text()) if path.is_file() else None
 
 
-def problems(directory: Path, manifest: Manifest, *, hash_files: bool = False) -> list[str]:
-    """What is wrong with `directory` against `manifest` (empty when it matches)."""
+def problems(directory: Path, manifest: Manifest, pinned: WeightSource, *, hash_files: bool = False) -> list[str]:
+    """What is wrong with `directory` against `manifest` and the `pinned` source it must hold (empty
+    when it matches)."""
     found: list[str] = []
-    pinned = source_for_repo(manifest.repo)
-    if pinned is None:
-        found.append(f"{manifest.repo} is not a repository this build knows")
+    if pinned.repo != manifest.repo:
+        found.append(f"it holds {manifest.repo}, not {pinned.repo}")
     elif pinned.revision != manifest.revision:
         found.append(
             f"downloaded at revision {manifest.revision}, but this build pins {pinned.revision}: "
@@ -115,12 +115,15 @@ def problems(directory: Path, manifest: Manifest, *, hash_files: bool = False) -
     return found
 
 
-def verify_directory(directory: Path, *, hash_files: bool = False) -> Manifest | None:
-    """Raise ManifestMismatch if `directory` has a manifest it does not match. None: no manifest."""
+def verify_directory(source: WeightSource, root: Path, *, hash_files: bool = False) -> Manifest | None:
+    """Raise ManifestMismatch if `source`'s folder under `root` has a manifest that it does not match,
+    or that is not of this build's pinned revision. None: no manifest (tiny weights, a folder laid
+    out by hand), which loads as it is."""
+    directory = root / source.directory
     manifest = read_manifest(directory)
     if manifest is None:
         return None
-    found = problems(directory, manifest, hash_files=hash_files)
+    found = problems(directory, manifest, source, hash_files=hash_files)
     if found:
         shown = "; ".join(found[:5]) + (f"; and {len(found) - 5} more" if len(found) > 5 else "")
         raise ManifestMismatch(f"refusing to load {directory} ({manifest.repo}): {shown}")

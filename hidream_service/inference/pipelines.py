@@ -1,4 +1,6 @@
-"""Loading HiDream pipelines (I1, E1, O1) from a weights directory, the same code for real and tiny weights."""
+"""Loading HiDream pipelines (I1, E1, O1) from their folders, the same code for real and tiny weights,
+and the cache a worker keeps them in. Which folders and recipe a model uses is its family's business
+(hidream_service/models/); these loaders take them as arguments."""
 
 from __future__ import annotations
 
@@ -6,13 +8,16 @@ import json
 import logging
 import os
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from hidream_service.inference.hidream_o1.recipes import RECIPES as O1_RECIPES
-from hidream_service.inference.weights import E1_1, E1_FULL, WeightsLayout
-from hidream_service.models.hidream_i1 import VARIANTS, Variant
+from hidream_service.inference.hidream_o1.recipes import Recipe
+from hidream_service.inference.recipes import EditRecipe, Variant
+from hidream_service.inference.weights import WeightsLayout
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -75,35 +80,40 @@ class LoadedPipeline:
     refine: Any = None  # E1-Full: switches its transformer between editing and refine weights
 
 
-def load_pipeline(layout: WeightsLayout, model: str, device: str, llama: tuple[Any, Any]) -> LoadedPipeline:
-    """One model by key: an I1 variant, or E1 (E1-Full, E1.1) built on I1-Full's components."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+def dtype_for(device: str) -> Any:
     import torch
 
-    layout.check(model)
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    refine = None
-    transformer = None
-    base = model
-    if model == E1_FULL:
-        from diffusers import HiDreamImageTransformer2DModel
+    return torch.bfloat16 if device == "cuda" else torch.float32
 
-        from hidream_service.inference.hidream_e1 import apply_e1_full
 
-        base = "full"
-        transformer = HiDreamImageTransformer2DModel.from_pretrained(
-            layout.variant_dir(base), subfolder="transformer", dtype=dtype, local_files_only=True
-        )
-        refine = apply_e1_full(transformer, layout.e1_full_weights)
-    elif model == E1_1:
-        from hidream_service.inference.hidream_e1 import load_e1_1_transformer
+def load_i1(
+    directory: Path,
+    variant: Variant,
+    device: str,
+    llama: tuple[Any, Any],
+    sample_size: int,
+    transformer: Any = None,
+    refine: Any = None,
+) -> LoadedPipeline:
+    """diffusers' HiDreamImagePipeline from an I1 variant's folder, with the shared Llama encoder and,
+    for E1, its own transformer in place of the variant's."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from diffusers import HiDreamImagePipeline
 
-        base = "full"
-        transformer = load_e1_1_transformer(layout.variant_dir(base), layout.e1_1_transformer, dtype)
-    pipeline = _load_i1_components(layout, VARIANTS[base], dtype, llama, transformer)
+    tokenizer_4, text_encoder_4 = llama
+    extra = {} if transformer is None else {"transformer": transformer}
+    pipeline = HiDreamImagePipeline.from_pretrained(
+        directory,
+        scheduler=build_scheduler(variant, directory),
+        tokenizer_4=tokenizer_4,
+        text_encoder_4=text_encoder_4,
+        dtype=dtype_for(device),
+        local_files_only=True,
+        **extra,
+    )
     pipeline.to(device)
     pipeline.set_progress_bar_config(disable=True)
-    pipeline.default_sample_size = layout.default_sample_size(model)
+    pipeline.default_sample_size = sample_size
     return LoadedPipeline(
         pipeline=pipeline,
         area_side=pipeline.default_sample_size * pipeline.vae_scale_factor,
@@ -112,17 +122,42 @@ def load_pipeline(layout: WeightsLayout, model: str, device: str, llama: tuple[A
     )
 
 
-def load_o1_pipeline(layout: WeightsLayout, model: str, device: str) -> LoadedPipeline:
+def load_e1(
+    base_directory: Path,
+    base: Variant,
+    recipe: EditRecipe,
+    directory: Path,
+    device: str,
+    llama: tuple[Any, Any],
+    sample_size: int,
+) -> LoadedPipeline:
+    """E1 (E1-Full or E1.1): I1-Full's components around E1's transformer."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from hidream_service.inference.hidream_e1 import apply_e1_full, load_e1_1_transformer
+
+    dtype = dtype_for(device)
+    refine = None
+    if recipe.lora:
+        from diffusers import HiDreamImageTransformer2DModel
+
+        transformer = HiDreamImageTransformer2DModel.from_pretrained(
+            base_directory, subfolder="transformer", dtype=dtype, local_files_only=True
+        )
+        refine = apply_e1_full(transformer, directory / recipe.weights)
+    else:
+        transformer = load_e1_1_transformer(base_directory, directory / recipe.weights, dtype)
+    return load_i1(base_directory, base, device, llama, sample_size, transformer=transformer, refine=refine)
+
+
+def load_o1(directory: Path, recipe: Recipe, device: str, metadata: dict[str, int]) -> LoadedPipeline:
     """HiDream-O1 (Full or Dev): one Qwen3-VL checkpoint folder, no other component."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from hidream_service.inference.hidream_o1.geometry import CONDITION_IMAGE_SIZE
     from hidream_service.inference.hidream_o1.pipeline import HiDreamO1Pipeline
 
-    layout.check(model)
-    metadata = layout.service_metadata(model)
     pipeline = HiDreamO1Pipeline.load(
-        layout.variant_dir(model),
-        O1_RECIPES[model],
+        directory,
+        recipe,
         device,
         divisor=metadata.get("resolution_divisor", 1),
         condition_image_size=metadata.get("condition_image_size", CONDITION_IMAGE_SIZE),
@@ -131,50 +166,35 @@ def load_o1_pipeline(layout: WeightsLayout, model: str, device: str) -> LoadedPi
     return LoadedPipeline(pipeline=pipeline, area_side=pipeline.geometry.keep_aspect_side, vae_scale_factor=1)
 
 
-def _load_i1_components(
-    layout: WeightsLayout, variant: Variant, dtype: Any, llama: tuple[Any, Any], transformer: Any
-) -> Any:
-    from diffusers import HiDreamImagePipeline
-
-    directory = layout.variant_dir(variant.name)
-    tokenizer_4, text_encoder_4 = llama
-    extra = {} if transformer is None else {"transformer": transformer}
-    return HiDreamImagePipeline.from_pretrained(
-        directory,
-        scheduler=build_scheduler(variant, directory),
-        tokenizer_4=tokenizer_4,
-        text_encoder_4=text_encoder_4,
-        dtype=dtype,
-        local_files_only=True,
-        **extra,
-    )
-
-
-def load_llama(layout: WeightsLayout, device: str) -> tuple[Any, Any]:
+def load_llama(directory: Path, device: str) -> tuple[Any, Any]:
     """Llama-3.1-8B-Instruct (text_encoder_4), loaded from its own directory."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import torch
     from transformers import AutoTokenizer, LlamaForCausalLM
 
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    tokenizer = AutoTokenizer.from_pretrained(layout.llama_dir, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
     # The pipeline asks this model for every hidden state on each call.
-    model = LlamaForCausalLM.from_pretrained(layout.llama_dir, dtype=dtype, local_files_only=True)
+    model = LlamaForCausalLM.from_pretrained(directory, dtype=dtype_for(device), local_files_only=True)
     return tokenizer, model.to(device).eval()
 
 
-class PipelineCache:
-    """Keeps up to `max_loaded` variants in memory; the Llama encoder is shared by all of them."""
+#: How a cache loads one model by its key: the registry asks the model's family.
+Loader = Callable[["PipelineCache", str], LoadedPipeline]
 
-    def __init__(self, layout: WeightsLayout, device: str, max_loaded: int = 1) -> None:
+
+class PipelineCache:
+    """A worker's loaded models: up to `max_loaded` of them, least recently used out first. Parts
+    that several models share (HiDream's Llama encoder) are loaded once and kept (`shared`)."""
+
+    def __init__(self, layout: WeightsLayout, device: str, load: Loader, max_loaded: int = 1) -> None:
         self.layout = layout
         self.device = device
         self.max_loaded = max_loaded
+        self._load = load
         self._loaded: OrderedDict[str, LoadedPipeline] = OrderedDict()
-        self._llama: tuple[Any, Any] | None = None
+        self._shared: dict[str, Any] = {}
 
     def get(self, model: str) -> LoadedPipeline:
-        """The loaded pipeline of a model key (I1 variant name, e1-full, e1-1, o1 or o1-dev)."""
+        """The loaded pipeline of a model key (full, e1-1, o1-dev, ...)."""
         if model in self._loaded:
             self._loaded.move_to_end(model)
             return self._loaded[model]
@@ -184,14 +204,16 @@ class PipelineCache:
             _free_accelerator_memory()
         quiet_loading()
         log.info("loading %s from %s on %s", model, self.layout.root, self.device)
-        if model in O1_RECIPES:
-            loaded = load_o1_pipeline(self.layout, model, self.device)
-        else:
-            if self._llama is None:  # only I1 and E1 use the Llama encoder
-                self._llama = load_llama(self.layout, self.device)
-            loaded = load_pipeline(self.layout, model, self.device, self._llama)
+        loaded = self._load(self, model)
         self._loaded[model] = loaded
         return loaded
+
+    def shared(self, name: str, build: Callable[[], T]) -> T:
+        """A component several models load with, built on first use and kept for the worker's life."""
+        if name not in self._shared:
+            self._shared[name] = build()
+        value: T = self._shared[name]
+        return value
 
 
 def _free_accelerator_memory() -> None:

@@ -1,9 +1,10 @@
-"""Tiny random-weight HiDream-I1, E1 and O1 weights, built offline and saved exactly like real ones.
+"""Tiny random-weight HiDream-I1 and E1 weights, built offline and saved exactly like real ones.
 
 Same architectures as the real checkpoints (CLIP-L/G, T5, Llama, 16-channel VAE with 8x scale,
-the sparse-MoE HiDream transformer; O1's Qwen3-VL, see hidream_o1/tiny.py), a few thousand
+the sparse-MoE HiDream transformer; O1's Qwen3-VL is in hidream_o1/tiny.py), a few thousand
 parameters each, tokenizers built in memory. The images are noise; loading, scheduling, the
-denoising loop, cancel and decoding are all real.
+denoising loop, cancel and decoding are all real. Each model family builds its own
+(`ModelFamily.build_tiny`); `ensure_tiny_weights` builds them all once.
 """
 
 from __future__ import annotations
@@ -14,22 +15,12 @@ import json
 import os
 import shutil
 import string
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from hidream_service.inference.hidream_o1.recipes import RECIPES as O1_RECIPES
-from hidream_service.inference.weights import (
-    E1_1,
-    E1_1_TRANSFORMER,
-    E1_FULL,
-    E1_FULL_WEIGHTS,
-    LLAMA_DIRECTORY,
-    MODEL_DIRECTORIES,
-    SERVICE_METADATA,
-    WeightsLayout,
-)
-from hidream_service.models.hidream_i1 import VARIANTS
+from hidream_service.inference.recipes import FULL, LLAMA_DIRECTORY, EditRecipe, Variant
+from hidream_service.inference.weights import SERVICE_METADATA, WeightsLayout
 
 TINY_SAMPLE_SIZE = 8  # latent side; x8 VAE scale = 64 px renders
 _CHARACTERS = string.ascii_lowercase + string.digits + string.punctuation
@@ -47,8 +38,9 @@ def _exclusive(lock_path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def ensure_tiny_weights(layout: WeightsLayout) -> None:
-    """Build the tiny weights once; concurrent workers wait for the first one to finish."""
+def ensure_tiny_weights(layout: WeightsLayout, build: Callable[[Path], None]) -> None:
+    """Run `build` (every family's tiny builder) once into the layout's root; concurrent workers
+    wait for the first one to finish."""
     root = layout.root
     if (root / _COMPLETE_MARKER).is_file():
         return
@@ -57,15 +49,15 @@ def ensure_tiny_weights(layout: WeightsLayout) -> None:
             return
         building = root.parent / f".{root.name}.building"
         shutil.rmtree(building, ignore_errors=True)
-        build_tiny_weights(building)
+        build(building)
         shutil.rmtree(root, ignore_errors=True)
         os.replace(building, root)
         (root / _COMPLETE_MARKER).write_text("ok\n")
 
 
-def build_tiny_weights(root: Path) -> None:
-    """Write tiny HiDream-I1-{Full,Dev,Fast}, E1-Full's LoRA file, E1.1's transformer, the tiny
-    Llama text encoder and tiny HiDream-O1-Image{,-Dev} under `root`."""
+def build_tiny_i1(root: Path, variants: Sequence[Variant]) -> None:
+    """Write tiny HiDream-I1 variants (each a diffusers folder, without the Llama encoder, as the
+    published repos are) and the tiny Llama text encoder they share, under `root`."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
     from diffusers import HiDreamImagePipeline
@@ -79,8 +71,7 @@ def build_tiny_weights(root: Path) -> None:
     llama.save_pretrained(root / LLAMA_DIRECTORY)
     llama_tokenizer.save_pretrained(root / LLAMA_DIRECTORY)
 
-    transformers = {}
-    for index, variant in enumerate(VARIANTS.values()):
+    for index, variant in enumerate(variants):
         torch.manual_seed(1000 + index)  # each variant gets its own random transformer
         pipeline = HiDreamImagePipeline(
             scheduler=build_scheduler(variant, None),
@@ -95,18 +86,23 @@ def build_tiny_weights(root: Path) -> None:
             tokenizer_4=llama_tokenizer,
             transformer=_transformer(),
         )
-        transformers[variant.name] = pipeline.transformer
         directory = root / variant.directory
         pipeline.save_pretrained(directory)
         _drop_llama_like_the_published_repos(directory)
         _write_metadata(directory)
-    _e1_full_lora_file(transformers["full"], root / MODEL_DIRECTORIES[E1_FULL])
-    _e1_1_transformer(root / MODEL_DIRECTORIES[E1_1])
 
-    from hidream_service.inference.hidream_o1.tiny import build_tiny_o1
 
-    for index, recipe in enumerate(O1_RECIPES.values()):
-        build_tiny_o1(root / recipe.directory, seed=4000 + index)  # Full and Dev get their own weights
+def build_tiny_e1(root: Path, recipes: Sequence[EditRecipe]) -> None:
+    """Write tiny HiDream-E1 checkpoints over the tiny I1-Full under `root` (built first):
+    E1-Full's LoRA file, E1.1's transformer folder."""
+    from diffusers import HiDreamImageTransformer2DModel
+
+    for recipe in recipes:
+        if recipe.lora:
+            i1_full = HiDreamImageTransformer2DModel.from_pretrained(root / FULL.directory, subfolder="transformer")
+            _e1_full_lora_file(i1_full, root / recipe.directory, recipe.weights)
+        else:
+            _e1_1_transformer(root / recipe.directory, recipe.weights)
 
 
 def _write_metadata(directory: Path) -> None:
@@ -118,18 +114,16 @@ def _write_metadata(directory: Path) -> None:
 _E1_FULL_REPLACED = ("x_embedder.proj.weight", "x_embedder.proj.bias")
 
 
-def _e1_full_lora_file(i1_full_transformer: Any, directory: Path) -> None:
+def _e1_full_lora_file(i1_full_transformer: Any, directory: Path, file_name: str) -> None:
     """Like HiDream-E1-Full.safetensors: the E1 LoRA (non-zero, so it changes the output) and a few
     full tensors, named as they are on an I1-Full transformer with that adapter added."""
-    import copy
-
     import torch
     from safetensors.torch import save_file
 
     from hidream_service.inference.hidream_e1 import lora_config
 
     torch.manual_seed(2000)
-    transformer = copy.deepcopy(i1_full_transformer)
+    transformer = i1_full_transformer
     transformer.add_adapter(lora_config())
     state = transformer.state_dict()
     kept = {}
@@ -139,16 +133,16 @@ def _e1_full_lora_file(i1_full_transformer: Any, directory: Path) -> None:
         elif name in _E1_FULL_REPLACED:
             kept[name] = value + torch.randn_like(value) * 0.1
     _write_metadata(directory)
-    save_file({name: value.contiguous() for name, value in kept.items()}, str(directory / E1_FULL_WEIGHTS))
+    save_file({name: value.contiguous() for name, value in kept.items()}, str(directory / file_name))
 
 
-def _e1_1_transformer(directory: Path) -> None:
+def _e1_1_transformer(directory: Path, folder: str) -> None:
     """Like HiDream-E1-1/transformer: a full I1-Full-shaped transformer, sharded."""
     import torch
 
     torch.manual_seed(3000)
     _write_metadata(directory)
-    _transformer().save_pretrained(directory / E1_1_TRANSFORMER, max_shard_size="600KB")
+    _transformer().save_pretrained(directory / folder, max_shard_size="600KB")
 
 
 def _drop_llama_like_the_published_repos(directory: Path) -> None:

@@ -44,6 +44,22 @@ class LogLine:
 
 
 @dataclass(frozen=True)
+class Progress:
+    """A typed progress event from a worker: `step` of `total` steps are done."""
+
+    step: int
+    total: int
+
+    def log_line(self) -> str:
+        """How the event also reads in the job's log: the `step i/n` line fal's and Replicate's
+        clients show (and always have)."""
+        return f"step {self.step}/{self.total}"
+
+    def to_json(self) -> dict[str, int]:
+        return {"step": self.step, "total": self.total}
+
+
+@dataclass(frozen=True)
 class JobRequest:
     """What a dialect hands the JobService: an endpoint, validated input and where to call back."""
 
@@ -86,6 +102,7 @@ class Job:
     client_input: dict[str, Any] | None = None
     webhook_events: tuple[str, ...] = ()
     seq: int = 0
+    progress: Progress | None = None  # the last progress event of its run
 
     @property
     def succeeded(self) -> bool:
@@ -94,6 +111,11 @@ class Job:
     @property
     def error_http_status(self) -> int:
         return ERROR_HTTP_STATUS[self.error_type or ErrorType.INFERENCE]
+
+    @property
+    def webhook_id(self) -> str:
+        """Deterministic per job: a job that runs twice still sends one event."""
+        return f"msg_{self.id.replace('-', '')}"
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,10 @@ from typing import Any
 
 from hidream_service.config import Settings
 from hidream_service.jobs.model import Job
+from hidream_service.jobs.protocols import JobEndings
 from hidream_service.jobs.service import JobService
 from hidream_service.jobs.worker import worker_main
+from hidream_service.models.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +45,20 @@ class LocalExecutor:
 
 
 class WorkerPool:
-    def __init__(self, settings: Settings, service: JobService, on_job_changed: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        service: JobService,
+        on_job_changed: Callable[[str], None],
+        *,
+        registry: Registry,
+        endings: JobEndings,
+    ) -> None:
         self.settings = settings
         self.service = service
         self.on_job_changed = on_job_changed
+        self.registry = registry
+        self.endings = endings
         self._ctx = multiprocessing.get_context("spawn")
         self._wake = self._ctx.Event()
         self._changes: Any = self._ctx.Queue()
@@ -88,7 +100,7 @@ class WorkerPool:
         name = f"w{slot}-{uuid.uuid4().hex[:8]}"
         process = self._ctx.Process(
             target=worker_main,
-            args=(name, self.settings, self._wake, self._changes, os.getpid()),
+            args=(name, self.settings, self._wake, self._changes, os.getpid(), self.registry, self.endings),
             name=f"hidream-worker-{slot}",
             daemon=True,
         )

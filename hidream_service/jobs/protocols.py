@@ -1,12 +1,15 @@
-"""The seams between the job pipeline and the place it runs.
+"""The seams between the job pipeline and what surrounds it.
 
-    JobService ──► JobStore   SqliteJobStore (one machine)  | DictJobStore (Modal, modal.Dict)
+    JobService ──► JobStore     SqliteJobStore (one machine)  | DictJobStore (Modal, modal.Dict)
         │
-        └──hooks──► Executor  WorkerPool wake-ups (one machine) | SpawnExecutor (Modal, Function.spawn)
+        ├──hooks──► Executor    WorkerPool wake-ups (one machine) | SpawnExecutor (Modal, Function.spawn)
+        │
+        └─────────► JobEndings  the webhooks a job's dialect sends (hidream_service/dialects/)
 
 The service decides every state change; a store only persists them, each write a compare-and-set
 naming the state (and lease token) it expects. The executor only hears that a job wants running or
-stopping; it never changes a job's state itself.
+stopping; it never changes a job's state itself. The endings render what the job's dialect sends;
+the job core knows no dialect.
 """
 
 from __future__ import annotations
@@ -14,8 +17,22 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
-from hidream_service.jobs.model import Job, JobRequest, JobStatus, LogLine
+from hidream_service.jobs.model import Job, JobRequest, JobStatus, LogLine, Progress
 from webhooks.outbox import OutboxMessage
+
+
+class JobEndings(Protocol):
+    """What a job's dialect sends when the job moves: rendered here, stored in the outbox in the
+    transaction that makes the move, and sent by the deliverer."""
+
+    def ending(self, job: Job) -> OutboxMessage | None:
+        """The webhook of a job that just ended, or None when nobody asked for one."""
+
+    def progress(self, job: Job, event: str, sequence: int) -> OutboxMessage | None:
+        """A progress event (`start`, `logs`) the caller asked for, or None: sent once, never retried."""
+
+    def carries_logs(self, job: Job) -> bool:
+        """Whether the job's webhooks include its log, so that the ending must read it first."""
 
 
 class JobStore(Protocol):
@@ -63,7 +80,8 @@ class JobStore(Protocol):
     def lease_state(self, job_id: str, token: str) -> tuple[bool, bool]:
         """Read-only: (still leased by this token, cancel requested)."""
 
-    def append_logs(self, job_id: str, lines: Iterable[LogLine]) -> None: ...
+    def append_logs(self, job_id: str, lines: Iterable[LogLine], progress: Progress | None = None) -> None:
+        """Add log lines and, when given, set the job's progress, in one write."""
 
     def requeue(self, job_id: str, token: str) -> bool: ...
 
@@ -80,9 +98,10 @@ class JobStore(Protocol):
         deliver_at: float = 0.0,
         logs: Sequence[LogLine] = (),
     ) -> bool:
-        """Write the terminal fields of `job` and its webhook delivery as one atomic step, only if the
-        stored job is still in one of `expected` (and, with a token, still leased by it). `logs`, the
-        run's last lines, are appended either way, as `append_logs` would."""
+        """Write the terminal fields of `job` (its progress too, when it has one) and its webhook
+        delivery as one atomic step, only if the stored job is still in one of `expected` (and, with
+        a token, still leased by it). `logs`, the run's last lines, are appended either way, as
+        `append_logs` would."""
 
 
 class Executor(Protocol):

@@ -6,9 +6,10 @@
                   ├──cancel──────────────────────────────────────────────► CANCELLED
                   └──could not be started (fail_unstarted)────────────────► COMPLETED (error)
 
-Every terminal transition writes the job's webhook delivery in the same atomic step. Every process
-(the API and each worker; on Modal, each web, GPU and CPU container) builds its own JobService over
-the one shared store: SQLite on one machine, modal.Dict on Modal.
+Every terminal transition writes the job's webhook delivery in the same atomic step; what that
+webhook says is the job's dialect's business (`JobEndings`, given by whoever builds the service).
+Every process (the API and each worker; on Modal, each web, GPU and CPU container) builds its own
+JobService over the one shared store: SQLite on one machine, modal.Dict on Modal.
 """
 
 from __future__ import annotations
@@ -23,17 +24,15 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from hidream_service import webhook_payloads
 from hidream_service.config import Settings
-from hidream_service.jobs.model import ErrorType, Job, JobRequest, JobStatus, Lease, LogLine
-from hidream_service.jobs.protocols import JobStore
+from hidream_service.jobs.model import ErrorType, Job, JobRequest, JobStatus, Lease, LogLine, Progress
+from hidream_service.jobs.protocols import JobEndings, JobStore
 from hidream_service.jobs.store import DuplicateIdempotencyKey
 
 log = logging.getLogger(__name__)
 
 CANCELLED_MESSAGE = "Request was cancelled"
-LOGS_EVENT_INTERVAL_SECONDS = 0.5  # Replicate's limit for logs events
-DIALECTS_WITH_LOGS_IN_WEBHOOKS = ("replicate",)
+LOGS_EVENT_INTERVAL_SECONDS = 0.5  # Replicate's limit for logs events, and a sane one for any other
 
 
 class IdempotencyKeyReused(Exception):
@@ -65,6 +64,7 @@ class JobService:
         self,
         store: JobStore,
         *,
+        endings: JobEndings,
         lease_seconds: float = 30.0,
         max_attempts: int = 3,
         webhook_first_delay: Callable[[], float] = lambda: 0.0,
@@ -74,6 +74,7 @@ class JobService:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
+        self._endings = endings
         self.lease_seconds = lease_seconds
         self.max_attempts = max_attempts
         self._webhook_first_delay = webhook_first_delay
@@ -183,21 +184,23 @@ class JobService:
     def _leased(self, job: Job | None, token: str, now: float) -> Lease | None:
         if job is None:
             return None
-        started = webhook_payloads.progress_message(job, "start")
+        started = self._endings.progress(job, "start", 0)
         if started is not None:
             self.store.enqueue_webhook(started, now)
         self._on_changed(job.id)
         return Lease(job, token)
 
-    def heartbeat(self, lease: Lease, logs: list[LogLine]) -> tuple[bool, bool]:
-        """Flush logs and renew the lease. Returns (still ours, cancel requested)."""
-        self.flush_logs(lease, logs)
+    def heartbeat(self, lease: Lease, logs: list[LogLine], progress: Progress | None = None) -> tuple[bool, bool]:
+        """Record a run's events and renew the lease. Returns (still ours, cancel requested)."""
+        self.record(lease, logs, progress)
         return self.store.renew_lease(lease.job.id, lease.token, self._clock() + self.lease_seconds)
 
-    def flush_logs(self, lease: Lease, logs: list[LogLine]) -> None:
-        if logs:
-            self.store.append_logs(lease.job.id, logs)
-            self._send_logs_event(lease.job)
+    def record(self, lease: Lease, logs: list[LogLine], progress: Progress | None = None) -> None:
+        """A run's log lines and its latest progress, in one write; then the job's watchers wake."""
+        if logs or progress is not None:
+            self.store.append_logs(lease.job.id, logs, progress)
+            if logs:
+                self._send_logs_event(lease.job)
             self._on_changed(lease.job.id)
 
     def lease_state(self, lease: Lease) -> tuple[bool, bool]:
@@ -212,7 +215,7 @@ class JobService:
         if now - last < LOGS_EVENT_INTERVAL_SECONDS:
             return  # throttled: a later event carries these lines too
         current = self.store.get(job.id, with_logs=True)
-        message = None if current is None else webhook_payloads.progress_message(current, "logs", count)
+        message = None if current is None else self._endings.progress(current, "logs", count)
         if message is not None:
             self.store.enqueue_webhook(message, now)
             self._logs_events[job.id] = (now, count + 1)
@@ -221,7 +224,12 @@ class JobService:
     # on every job, and the ending's webhook carries them.
 
     def complete(
-        self, lease: Lease, result: dict[str, Any], inference_time: float, logs: Sequence[LogLine] = ()
+        self,
+        lease: Lease,
+        result: dict[str, Any],
+        inference_time: float,
+        logs: Sequence[LogLine] = (),
+        progress: Progress | None = None,
     ) -> bool:
         return self._end(
             lease.job,
@@ -231,10 +239,17 @@ class JobService:
             status=JobStatus.COMPLETED,
             result=result,
             inference_time=inference_time,
+            progress=progress,
         )
 
     def fail(
-        self, lease: Lease, error_type: ErrorType, message: str, detail: Any = None, logs: Sequence[LogLine] = ()
+        self,
+        lease: Lease,
+        error_type: ErrorType,
+        message: str,
+        detail: Any = None,
+        logs: Sequence[LogLine] = (),
+        progress: Progress | None = None,
     ) -> bool:
         return self._end(
             lease.job,
@@ -245,6 +260,7 @@ class JobService:
             error=message,
             error_type=error_type,
             error_detail=detail,
+            progress=progress,
         )
 
     def fail_unstarted(self, job: Job, error_type: ErrorType, message: str) -> bool:
@@ -259,8 +275,15 @@ class JobService:
             error_type=error_type,
         )
 
-    def acknowledge_cancel(self, lease: Lease, logs: Sequence[LogLine] = ()) -> bool:
-        return self._end(lease.job, lease.token, expected=(JobStatus.IN_PROGRESS,), logs=logs, **_cancelled())
+    def acknowledge_cancel(self, lease: Lease, logs: Sequence[LogLine] = (), progress: Progress | None = None) -> bool:
+        return self._end(
+            lease.job,
+            lease.token,
+            expected=(JobStatus.IN_PROGRESS,),
+            logs=logs,
+            progress=progress,
+            **_cancelled(),
+        )
 
     # -- recovery --------------------------------------------------------------------------------
 
@@ -320,10 +343,10 @@ class JobService:
         **fields: Any,
     ) -> bool:
         self._logs_events.pop(job.id, None)
-        if job.dialect in DIALECTS_WITH_LOGS_IN_WEBHOOKS:
+        if self._endings.carries_logs(job):
             job = dataclasses.replace(job, logs=[*self.store.logs(job.id), *logs])
         ended = dataclasses.replace(job, status=status, completed_at=self._clock(), **fields)
-        message = webhook_payloads.outbox_message(ended)
+        message = self._endings.ending(ended)
         assert ended.completed_at is not None
         written = self.store.finish(
             ended,
@@ -342,6 +365,7 @@ def build_service(
     settings: Settings,
     store: JobStore,
     *,
+    endings: JobEndings,
     on_submitted: Callable[[Job], None],
     on_changed: Callable[[str], None],
     on_cancel_requested: Callable[[Job], None] = lambda job: None,
@@ -350,6 +374,7 @@ def build_service(
     first_delay = settings.webhook_retry_schedule[0]
     return JobService(
         store,
+        endings=endings,
         lease_seconds=settings.lease_seconds,
         max_attempts=settings.max_job_attempts,
         webhook_first_delay=lambda: first_delay,

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from hidream_service.jobs.model import ErrorType, Job, JobRequest, JobStatus, LogLine
+from hidream_service.jobs.model import ErrorType, Job, JobRequest, JobStatus, LogLine, Progress
 from webhooks import outbox
 
 SCHEMA = """
@@ -42,7 +42,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     error_detail TEXT,
     inference_time REAL,
     client_input TEXT,                      -- the dialect's own input, echoed back in its responses
-    webhook_events TEXT NOT NULL DEFAULT '' -- comma-separated progress events wanted (Replicate)
+    webhook_events TEXT NOT NULL DEFAULT '', -- comma-separated progress events wanted (Replicate)
+    progress_step INTEGER,                  -- the run's last progress event: step of total
+    progress_total INTEGER
 );
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs (owner, idempotency_key)
     WHERE idempotency_key IS NOT NULL;
@@ -57,6 +59,8 @@ CREATE TABLE IF NOT EXISTS job_logs (
 );
 CREATE INDEX IF NOT EXISTS job_logs_by_job ON job_logs (job_id, seq);
 """
+#: Columns added after the first release, added in place to a database that lacks them.
+ADDED_COLUMNS = {"jobs": (("progress_step", "INTEGER"), ("progress_total", "INTEGER"))}
 
 
 class DuplicateIdempotencyKey(Exception):
@@ -92,7 +96,17 @@ def _row_to_job(row: sqlite3.Row, *, queue_position: int | None = None, logs: li
         client_input=_loads(row["client_input"]),
         webhook_events=tuple(event for event in row["webhook_events"].split(",") if event),
         seq=row["seq"],
+        progress=None if row["progress_total"] is None else Progress(row["progress_step"], row["progress_total"]),
     )
+
+
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    """A data dir made before a column existed gets it (NULL in every old row)."""
+    for table, columns in ADDED_COLUMNS.items():
+        present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        for name, kind in columns:
+            if name not in present:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
 
 
 class SqliteJobStore:
@@ -107,6 +121,7 @@ class SqliteJobStore:
         self._conn.execute(f"PRAGMA synchronous={synchronous}")
         with self._lock:
             self._conn.executescript(SCHEMA)
+            _add_missing_columns(self._conn)
             outbox.create_tables(self._conn)
 
     def close(self) -> None:
@@ -217,7 +232,7 @@ class SqliteJobStore:
         with self._lock:
             row = self._conn.execute(
                 "UPDATE jobs SET status = 'IN_PROGRESS', lease_token = ?, lease_expires_at = ?,"
-                " attempts = attempts + 1, started_at = ? WHERE seq = ("
+                " attempts = attempts + 1, started_at = ?, progress_step = NULL, progress_total = NULL WHERE seq = ("
                 " SELECT seq FROM jobs WHERE status = 'IN_QUEUE' ORDER BY seq LIMIT 1) RETURNING *",
                 (token, expires_at, now),
             ).fetchone()
@@ -238,7 +253,8 @@ class SqliteJobStore:
         with self._lock:
             row = self._conn.execute(
                 "UPDATE jobs SET status = 'IN_PROGRESS', lease_token = ?, lease_expires_at = ?,"
-                " attempts = attempts + 1, started_at = ? WHERE id = ? AND (status = 'IN_QUEUE'"
+                " attempts = attempts + 1, started_at = ?, progress_step = NULL, progress_total = NULL"
+                " WHERE id = ? AND (status = 'IN_QUEUE'"
                 " OR (status = 'IN_PROGRESS' AND substr(lease_token, 1, ?) = ?)) RETURNING *",
                 (token, expires_at, now, job_id, len(prefix), prefix),
             ).fetchone()
@@ -263,10 +279,15 @@ class SqliteJobStore:
             ).fetchone()
         return (False, False) if row is None else (True, bool(row[0]))
 
-    def append_logs(self, job_id: str, lines: Iterable[LogLine]) -> None:
+    def append_logs(self, job_id: str, lines: Iterable[LogLine], progress: Progress | None = None) -> None:
         with self._lock, self._conn:
             self._conn.execute("BEGIN")
             self._insert_logs(job_id, lines)
+            if progress is not None:
+                self._conn.execute(
+                    "UPDATE jobs SET progress_step = ?, progress_total = ? WHERE id = ?",
+                    (progress.step, progress.total, job_id),
+                )
 
     def _insert_logs(self, job_id: str, lines: Iterable[LogLine]) -> None:
         self._conn.executemany(
@@ -278,7 +299,8 @@ class SqliteJobStore:
         """Give an IN_PROGRESS job back to the queue (its worker is gone), keeping its queue place."""
         with self._lock:
             row = self._conn.execute(
-                "UPDATE jobs SET status = 'IN_QUEUE', lease_token = NULL, lease_expires_at = NULL"
+                "UPDATE jobs SET status = 'IN_QUEUE', lease_token = NULL, lease_expires_at = NULL,"
+                " progress_step = NULL, progress_total = NULL"
                 " WHERE id = ? AND lease_token = ? AND status = 'IN_PROGRESS' RETURNING id",
                 (job_id, token),
             ).fetchone()
@@ -320,6 +342,8 @@ class SqliteJobStore:
             None if job.error_type is None else job.error_type.value,
             None if job.error_detail is None else json.dumps(job.error_detail),
             job.inference_time,
+            None if job.progress is None else job.progress.step,
+            None if job.progress is None else job.progress.total,
             job.id,
             *[status.value for status in expected],
         ]
@@ -330,7 +354,8 @@ class SqliteJobStore:
             self._insert_logs(job.id, logs)
             row = self._conn.execute(
                 "UPDATE jobs SET status = ?, completed_at = ?, result = ?, error = ?, error_type = ?,"
-                " error_detail = ?, inference_time = ?, lease_token = NULL, lease_expires_at = NULL"
+                " error_detail = ?, inference_time = ?, progress_step = COALESCE(?, progress_step),"
+                " progress_total = COALESCE(?, progress_total), lease_token = NULL, lease_expires_at = NULL"
                 f" WHERE id = ? AND status IN ({placeholders}){token_clause} RETURNING id",
                 params,
             ).fetchone()

@@ -1,7 +1,11 @@
 """A worker process: lease a job, run it, end it; a heartbeat thread beside the runs.
 
-The heartbeat thread is the worker's only other voice: it renews the leases, flushes queued log
-lines to the store and notices a cancel, so the denoising loop itself never touches the database.
+The heartbeat thread is the worker's only other voice: it renews the leases, flushes a run's queued
+events (log lines, its latest progress) to the store and notices a cancel, so the denoising loop
+itself never touches the database.
+
+A job's input is parsed into its endpoint's input model once, here; the batch key and the runner
+take the parsed object.
 """
 
 from __future__ import annotations
@@ -22,10 +26,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from hidream_service.config import Settings
-from hidream_service.jobs.model import ErrorType, Lease, LogLine
+from hidream_service.jobs.model import ErrorType, Job, Lease, LogLine, Progress
+from hidream_service.jobs.protocols import JobEndings
 from hidream_service.jobs.service import JobService, build_service
 from hidream_service.jobs.store import SqliteJobStore
 from hidream_service.models.base import BatchRunner, ImageFile, InputError, JobCancelled, Runner
+from hidream_service.models.family import Endpoint
+from hidream_service.models.registry import Registry
 from hidream_service.safety import SafetyChecker
 from hidream_service.storage import LocalOutputStorage, OutputStorage, load_stored_image
 
@@ -38,7 +45,7 @@ HEARTBEAT_IDLE_SECONDS = 5.0  # the heartbeat thread ends after this long with n
 
 @dataclass
 class WorkerRunContext:
-    """RunContext for one job: logs are queued in memory, cancel is an in-memory flag."""
+    """RunContext for one job: events are queued in memory, cancel is an in-memory flag."""
 
     job_id: str
     base_url: str
@@ -46,16 +53,25 @@ class WorkerRunContext:
     safety: SafetyChecker
     cancel_event: threading.Event = field(default_factory=threading.Event)
     _pending: list[LogLine] = field(default_factory=list)
+    _progress: Progress | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def log(self, message: str, level: str = "INFO") -> None:
         with self._lock:
             self._pending.append(LogLine(time.time(), level, message))
 
-    def take_logs(self) -> list[LogLine]:
+    def progress(self, step: int, total: int) -> None:
+        event = Progress(step, total)
+        with self._lock:
+            self._progress = event
+            self._pending.append(LogLine(time.time(), "INFO", event.log_line()))
+
+    def take_events(self) -> tuple[list[LogLine], Progress | None]:
+        """The log lines queued since the last take, and the progress if it moved since."""
         with self._lock:
             lines, self._pending = self._pending, []
-        return lines
+            progress, self._progress = self._progress, None
+        return lines, progress
 
     def cancelled(self) -> bool:
         return self.cancel_event.is_set()
@@ -151,11 +167,11 @@ class Heartbeat:
         now = time.monotonic()
         try:
             if now - held.last_renew >= self._renew_every:
-                ours, cancel = self._service.heartbeat(held.lease, held.ctx.take_logs())
+                ours, cancel = self._service.heartbeat(held.lease, *held.ctx.take_events())
                 held.last_renew = held.last_flush = now
             else:
                 if now - held.last_flush >= min(LOG_FLUSH_SECONDS, 2 * self._tick):
-                    self._service.flush_logs(held.lease, held.ctx.take_logs())
+                    self._service.record(held.lease, *held.ctx.take_events())
                     held.last_flush = now
                 ours, cancel = self._service.lease_state(held.lease)
         except Exception:
@@ -174,59 +190,56 @@ class _Outcome:
 
 
 class Runners:
-    """Endpoint id -> runner, loading model code and weights only when first needed."""
+    """Endpoint id -> its family's runner, made on first use; weights load only when a runner first
+    asks for its model."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, registry: Registry) -> None:
         self.settings = settings
+        self.registry = registry
+        self._runners: dict[str, Runner] = {}
         self._pipelines: Any = None
 
+    def endpoint(self, endpoint_id: str) -> Endpoint:
+        return self.registry.endpoints[endpoint_id]
+
     def get(self, endpoint_id: str) -> Runner:
-        from hidream_service.models.registry import ENDPOINTS
-
-        endpoint = ENDPOINTS[endpoint_id]
-        if endpoint.family == "noop":
-            from hidream_service.models.noop import run_noop
-
-            return run_noop
-        assert endpoint.variant is not None
-        if endpoint.family == "hidream-e1":
-            from hidream_service.models.hidream_e1 import HiDreamE1Runner
-
-            return HiDreamE1Runner(endpoint.variant, self._pipeline_cache())
-        if endpoint.family in ("hidream-o1", "hidream-o1-edit"):
-            from hidream_service.models.hidream_o1 import HiDreamO1Runner
-
-            editing = endpoint.family == "hidream-o1-edit"
-            return HiDreamO1Runner(endpoint.variant, self._pipeline_cache(), editing=editing)
-        from hidream_service.models.hidream_i1 import VARIANTS, HiDreamI1ImageToImageRunner, HiDreamI1Runner
-
-        if endpoint.family == "hidream-i1-image-to-image":
-            return HiDreamI1ImageToImageRunner(VARIANTS[endpoint.variant], self._pipeline_cache())
-        return HiDreamI1Runner(VARIANTS[endpoint.variant], self._pipeline_cache())
+        runner = self._runners.get(endpoint_id)
+        if runner is None:
+            endpoint = self.endpoint(endpoint_id)
+            runner = self._runners[endpoint_id] = endpoint.family.runner(endpoint, self.pipelines)
+        return runner
 
     def preload(self, endpoint_id: str) -> None:
         """Load the model behind `endpoint_id` now instead of at its first job (a Modal container's
         @enter hook, so that the first request does not pay for it)."""
-        from hidream_service.models.registry import ENDPOINTS
+        model = self.endpoint(endpoint_id).model
+        if model is not None:
+            self.pipelines().get(model)
 
-        endpoint = ENDPOINTS[endpoint_id]
-        if endpoint.variant is not None:
-            self._pipeline_cache().get(endpoint.variant)
-
-    def _pipeline_cache(self) -> Any:
+    def pipelines(self) -> Any:
+        """The worker's PipelineCache, made on first use (tiny weights are built then, once)."""
         if self._pipelines is None:
-            from hidream_service.inference.pipelines import PipelineCache, pick_device
-            from hidream_service.inference.tiny import ensure_tiny_weights
+            from hidream_service.inference.pipelines import pick_device
             from hidream_service.inference.weights import WeightsError, resolve_weights
 
             layout = resolve_weights(self.settings.weights, self.settings.data_dir)
             if layout is None:
                 raise WeightsError("this server was started without --weights")
             if layout.tiny:
-                ensure_tiny_weights(layout)
+                self.registry.ensure_tiny_weights(layout)
             device = pick_device(self.settings.device)
-            self._pipelines = PipelineCache(layout, device, self.settings.max_loaded_pipelines)
+            self._pipelines = self.registry.pipelines(layout, device, self.settings.max_loaded_pipelines)
         return self._pipelines
+
+
+@dataclass
+class _Run:
+    """One leased job on its way through a run: its lease, its context and its parsed input."""
+
+    lease: Lease
+    ctx: WorkerRunContext
+    params: Any = None  # the input model instance; None when the input did not parse
+    failure: _Outcome | None = None
 
 
 class Worker:
@@ -260,87 +273,107 @@ class Worker:
 
     def run_one(self, lease: Lease) -> None:
         """Run a leased job, with compatible queued jobs as one batch when its runner can."""
-        mates = self._batch_mates(lease)
-        leases = [lease, *mates]
-        contexts = [WorkerRunContext(held.job.id, held.job.base_url, self.storage, self.safety) for held in leases]
-        for held, ctx in zip(leases, contexts, strict=True):
-            ctx.log(f"running on worker {self.name} (attempt {held.job.attempts})")
+        first = self._parsed(lease)
+        runs = [first, *self._batch_mates(first)]
+        for run in runs:
+            run.ctx.log(f"running on worker {self.name} (attempt {run.lease.job.attempts})")
         started = time.perf_counter()
         try:
-            with self.heartbeat.holding(list(zip(leases, contexts, strict=True))):
-                if mates:
-                    outcomes = self._execute_batch(lease.job.endpoint, [held.job.input for held in leases], contexts)
+            with self.heartbeat.holding([(run.lease, run.ctx) for run in runs]):
+                if len(runs) > 1:
+                    outcomes = self._execute_batch(lease.job.endpoint, runs)
                 else:
-                    outcomes = [self._execute(lease.job.endpoint, lease.job.input, contexts[0])]
+                    outcomes = [self._execute(lease.job.endpoint, first)]
         except BaseException:
             # Interrupted from outside (Modal's input cancellation): whoever ends the job, keep what it logged.
-            for held, ctx in zip(leases, contexts, strict=True):
+            for run in runs:
                 with contextlib.suppress(Exception):
-                    self.service.flush_logs(held, ctx.take_logs())
+                    self.service.record(run.lease, *run.ctx.take_events())
             raise
-        for held, ctx, outcome in zip(leases, contexts, outcomes, strict=True):
-            self._finish(held, ctx, outcome, started)
+        for run, outcome in zip(runs, outcomes, strict=True):
+            self._finish(run, outcome, started)
 
-    def _batch_mates(self, lease: Lease) -> list[Lease]:
-        """Queued jobs that can share `lease`'s model call, leased for this worker (none on Modal,
+    def _parsed(self, lease: Lease) -> _Run:
+        """The run of a leased job, with its input parsed into its endpoint's model (the one parse)."""
+        ctx = WorkerRunContext(lease.job.id, lease.job.base_url, self.storage, self.safety)
+        run = _Run(lease, ctx)
+        try:
+            run.params = self.runners.endpoint(lease.job.endpoint).parse(lease.job.input)
+        except Exception as exc:  # a stored input that no longer parses, or an endpoint no longer served
+            run.failure = _failure(exc, lease.job.id)
+        return run
+
+    def _batch_mates(self, first: _Run) -> list[_Run]:
+        """Queued jobs that can share `first`'s model call, leased for this worker (none on Modal,
         where each spawned input runs its own job)."""
         limit = self.settings.batch_max_size - 1
-        if limit < 1 or self.wake is None:
+        if limit < 1 or self.wake is None or first.params is None:
             return []
         try:
-            runner = self.runners.get(lease.job.endpoint)
+            runner = self.runners.get(first.lease.job.endpoint)
         except Exception:
             return []  # the run itself reports what is wrong
         if not isinstance(runner, BatchRunner):
             return []
-        key = runner.batch_key(lease.job.input)
+        key = runner.batch_key(first.params)
         if key is None:
             return []
-        mates: list[Lease] = []
+        endpoint = self.runners.endpoint(first.lease.job.endpoint)
+        parsed: dict[str, Any] = {}  # a candidate's input is parsed once, then run as parsed
+
+        def is_mate(job: Job) -> bool:
+            try:
+                params = parsed[job.id] = endpoint.parse(job.input)
+            except Exception:
+                return False  # it runs alone, and reports its own error
+            return bool(runner.batch_key(params) == key)
+
+        mates: list[_Run] = []
         deadline = time.monotonic() + self.settings.batch_wait_seconds
+        assert self.wake is not None
         while True:
-            mates += self.service.lease_batch_mates(
-                lease, self.name, lambda job: runner.batch_key(job.input) == key, limit - len(mates)
-            )
+            for lease in self.service.lease_batch_mates(first.lease, self.name, is_mate, limit - len(mates)):
+                ctx = WorkerRunContext(lease.job.id, lease.job.base_url, self.storage, self.safety)
+                mates.append(_Run(lease, ctx, parsed[lease.job.id]))
             remaining = deadline - time.monotonic()
             if len(mates) == limit or remaining <= 0:
                 return mates
             self.wake.clear()
             self.wake.wait(min(remaining, IDLE_POLL_SECONDS))
 
-    def _finish(self, lease: Lease, ctx: WorkerRunContext, outcome: _Outcome, started: float) -> None:
-        job = lease.job
+    def _finish(self, run: _Run, outcome: _Outcome, started: float) -> None:
+        lease, ctx = run.lease, run.ctx
         ctx.log("cancelled" if outcome.cancelled else "failed" if outcome.error else "done")
-        logs = ctx.take_logs()  # every line lands with the ending, in its transaction
+        logs, progress = ctx.take_events()  # every event lands with the ending, in its transaction
         if outcome.result is not None:
             inference_time = outcome.result.get("timings", {}).get("inference", time.perf_counter() - started)
-            ended = self.service.complete(lease, outcome.result, inference_time, logs)
+            ended = self.service.complete(lease, outcome.result, inference_time, logs, progress)
         elif outcome.cancelled:
-            ended = self.service.acknowledge_cancel(lease, logs)
+            ended = self.service.acknowledge_cancel(lease, logs, progress)
         else:
             error_type, message, detail = outcome.error or (ErrorType.INFERENCE, "no result", None)
-            ended = self.service.fail(lease, error_type, message, detail, logs)
+            ended = self.service.fail(lease, error_type, message, detail, logs, progress)
         if not ended:
-            log.warning("job %s: lease lost before the outcome could be written; dropped this run", job.id)
+            log.warning("job %s: lease lost before the outcome could be written; dropped this run", lease.job.id)
 
-    def _execute(self, endpoint: str, inputs: dict[str, Any], ctx: WorkerRunContext) -> _Outcome:
+    def _execute(self, endpoint: str, run: _Run) -> _Outcome:
+        if run.failure is not None:
+            return run.failure
         try:
-            return _Outcome(result=self.runners.get(endpoint)(inputs, ctx))
+            return _Outcome(result=self.runners.get(endpoint)(run.params, run.ctx))
         except Exception as exc:
-            return _failure(exc, ctx.job_id)
+            return _failure(exc, run.ctx.job_id)
 
-    def _execute_batch(
-        self, endpoint: str, inputs: list[dict[str, Any]], contexts: list[WorkerRunContext]
-    ) -> list[_Outcome]:
+    def _execute_batch(self, endpoint: str, runs: list[_Run]) -> list[_Outcome]:
         runner = self.runners.get(endpoint)
         assert isinstance(runner, BatchRunner)
         try:
-            results = runner.run_batch(list(zip(inputs, contexts, strict=True)))
+            results = runner.run_batch([(run.params, run.ctx) for run in runs])
         except Exception as exc:
-            return [_failure(exc, ctx.job_id) for ctx in contexts]
+            return [_failure(exc, run.ctx.job_id) for run in runs]
         return [
-            _failure(result, ctx.job_id) if isinstance(result, Exception) else _Outcome(result=result)
-            for result, ctx in zip(results, contexts, strict=True)
+            _failure(result, run.ctx.job_id) if isinstance(result, Exception) else _Outcome(result=result)
+            for result, run in zip(results, runs, strict=True)
         ]
 
 
@@ -370,8 +403,17 @@ def _die_with_parent() -> None:
         pass  # not Linux: the parent-pid check in the loops covers it
 
 
-def worker_main(name: str, settings: Settings, wake: Event, changes: Queue[str], parent_pid: int) -> None:
-    """Entry point of a worker process (started with the 'spawn' method)."""
+def worker_main(
+    name: str,
+    settings: Settings,
+    wake: Event,
+    changes: Queue[str],
+    parent_pid: int,
+    registry: Registry,
+    endings: JobEndings,
+) -> None:
+    """Entry point of a worker process (started with the 'spawn' method): the server hands it the
+    registry of families it serves and its dialects' endings, pickled."""
     _die_with_parent()
     if os.getppid() != parent_pid:
         return
@@ -385,8 +427,8 @@ def worker_main(name: str, settings: Settings, wake: Event, changes: Queue[str],
     def changed(job_id: str) -> None:
         changes.put(job_id)
 
-    service = build_service(settings, store, on_submitted=lambda job: wake.set(), on_changed=changed)
-    runners = Runners(settings)
+    service = build_service(settings, store, endings=endings, on_submitted=lambda job: wake.set(), on_changed=changed)
+    runners = Runners(settings, registry)
     for endpoint_id in settings.preload:
         # Before the first lease, so the first request does not pay for imports and the weight load.
         started = time.perf_counter()

@@ -20,12 +20,11 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from hidream_service.api.app import build_deliverer, webhook_client
-from hidream_service.api.events import JobEvents
 from hidream_service.api.state import Runtime
 from hidream_service.config import Settings
+from hidream_service.jobs.events import JobEvents
 from hidream_service.jobs.model import ErrorType, JobStatus
-from hidream_service.jobs.service import JobService, build_service
+from hidream_service.jobs.service import JobService
 from hidream_service.jobs.worker import Runners, Worker
 from hidream_service.modal_backend.executor import CallState, Dispatch, FunctionCallHandle, SpawnExecutor
 from hidream_service.modal_backend.job_store import DictJobStore
@@ -33,6 +32,8 @@ from hidream_service.modal_backend.keys import DictKeyState
 from hidream_service.modal_backend.kv import KeyValueStore
 from hidream_service.modal_backend.outbox import DictOutbox
 from hidream_service.modal_backend.storage import Volume, VolumeOutputStorage
+from hidream_service.models.registry import DEFAULT_REGISTRY, Registry
+from hidream_service.runtime import build_deliverer, job_service, webhook_client
 from hidream_service.signing_keys import SigningKeys
 
 log = logging.getLogger(__name__)
@@ -71,16 +72,19 @@ class SweepReport:
 
 
 class ModalDeployment:
-    def __init__(self, settings: Settings, handles: ModalHandles) -> None:
+    def __init__(self, settings: Settings, handles: ModalHandles, registry: Registry = DEFAULT_REGISTRY) -> None:
         if not settings.webhook_secret:
             raise MissingWebhookSecret(
                 "set HIDREAM_WEBHOOK_SECRET (whsec_...) in the Modal Secret: every container signs with it"
             )
         self.settings = settings
         self.handles = handles
+        self.registry = registry
         self.outbox = DictOutbox(handles.deliveries, handles.due, on_enqueued=self._delivery_enqueued)
         self.store = DictJobStore(handles.jobs, handles.active, handles.listing, self.outbox)
-        self.executor = SpawnExecutor(handles.dispatch, handles.runtime, handles.call_from_id)
+        self.executor = SpawnExecutor(
+            handles.dispatch, handles.runtime, handles.call_from_id, endpoints=registry.endpoints
+        )
         self.storage = VolumeOutputStorage(handles.outputs_dir, handles.outputs)
         self.keys = SigningKeys(
             DictKeyState(handles.runtime),
@@ -95,9 +99,10 @@ class ModalDeployment:
             log.exception("could not start the webhook sender for %s; the sweeper will send it", delivery_id)
 
     def service(self, on_changed: Callable[[str], None] = lambda job_id: None) -> JobService:
-        return build_service(
+        return job_service(
             self.settings,
             self.store,
+            self.registry,
             on_submitted=self.executor.submitted,
             on_changed=on_changed,
             on_cancel_requested=self.executor.cancel_requested,
@@ -128,6 +133,10 @@ class ModalDeployment:
             await client.aclose()
 
     # -- job containers --------------------------------------------------------------------------
+
+    def runners(self) -> Runners:
+        """What a job container runs jobs with: this deployment's families."""
+        return Runners(self.settings, self.registry)
 
     def job_worker(self, name: str, runners: Runners) -> tuple[JobService, Worker]:
         service = self.service()
@@ -177,4 +186,4 @@ class ModalDeployment:
 async def _tick(events: JobEvents) -> None:
     while True:
         await asyncio.sleep(STATUS_POLL_SECONDS)
-        events.notify_threadsafe("")
+        events.notify_all_threadsafe()  # jobs end in other containers: every watcher re-reads its own

@@ -23,7 +23,7 @@ from hidream_service.jobs.model import Job, JobStatus
 from hidream_service.jobs.service import JobService
 from hidream_service.jobs.worker import Worker
 from hidream_service.modal_backend.kv import KeyValueStore
-from hidream_service.models.registry import ENDPOINTS, Endpoint
+from hidream_service.models.family import Endpoint
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class SpawnExecutor:
         calls: KeyValueStore,
         call_from_id: Callable[[str], FunctionCallHandle],
         *,
-        endpoints: Mapping[str, Endpoint] = ENDPOINTS,
+        endpoints: Mapping[str, Endpoint],
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._dispatch = dispatch

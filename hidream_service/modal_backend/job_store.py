@@ -14,7 +14,7 @@ Limits, all from modal.Dict having no transactions:
   the delivery record is created from it right after; the sweeper re-creates any delivery a crash
   left unwritten (`repair_endings`). An ending is therefore never without its webhook.
 - `active` and `due` entries are hints, corrected by whoever reads the record they point at.
-- Logs and lease renewals are written only by the lease holder: last writer wins.
+- Logs, progress and lease renewals are written only by the lease holder: last writer wins.
 - Queue positions count the jobs ahead that `active` says are queued; they can be off by a job
   or two while states change, which fal's clients only display.
 - Every read is a network round trip (about 2 for a job), and `page` reads the whole listing.
@@ -28,7 +28,7 @@ import dataclasses
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from hidream_service.jobs.model import ErrorType, Job, JobRequest, JobStatus, LogLine
+from hidream_service.jobs.model import ErrorType, Job, JobRequest, JobStatus, LogLine, Progress
 from hidream_service.jobs.store import DuplicateIdempotencyKey
 from hidream_service.modal_backend.kv import AppendOnlyLog, KeyValueStore, Record, VersionedRecords
 from hidream_service.modal_backend.outbox import DictOutbox
@@ -251,10 +251,24 @@ class DictJobStore:
             return False, False
         return True, self._jobs.contains(f"cancel:{job_id}")
 
-    def append_logs(self, job_id: str, lines: Iterable[LogLine]) -> None:
+    def append_logs(self, job_id: str, lines: Iterable[LogLine], progress: Progress | None = None) -> None:
         chunk = [[line.timestamp, line.level, line.message] for line in lines]
         if chunk:
             self._logs.append(f"logs:{job_id}", chunk)
+        if progress is not None:
+            # Beside the record, not a new version of it (that would void the holder's lease writes);
+            # tagged with the run it belongs to, so that a re-run starts without it.
+            record = self._records.get(f"job:{job_id}")
+            if record is not None:
+                self._jobs.put(f"progress:{job_id}", [record["attempts"], progress.step, progress.total])
+
+    def _progress(self, record: Record) -> Progress | None:
+        if record["status"] == IN_QUEUE:
+            return None
+        stored = self._jobs.get(f"progress:{record['id']}")
+        if stored is None or stored[0] != record["attempts"]:
+            return None
+        return Progress(int(stored[1]), int(stored[2]))
 
     def requeue(self, job_id: str, token: str) -> bool:
         def give_back(record: Record) -> Record | None:
@@ -291,7 +305,7 @@ class DictJobStore:
         deliver_at: float = 0.0,
         logs: Sequence[LogLine] = (),
     ) -> bool:
-        self.append_logs(job.id, logs)
+        self.append_logs(job.id, logs, job.progress)
         allowed = {status.value for status in expected}
 
         def end(record: Record) -> Record | None:
@@ -364,5 +378,6 @@ class DictJobStore:
             "client_input": record["client_input"],
             "webhook_events": tuple(record["webhook_events"]),
             "seq": record["seq"],
+            "progress": self._progress(record),
         }
         return Job(**fields)

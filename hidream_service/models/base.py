@@ -52,6 +52,9 @@ class RunContext(Protocol):
     def log(self, message: str, level: str = "INFO") -> None:
         """Queue a log line for the job (flushed to the store off the inference path)."""
 
+    def progress(self, step: int, total: int) -> None:
+        """Report that `step` of `total` is done (a typed event; fal's clients see it as `step i/n`)."""
+
     def cancelled(self) -> bool:
         """True once a cancel was requested; runners stop at the next step."""
 
@@ -66,16 +69,17 @@ class RunContext(Protocol):
 
 
 class Runner(Protocol):
-    def __call__(self, inputs: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
-        """Run one job's validated input; return the endpoint's output JSON."""
+    def __call__(self, params: Any, ctx: RunContext) -> dict[str, Any]:
+        """Run one job's input, already parsed into its endpoint's input model; return the endpoint's
+        output JSON."""
 
 
 @runtime_checkable
 class BatchRunner(Runner, Protocol):
     """A runner that can also run compatible jobs as one model call."""
 
-    def batch_key(self, inputs: dict[str, Any]) -> Hashable | None:
+    def batch_key(self, params: Any) -> Hashable | None:
         """Jobs with equal keys can share a call; None: this job runs alone."""
 
-    def run_batch(self, jobs: list[tuple[dict[str, Any], RunContext]]) -> list[dict[str, Any] | Exception]:
+    def run_batch(self, jobs: list[tuple[Any, RunContext]]) -> list[dict[str, Any] | Exception]:
         """Each job's output, or the exception that job ended with (JobCancelled, InputError, ...)."""

@@ -1,28 +1,43 @@
-"""HiDream-E1 instruction editing endpoints: fal's input schema, and the runner.
+"""HiDream-E1 instruction editing (E1-Full, E1.1): fal's input schemas, the weights, the runner.
 
 fal-ai/hidream-e1-full edits at 768x768 (the whole image squeezed to a square, as the official
 script does) and the result is resized back to the source's aspect ratio at that pixel count.
-fal-ai/hidream-e1-1 edits at about 1 MP in the source's aspect ratio. The algorithm lives in
-hidream_service/inference/hidream_e1.py.
+fal-ai/hidream-e1-1 edits at about 1 MP in the source's aspect ratio. Both run on HiDream-I1-Full's
+components (VAE, text encoders, scheduler) around their own transformer weights. The algorithm lives
+in hidream_service/inference/hidream_e1.py.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
-from hidream_service.models.base import InputError, JobCancelled, RunContext, StrictInput
-from hidream_service.models.hidream_i1 import MAX_IMAGE_URL_LENGTH, too_elongated
+from hidream_service.inference.recipes import E1_1, E1_FULL, EDIT_RECIPES, FULL, EditRecipe
+from hidream_service.inference.sources import UNPINNED, WeightSource
+from hidream_service.inference.weights import WeightsError, WeightsLayout
+from hidream_service.models import hidream_i1
+from hidream_service.models.base import InputError, JobCancelled, RunContext, Runner, StrictInput
+from hidream_service.models.family import Endpoint, ModelFamily, Task
+from hidream_service.models.hidream_i1 import LLAMA_3_1_8B_INSTRUCT, check_i1_weights, sample_size_of, shared_llama
 from hidream_service.models.running import MAX_SEED, generators_for, image_result, seed_for, step_reporter
+from hidream_service.models.sizes import MAX_IMAGE_URL_LENGTH, too_elongated
 
 if TYPE_CHECKING:
-    from hidream_service.inference.pipelines import PipelineCache
+    from hidream_service.inference.pipelines import LoadedPipeline, PipelineCache
 
-E1_FULL = "e1-full"
-E1_1 = "e1-1"
+# Pinned revisions (see inference/sources.py): placeholders until a real commit sha is filled in.
+HIDREAM_E1_FULL_REVISION = UNPINNED
+HIDREAM_E1_1_REVISION = UNPINNED
+
+SOURCES = {
+    E1_FULL.key: WeightSource(E1_FULL.repository, HIDREAM_E1_FULL_REVISION, E1_FULL.directory),
+    E1_1.key: WeightSource(E1_1.repository, HIDREAM_E1_1_REVISION, E1_1.directory),
+}
 
 
 class _E1InputBase(StrictInput):
@@ -71,9 +86,6 @@ class HiDreamE1_1Input(_E1InputBase):
     )
 
 
-INPUT_MODELS: dict[str, type[_E1InputBase]] = {E1_FULL: HiDreamE1FullInput, E1_1: HiDreamE1_1Input}
-
-
 def same_area_size(width: int, height: int, area: int) -> tuple[int, int]:
     """width x height scaled to about `area` pixels, keeping the aspect ratio."""
     scale = math.sqrt(area / (width * height))
@@ -81,22 +93,21 @@ def same_area_size(width: int, height: int, area: int) -> tuple[int, int]:
 
 
 class HiDreamE1Runner:
-    def __init__(self, model: str, pipelines: PipelineCache) -> None:
-        self.model = model
+    def __init__(self, recipe: EditRecipe, pipelines: Callable[[], PipelineCache]) -> None:
+        self.recipe = recipe
         self.pipelines = pipelines
 
-    def __call__(self, inputs: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
+    def __call__(self, params: _E1InputBase, ctx: RunContext) -> dict[str, Any]:
         from hidream_service.inference.hidream_e1 import edit, edit_prompt, resize_to_square
         from hidream_service.inference.resizing import resize_to_area
 
-        params = INPUT_MODELS[self.model].model_validate(inputs)
-        loaded = self.pipelines.get(self.model)
+        loaded = self.pipelines().get(self.recipe.key)
         source = ctx.load_image(params.image_url)
         problem = too_elongated(source.width, source.height, "the image")
         if problem is not None:  # refused at submit already; this guards jobs from anywhere else
             raise InputError(f"{problem}; crop it first")
         side = loaded.area_side
-        if self.model == E1_FULL:
+        if self.recipe.square:
             model_input = resize_to_square(source, side)
             output_size = same_area_size(source.width, source.height, side * side)
         else:
@@ -130,3 +141,80 @@ def _resized(image: Any, size: tuple[int, int]) -> Any:
     from PIL import Image
 
     return image if image.size == size else image.resize(size, resample=Image.Resampling.BICUBIC)
+
+
+class HiDreamE1Family(ModelFamily):
+    """HiDream-E1-Full (a LoRA over I1-Full) and E1.1 (a transformer), on I1-Full's components."""
+
+    name = "hidream-e1"
+    models = tuple(EDIT_RECIPES)
+
+    def __init__(self) -> None:
+        self.endpoints = (
+            self.endpoint(
+                "fal-ai/hidream-e1-full", "HiDream-E1 Full instruction editing", HiDreamE1FullInput,
+                Task.INSTRUCTION_EDIT, E1_FULL.key, replicate="hidream-ai/hidream-e1-full",
+                wavespeed="wavespeed-ai/hidream-e1-full", openai="hidream-e1-full",
+            ),
+            self.endpoint(
+                "fal-ai/hidream-e1-1", "HiDream-E1.1 instruction editing", HiDreamE1_1Input,
+                Task.INSTRUCTION_EDIT, E1_1.key, replicate="hidream-ai/hidream-e1-1", openai="hidream-e1-1",
+            ),
+        )  # fmt: skip
+
+    # -- weights ---------------------------------------------------------------------------------
+
+    def sources(self) -> Mapping[str, tuple[WeightSource, ...]]:
+        # E1 edits with I1-Full's components around its own transformer (HiDream-ai/HiDream-E1 inference*.py).
+        base = (hidream_i1.SOURCES[FULL.name], LLAMA_3_1_8B_INSTRUCT)
+        return {f"hidream-{key}": (source, *base) for key, source in SOURCES.items()}
+
+    def available_models(self, layout: WeightsLayout) -> set[str]:
+        if not (layout.directory(FULL.directory) / hidream_i1.INDEX).is_file():
+            return set()
+        return {key for key, recipe in EDIT_RECIPES.items() if _has_weights(layout, recipe)}
+
+    def check_weights(self, layout: WeightsLayout, model: str) -> None:
+        recipe = EDIT_RECIPES[model]
+        weights = layout.directory(recipe.directory) / recipe.weights
+        if recipe.lora and not weights.is_file():
+            raise WeightsError(f"{weights} not found: put {recipe.repository}'s LoRA file there")
+        if not recipe.lora and not weights.is_dir():
+            raise WeightsError(f"{weights} not found: put {recipe.repository}'s transformer folder there")
+        check_i1_weights(layout, FULL, also=(SOURCES[model],))
+
+    def build_tiny(self, root: Path) -> None:
+        from hidream_service.inference.tiny import build_tiny_e1
+
+        build_tiny_e1(root, list(EDIT_RECIPES.values()))
+
+    # -- running ---------------------------------------------------------------------------------
+
+    def load(self, model: str, pipelines: PipelineCache) -> LoadedPipeline:
+        from hidream_service.inference.pipelines import load_e1
+
+        recipe = EDIT_RECIPES[model]
+        layout = pipelines.layout
+        return load_e1(
+            layout.directory(FULL.directory),
+            FULL,
+            recipe,
+            layout.directory(recipe.directory),
+            pipelines.device,
+            shared_llama(pipelines),
+            sample_size_of(layout, recipe.directory, recipe.sample_size),
+        )
+
+    def runner(self, endpoint: Endpoint, pipelines: Callable[[], PipelineCache]) -> Runner:
+        assert endpoint.model is not None
+        return HiDreamE1Runner(EDIT_RECIPES[endpoint.model], pipelines)
+
+
+def _has_weights(layout: WeightsLayout, recipe: EditRecipe) -> bool:
+    weights = layout.directory(recipe.directory) / recipe.weights
+    if recipe.lora:
+        return weights.is_file()
+    return (weights / "config.json").is_file() or any(weights.glob("*.safetensors"))
+
+
+HIDREAM_E1 = HiDreamE1Family()

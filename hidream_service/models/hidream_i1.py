@@ -1,4 +1,5 @@
-"""HiDream-I1 text-to-image (Full, Dev, Fast): fal's input schema, per-variant recipes, the runner.
+"""HiDream-I1 (Full, Dev, Fast): text-to-image and image-to-image, fal's input schemas, the weights
+the family loads and the runners.
 
 HiDream renders at a fixed pixel area (1024x1024 for the real weights): `image_size` chooses the
 aspect ratio, and the pipeline scales it to that area in multiples of 16. We compute the real output
@@ -7,70 +8,64 @@ size up front, log it and report it; we never pretend the requested size was mad
 
 from __future__ import annotations
 
-import enum
 import math
 import time
-from collections.abc import Hashable
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
 from hidream_service.inference.denoising import step_noise_from
 from hidream_service.inference.image_to_image import steps_to_run
-from hidream_service.models.base import JobCancelled, RunContext, StrictInput
+from hidream_service.inference.recipes import FULL, LLAMA_DIRECTORY, REAL_SAMPLE_SIZE, VARIANTS, Variant
+from hidream_service.inference.sources import UNPINNED, WeightSource
+from hidream_service.inference.weights import (
+    WeightsError,
+    WeightsLayout,
+    diffusers_folder_problem,
+    folder_weights_problem,
+)
+from hidream_service.models.base import JobCancelled, RunContext, Runner, StrictInput
+from hidream_service.models.family import Endpoint, ModelFamily, Task
 from hidream_service.models.running import MAX_SEED, generators_for, image_result, seed_for, step_reporter
+from hidream_service.models.sizes import (
+    MAX_IMAGE_URL_LENGTH,
+    ImageSize,
+    ImageSizeName,
+    check_aspect_ratio,
+    requested_size,
+    too_elongated,
+)
 
 if TYPE_CHECKING:
-    from hidream_service.inference.pipelines import PipelineCache
+    from hidream_service.inference.pipelines import LoadedPipeline, PipelineCache
 
-MAX_IMAGE_URL_LENGTH = 30 << 20  # a data URI of the largest image input, base64
-MAX_ASPECT_RATIO = 4.0  # 1 MP at 4:1 is 2048x512: the transformer's 128-patch limit per side
+# Pinned revisions (see inference/sources.py). The I1 and Llama ones could not be looked up from
+# where this was written (no access to the hub), so they are placeholders that the download refuses
+# until a real commit sha is filled in.
+HIDREAM_I1_FULL_REVISION = UNPINNED
+HIDREAM_I1_DEV_REVISION = UNPINNED
+HIDREAM_I1_FAST_REVISION = UNPINNED
+LLAMA_3_1_8B_INSTRUCT_REVISION = UNPINNED
 
-
-class ImageSizeName(enum.StrEnum):
-    SQUARE_HD = "square_hd"
-    SQUARE = "square"
-    PORTRAIT_4_3 = "portrait_4_3"
-    PORTRAIT_16_9 = "portrait_16_9"
-    LANDSCAPE_4_3 = "landscape_4_3"
-    LANDSCAPE_16_9 = "landscape_16_9"
-
-
-IMAGE_SIZE_PRESETS: dict[ImageSizeName, tuple[int, int]] = {
-    ImageSizeName.SQUARE_HD: (1024, 1024),
-    ImageSizeName.SQUARE: (512, 512),
-    ImageSizeName.PORTRAIT_4_3: (768, 1024),
-    ImageSizeName.PORTRAIT_16_9: (576, 1024),
-    ImageSizeName.LANDSCAPE_4_3: (1024, 768),
-    ImageSizeName.LANDSCAPE_16_9: (1024, 576),
+SOURCES = {
+    "full": WeightSource(FULL.repository, HIDREAM_I1_FULL_REVISION, FULL.directory),
+    "dev": WeightSource(VARIANTS["dev"].repository, HIDREAM_I1_DEV_REVISION, VARIANTS["dev"].directory),
+    "fast": WeightSource(VARIANTS["fast"].repository, HIDREAM_I1_FAST_REVISION, VARIANTS["fast"].directory),
 }
-
-
-class ImageSize(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    width: int = Field(ge=16, le=4096, description="Requested width; sets the aspect ratio.")
-    height: int = Field(ge=16, le=4096, description="Requested height; sets the aspect ratio.")
-
-
-@dataclass(frozen=True)
-class Variant:
-    """One HiDream-I1 checkpoint's recipe (HiDream-ai/HiDream-I1 inference.py MODEL_CONFIGS)."""
-
-    name: str
-    directory: str  # sub-directory of the weights root
-    steps: int
-    guidance: float
-    shift: float
-    scheduler: str  # diffusers class name, as in the published scheduler config
-
-
-VARIANTS: dict[str, Variant] = {
-    "full": Variant("full", "HiDream-I1-Full", 50, 5.0, 3.0, "UniPCMultistepScheduler"),
-    "dev": Variant("dev", "HiDream-I1-Dev", 28, 0.0, 6.0, "FlowMatchLCMScheduler"),
-    "fast": Variant("fast", "HiDream-I1-Fast", 16, 0.0, 3.0, "FlowMatchLCMScheduler"),
-}
+# text_encoder_4 of every HiDream pipeline; gated by Meta's licence. The original/ folder (the
+# consolidated .pth checkpoint) is not needed by transformers.
+LLAMA_3_1_8B_INSTRUCT = WeightSource(
+    "meta-llama/Llama-3.1-8B-Instruct",
+    LLAMA_3_1_8B_INSTRUCT_REVISION,
+    LLAMA_DIRECTORY,
+    allow_patterns=("*.json", "*.safetensors"),
+    gated=True,
+)
+INDEX = "model_index.json"  # what makes a folder a diffusers pipeline
+#: The PipelineCache's name for the Llama encoder I1 and E1 share.
+SHARED_LLAMA = "llama-3.1-8b-instruct"
 
 
 class _I1InputBase(StrictInput):
@@ -143,33 +138,6 @@ class HiDreamI1ImageToImageInput(_I1InputBase):
         return self
 
 
-INPUT_MODELS: dict[str, type[_I1InputBase]] = {
-    "full": HiDreamI1FullInput,
-    "dev": HiDreamI1DevInput,
-    "fast": HiDreamI1FastInput,
-}
-
-
-def too_elongated(width: int, height: int, what: str) -> str | None:
-    """Why HiDream cannot render `what` at this size, or None: the one aspect-ratio rule, for requested
-    sizes and for image inputs alike."""
-    if max(width / height, height / width) <= MAX_ASPECT_RATIO:
-        return None
-    return f"{what} is {width}x{height}, more elongated than {MAX_ASPECT_RATIO:g}:1, which HiDream cannot render"
-
-
-def check_aspect_ratio(width: int, height: int, what: str = "image_size") -> None:
-    problem = too_elongated(width, height, what)
-    if problem is not None:
-        raise ValueError(problem)
-
-
-def requested_size(size: ImageSizeName | ImageSize) -> tuple[int, int]:
-    if isinstance(size, ImageSize):
-        return size.width, size.height
-    return IMAGE_SIZE_PRESETS[size]
-
-
 def rendered_size(width: int, height: int, area_side: int, multiple: int = 16) -> tuple[int, int]:
     """The size HiDreamImagePipeline really renders: the aspect ratio scaled to area_side**2,
     each side rounded down to `multiple` (diffusers 0.42 pipeline_hidream_image.py, __call__)."""
@@ -178,35 +146,30 @@ def rendered_size(width: int, height: int, area_side: int, multiple: int = 16) -
 
 
 class HiDreamI1Runner:
-    """Runs one I1 variant through diffusers' HiDreamImagePipeline."""
+    """Runs one I1 variant's text-to-image through diffusers' HiDreamImagePipeline."""
 
-    def __init__(self, variant: Variant, pipelines: PipelineCache) -> None:
+    def __init__(self, variant: Variant, pipelines: Callable[[], PipelineCache]) -> None:
         self.variant = variant
         self.pipelines = pipelines
 
-    def __call__(self, inputs: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
-        (outcome,) = self.run_batch([(inputs, ctx)])
+    def __call__(self, params: _I1InputBase, ctx: RunContext) -> dict[str, Any]:
+        (outcome,) = self.run_batch([(params, ctx)])
         if isinstance(outcome, Exception):
             raise outcome
         return outcome
 
-    def batch_key(self, inputs: dict[str, Any]) -> Hashable | None:
+    def batch_key(self, params: _I1InputBase) -> Hashable | None:
         """Jobs that differ only in prompt, seed and output options can share one pipeline call."""
-        try:
-            params = INPUT_MODELS[self.variant.name].model_validate(inputs)
-        except ValidationError:
-            return None
         size = requested_size(params.image_size)
         return (size, params.num_inference_steps, params.guidance_scale, params.num_images, params.negative_prompt)
 
-    def run_batch(self, jobs: list[tuple[dict[str, Any], RunContext]]) -> list[dict[str, Any] | Exception]:
+    def run_batch(self, jobs: list[tuple[_I1InputBase, RunContext]]) -> list[dict[str, Any] | Exception]:
         """One pipeline call for every job (prompts as a batch); each job keeps its own seeds, so its
         images are those it would get alone, up to float reduction order."""
-        model = INPUT_MODELS[self.variant.name]
-        params = [model.model_validate(inputs) for inputs, _ in jobs]
+        params = [job_params for job_params, _ in jobs]
         contexts = [ctx for _, ctx in jobs]
         first = params[0]
-        loaded = self.pipelines.get(self.variant.name)
+        loaded = self.pipelines().get(self.variant.name)
         pipe = loaded.pipeline
         want_w, want_h = requested_size(first.image_size)
         width, height = rendered_size(want_w, want_h, loaded.area_side, 2 * loaded.vae_scale_factor)
@@ -262,15 +225,14 @@ class HiDreamI1Runner:
 class HiDreamI1ImageToImageRunner:
     """I1 image-to-image: the I1 loop started from the input image noised to `strength`."""
 
-    def __init__(self, variant: Variant, pipelines: PipelineCache) -> None:
+    def __init__(self, variant: Variant, pipelines: Callable[[], PipelineCache]) -> None:
         self.variant = variant
         self.pipelines = pipelines
 
-    def __call__(self, inputs: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
+    def __call__(self, params: HiDreamI1ImageToImageInput, ctx: RunContext) -> dict[str, Any]:
         from hidream_service.inference.image_to_image import image_to_image
 
-        params = HiDreamI1ImageToImageInput.model_validate(inputs)
-        loaded = self.pipelines.get(self.variant.name)
+        loaded = self.pipelines().get(self.variant.name)
         source = ctx.load_image(params.image_url)
         want_w, want_h = requested_size(params.image_size) if params.image_size is not None else source.size
         width, height = rendered_size(want_w, want_h, loaded.area_side, 2 * loaded.vae_scale_factor)
@@ -308,3 +270,126 @@ def cover_and_crop(image: Any, width: int, height: int) -> Any:
 
 def _output(ctx: RunContext, params: Any, images: list[Any], seed: int, inference_seconds: float) -> dict[str, Any]:
     return image_result(ctx, images, params, seed=seed, prompt=params.prompt, inference_seconds=inference_seconds)
+
+
+class HiDreamI1Family(ModelFamily):
+    """HiDream-I1 Full, Dev and Fast: one diffusers folder each, with the Llama encoder they share."""
+
+    name = "hidream-i1"
+    models = tuple(VARIANTS)
+
+    def __init__(self) -> None:
+        self.endpoints = (
+            self.endpoint(
+                "fal-ai/hidream-i1-full", "HiDream-I1 Full", HiDreamI1FullInput, Task.TEXT_TO_IMAGE, "full",
+                replicate="hidream-ai/hidream-i1-full", wavespeed="wavespeed-ai/hidream-i1-full",
+                openai="hidream-i1-full",
+            ),
+            self.endpoint(
+                "fal-ai/hidream-i1-dev", "HiDream-I1 Dev", HiDreamI1DevInput, Task.TEXT_TO_IMAGE, "dev",
+                replicate="hidream-ai/hidream-i1-dev", wavespeed="wavespeed-ai/hidream-i1-dev",
+                openai="hidream-i1-dev",
+            ),
+            self.endpoint(
+                "fal-ai/hidream-i1-fast", "HiDream-I1 Fast", HiDreamI1FastInput, Task.TEXT_TO_IMAGE, "fast",
+                replicate="hidream-ai/hidream-i1-fast", wavespeed="wavespeed-ai/hidream-i1-fast",
+                openai="hidream-i1-fast",
+            ),
+            # OpenAI's images.edit under the I1 name: image-to-image.
+            self.endpoint(
+                "fal-ai/hidream-i1-full/image-to-image", "HiDream-I1 Full image-to-image",
+                HiDreamI1ImageToImageInput, Task.IMAGE_TO_IMAGE, "full", openai="hidream-i1-full",
+            ),
+        )  # fmt: skip
+
+    # -- weights ---------------------------------------------------------------------------------
+
+    def sources(self) -> Mapping[str, tuple[WeightSource, ...]]:
+        return {f"hidream-i1-{key}": (source, LLAMA_3_1_8B_INSTRUCT) for key, source in SOURCES.items()}
+
+    def available_models(self, layout: WeightsLayout) -> set[str]:
+        return {key for key, variant in VARIANTS.items() if (layout.directory(variant.directory) / INDEX).is_file()}
+
+    def check_weights(self, layout: WeightsLayout, model: str) -> None:
+        check_i1_weights(layout, VARIANTS[model])
+
+    def build_tiny(self, root: Path) -> None:
+        from hidream_service.inference.tiny import build_tiny_i1
+
+        build_tiny_i1(root, list(VARIANTS.values()))
+
+    # -- running ---------------------------------------------------------------------------------
+
+    def load(self, model: str, pipelines: PipelineCache) -> LoadedPipeline:
+        from hidream_service.inference.pipelines import load_i1
+
+        variant = VARIANTS[model]
+        layout = pipelines.layout
+        return load_i1(
+            layout.directory(variant.directory),
+            variant,
+            pipelines.device,
+            shared_llama(pipelines),
+            sample_size_of(layout, variant.directory, REAL_SAMPLE_SIZE),
+        )
+
+    def runner(self, endpoint: Endpoint, pipelines: Callable[[], PipelineCache]) -> Runner:
+        assert endpoint.model is not None
+        variant = VARIANTS[endpoint.model]
+        if endpoint.task is Task.IMAGE_TO_IMAGE:
+            return HiDreamI1ImageToImageRunner(variant, pipelines)
+        return HiDreamI1Runner(variant, pipelines)
+
+    def image_shape_problem(
+        self, endpoint: Endpoint, width: int, height: int, job_input: Mapping[str, Any]
+    ) -> str | None:
+        """Image-to-image with an explicit image_size covers and crops the source to that size, so there
+        any shape will do."""
+        problem = too_elongated(width, height, "the image")
+        if problem is None:
+            return None
+        if endpoint.task is Task.IMAGE_TO_IMAGE:
+            return None if job_input.get("image_size") is not None else f"{problem}; crop it first or give image_size"
+        return f"{problem}; crop it first"
+
+
+def shared_llama(pipelines: PipelineCache) -> tuple[Any, Any]:
+    """The Llama encoder every I1 and E1 model loads with, loaded once per worker."""
+    from hidream_service.inference.pipelines import load_llama
+
+    directory = pipelines.layout.directory(LLAMA_DIRECTORY)
+    return pipelines.shared(SHARED_LLAMA, lambda: load_llama(directory, pipelines.device))
+
+
+def sample_size_of(layout: WeightsLayout, directory: str, real: int) -> int:
+    """The latent side a model renders at: the real weights' own, or what tiny weights say."""
+    return layout.service_metadata(directory).get("default_sample_size", real)
+
+
+def check_i1_weights(layout: WeightsLayout, variant: Variant, *, also: tuple[WeightSource, ...] = ()) -> None:
+    """An I1 variant's folder (and `also`, the folders of a model built on it) with the Llama encoder:
+    each at its pinned revision when it has a manifest, each component with its weights."""
+    from hidream_service.inference.manifest import verify_directory
+
+    for source in (*also, SOURCES[variant.name], LLAMA_3_1_8B_INSTRUCT):
+        verify_directory(source, layout.root)  # a downloaded folder must match its pinned manifest
+    directory = layout.directory(variant.directory)
+    if not (directory / "model_index.json").is_file():
+        raise WeightsError(
+            f"{directory / 'model_index.json'} not found: put the diffusers folder of {variant.repository} there"
+        )
+    problem = diffusers_folder_problem(directory)
+    if problem is not None:
+        raise WeightsError(problem)
+    llama = layout.directory(LLAMA_DIRECTORY)
+    if not (llama / "config.json").is_file():
+        raise WeightsError(
+            f"{llama}/config.json not found: HiDream-I1 needs meta-llama/Llama-3.1-8B-Instruct "
+            "(transformers layout) in that directory"
+        )
+    problem = folder_weights_problem(llama)
+    if problem is not None:
+        raise WeightsError(problem)
+
+
+HIDREAM_I1 = HiDreamI1Family()

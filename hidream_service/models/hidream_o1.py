@@ -1,4 +1,4 @@
-"""HiDream-O1-Image endpoints: fal's input schemas (text-to-image and edit, Full and Dev), the runner.
+"""HiDream-O1-Image: fal's input schemas (text-to-image and edit, Full and Dev), the weights, the runner.
 
 O1 renders one of eleven presets up to 2K (2048x2048, 2560x1440, ...): `image_size` chooses the
 aspect ratio and snaps to the closest preset, unless `keep_original_aspect` is set with exactly one
@@ -9,23 +9,36 @@ subjects to personalize with. The algorithm lives in hidream_service/inference/h
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import Field
 
-from hidream_service.inference.hidream_o1.recipes import DEV, FULL, O1, O1_DEV
-from hidream_service.models.base import InputError, JobCancelled, RunContext, StrictInput
-from hidream_service.models.hidream_i1 import (
-    MAX_IMAGE_URL_LENGTH,
-    ImageSize,
-    ImageSizeName,
-    requested_size,
-    too_elongated,
-)
+from hidream_service.inference.hidream_o1.recipes import DEV, FULL, RECIPES, Recipe
+from hidream_service.inference.sources import WeightSource
+from hidream_service.inference.weights import WeightsError, WeightsLayout
+from hidream_service.models.base import InputError, JobCancelled, RunContext, Runner, StrictInput
+from hidream_service.models.family import Endpoint, ModelFamily, Task
 from hidream_service.models.running import MAX_SEED, image_result, seed_for, step_reporter
+from hidream_service.models.sizes import MAX_IMAGE_URL_LENGTH, ImageSize, ImageSizeName, requested_size, too_elongated
 
 if TYPE_CHECKING:
-    from hidream_service.inference.pipelines import PipelineCache
+    from hidream_service.inference.pipelines import LoadedPipeline, PipelineCache
+
+# Pinned revisions (see inference/sources.py). They come from a third party's record of the
+# checkpoints it converted, not from the hub itself: confirm them against each repository's history
+# before a production deployment.
+HIDREAM_O1_IMAGE_REVISION = "0b0901d99f200389e138c61946af1185f5f49a13"
+HIDREAM_O1_IMAGE_DEV_REVISION = "c0bada0e15c54a9f96a6d1ecc35575b32bc21544"
+# O1 is one self-contained Qwen3-VL checkpoint: no VAE, no separate text encoder, no Llama.
+SOURCES = {
+    FULL.key: WeightSource(FULL.repository, HIDREAM_O1_IMAGE_REVISION, FULL.directory),
+    DEV.key: WeightSource(DEV.repository, HIDREAM_O1_IMAGE_DEV_REVISION, DEV.directory),
+}
+#: What an O1 folder needs besides its safetensors (one file, or shards with an index).
+O1_FILES = ("config.json", "tokenizer.json", "preprocessor_config.json")
+O1_WEIGHTS = ("model.safetensors.index.json", "model.safetensors")
 
 #: References one request may carry; the release shrinks each as there are more (a quarter side past 8).
 MAX_REFERENCES = 10
@@ -84,28 +97,18 @@ class HiDreamO1DevEditInput(HiDreamO1DevInput, _EditFields):
     """fal-ai/hidream-o1-image/dev/edit."""
 
 
-INPUT_MODELS: dict[tuple[str, bool], type[_O1InputBase]] = {
-    (O1, False): HiDreamO1Input,
-    (O1, True): HiDreamO1EditInput,
-    (O1_DEV, False): HiDreamO1DevInput,
-    (O1_DEV, True): HiDreamO1DevEditInput,
-}
-
-
 class HiDreamO1Runner:
     """Runs one O1 checkpoint, text-to-image or with references."""
 
-    def __init__(self, model: str, pipelines: PipelineCache, *, editing: bool) -> None:
-        self.model = model
+    def __init__(self, recipe: Recipe, pipelines: Callable[[], PipelineCache]) -> None:
+        self.recipe = recipe
         self.pipelines = pipelines
-        self.editing = editing
 
-    def __call__(self, inputs: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
+    def __call__(self, params: _O1InputBase, ctx: RunContext) -> dict[str, Any]:
         from hidream_service.inference.hidream_o1.sequence import CaptionError
 
-        params = INPUT_MODELS[(self.model, self.editing)].model_validate(inputs)
         references = self._references(params, ctx)
-        pipeline = self.pipelines.get(self.model).pipeline
+        pipeline = self.pipelines().get(self.recipe.key).pipeline
         want_w, want_h = requested_size(params.image_size)
         keep_aspect = isinstance(params, _EditFields) and params.keep_original_aspect
         plan = pipeline.plan(want_w, want_h, references, keep_original_aspect=keep_aspect)
@@ -152,3 +155,83 @@ def _size_note(want_w: int, want_h: int, plan: Any, references: list[Any]) -> st
     if references:
         note += f"; {len(references)} reference(s) at {sizes}"
     return note
+
+
+class HiDreamO1Family(ModelFamily):
+    """HiDream-O1-Image and -Dev: one Qwen3-VL checkpoint folder each, text-to-image and editing."""
+
+    name = "hidream-o1"
+    models = tuple(RECIPES)
+
+    def __init__(self) -> None:
+        self.endpoints = (
+            self.endpoint(
+                "fal-ai/hidream-o1-image", "HiDream-O1-Image", HiDreamO1Input, Task.TEXT_TO_IMAGE, FULL.key,
+                replicate="hidream-ai/hidream-o1-image", wavespeed="wavespeed-ai/hidream-o1-image-text-to-image",
+                openai="hidream-o1-image",
+            ),
+            self.endpoint(
+                "fal-ai/hidream-o1-image/edit", "HiDream-O1-Image editing and personalization", HiDreamO1EditInput,
+                Task.REFERENCE_EDIT, FULL.key, openai="hidream-o1-image",
+            ),
+            self.endpoint(
+                "fal-ai/hidream-o1-image/dev", "HiDream-O1-Image Dev", HiDreamO1DevInput, Task.TEXT_TO_IMAGE, DEV.key,
+                replicate="hidream-ai/hidream-o1-image-dev",
+                wavespeed="wavespeed-ai/hidream-o1-image-dev-text-to-image", openai="hidream-o1-image-dev",
+            ),
+            self.endpoint(
+                "fal-ai/hidream-o1-image/dev/edit", "HiDream-O1-Image Dev editing and personalization",
+                HiDreamO1DevEditInput, Task.REFERENCE_EDIT, DEV.key, openai="hidream-o1-image-dev",
+            ),
+        )  # fmt: skip
+
+    # -- weights ---------------------------------------------------------------------------------
+
+    def sources(self) -> Mapping[str, tuple[WeightSource, ...]]:
+        return {"hidream-o1-image": (SOURCES[FULL.key],), "hidream-o1-image-dev": (SOURCES[DEV.key],)}
+
+    def available_models(self, layout: WeightsLayout) -> set[str]:
+        return {key for key, recipe in RECIPES.items() if _folder_problem(layout, recipe) is None}
+
+    def check_weights(self, layout: WeightsLayout, model: str) -> None:
+        from hidream_service.inference.manifest import verify_directory
+
+        recipe = RECIPES[model]
+        verify_directory(SOURCES[model], layout.root)  # a downloaded folder must match its pinned manifest
+        problem = _folder_problem(layout, recipe)
+        if problem is not None:
+            raise WeightsError(problem)
+
+    def build_tiny(self, root: Path) -> None:
+        from hidream_service.inference.hidream_o1.tiny import build_tiny_o1
+
+        for index, recipe in enumerate(RECIPES.values()):
+            build_tiny_o1(root / recipe.directory, seed=4000 + index)  # Full and Dev get their own weights
+
+    # -- running ---------------------------------------------------------------------------------
+
+    def load(self, model: str, pipelines: PipelineCache) -> LoadedPipeline:
+        from hidream_service.inference.pipelines import load_o1
+
+        recipe = RECIPES[model]
+        layout = pipelines.layout
+        return load_o1(
+            layout.directory(recipe.directory), recipe, pipelines.device, layout.service_metadata(recipe.directory)
+        )
+
+    def runner(self, endpoint: Endpoint, pipelines: Callable[[], PipelineCache]) -> Runner:
+        assert endpoint.model is not None
+        return HiDreamO1Runner(RECIPES[endpoint.model], pipelines)
+
+
+def _folder_problem(layout: WeightsLayout, recipe: Recipe) -> str | None:
+    directory = layout.directory(recipe.directory)
+    missing = [name for name in O1_FILES if not (directory / name).is_file()]
+    if not any((directory / name).is_file() for name in O1_WEIGHTS):
+        missing.append(" or ".join(O1_WEIGHTS))
+    if not missing:
+        return None
+    return f"{directory} lacks {', '.join(missing)}: put the files of {recipe.repository} there"
+
+
+HIDREAM_O1 = HiDreamO1Family()

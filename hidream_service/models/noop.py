@@ -8,18 +8,25 @@ overhead. It can also pretend to work in steps (to watch progress and cancel) or
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 from pydantic import Field
 
-from hidream_service.models.base import InputError, JobCancelled, RunContext, StrictInput
+from hidream_service.models.base import InputError, JobCancelled, RunContext, Runner, StrictInput
+from hidream_service.models.family import Endpoint, ModelFamily, Task
+
+if TYPE_CHECKING:
+    from hidream_service.inference.pipelines import PipelineCache
+
+NOOP_ID = "hidream/noop"
 
 
 class NoopInput(StrictInput):
     prompt: str = Field(default="", max_length=10_000)
     seed: int = Field(default=0, ge=0, le=2**63 - 1)
-    num_steps: int = Field(default=0, ge=0, le=1000, description="Pretend denoising steps, logged as progress.")
+    num_steps: int = Field(default=0, ge=0, le=1000, description="Pretend denoising steps, reported as progress.")
     step_seconds: float = Field(default=0.0, ge=0.0, le=10.0, description="Sleep per pretend step.")
     fail_with: str | None = Field(
         default=None, max_length=1000, description="End the job with this error, to test failure handling."
@@ -28,14 +35,13 @@ class NoopInput(StrictInput):
     sync_mode: bool = False
 
 
-def run_noop(inputs: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
-    params = NoopInput.model_validate(inputs)
+def run_noop(params: NoopInput, ctx: RunContext) -> dict[str, Any]:
     started = time.perf_counter()
     for step in range(params.num_steps):
         if ctx.cancelled():
             raise JobCancelled()
         time.sleep(params.step_seconds)
-        ctx.log(f"step {step + 1}/{params.num_steps}")
+        ctx.progress(step + 1, params.num_steps)
     if ctx.cancelled():
         raise JobCancelled()
     if params.fail_with is not None:
@@ -49,3 +55,22 @@ def run_noop(inputs: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
         "prompt": params.prompt,
         "timings": {"inference": time.perf_counter() - started},
     }
+
+
+class NoopFamily(ModelFamily):
+    """No model and no weights: served everywhere, run on a CPU."""
+
+    name = "noop"
+
+    def __init__(self) -> None:
+        self.endpoints = (
+            self.endpoint(
+                NOOP_ID, "No model: the job lifecycle only", NoopInput, Task.LIFECYCLE, replicate="hidream/noop"
+            ),
+        )
+
+    def runner(self, endpoint: Endpoint, pipelines: Callable[[], PipelineCache]) -> Runner:
+        return run_noop
+
+
+NOOP = NoopFamily()

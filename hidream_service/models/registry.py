@@ -1,104 +1,136 @@
-"""The endpoint registry: every app id the service answers to, and how to run it."""
+"""The registry: the model families this service serves, and what it asks of them as a whole.
+
+To add a family, write its module (see docs/architecture.md, "Add a model family") and put its
+object in FAMILIES below; or, without touching this package, pass `Registry([*FAMILIES, yours])`
+to `create_app`.
+"""
 
 from __future__ import annotations
 
-import functools
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from hidream_service.inference.hidream_o1.recipes import O1, O1_DEV
-from hidream_service.models import hidream_e1, hidream_i1, hidream_o1
-from hidream_service.models.base import StrictInput
-from hidream_service.models.image_fields import image_fields
-from hidream_service.models.noop import NoopInput
+from hidream_service.models.family import Endpoint, ModelFamily
+from hidream_service.models.hidream_e1 import HIDREAM_E1
+from hidream_service.models.hidream_i1 import HIDREAM_I1
+from hidream_service.models.hidream_o1 import HIDREAM_O1
+from hidream_service.models.noop import NOOP
 
-NOOP = "hidream/noop"
+if TYPE_CHECKING:
+    from hidream_service.inference.pipelines import LoadedPipeline, PipelineCache
+    from hidream_service.inference.sources import WeightSource
+    from hidream_service.inference.weights import WeightsLayout
+
+#: Every family the service serves, in the order tiny weights are built (E1 builds on I1-Full's).
+FAMILIES: tuple[ModelFamily, ...] = (NOOP, HIDREAM_I1, HIDREAM_E1, HIDREAM_O1)
+
+#: `download_weights --model all`
+ALL = "all"
 
 
-@dataclass(frozen=True)
-class Endpoint:
-    id: str  # the fal app id
-    title: str
-    input_model: type[StrictInput]
-    family: str  # "noop" | "hidream-i1" | "hidream-i1-image-to-image" | "hidream-e1" | "hidream-o1" | "hidream-o1-edit"
-    variant: str | None = None  # the model key the weights layout serves: full, dev, fast, e1-full, e1-1, o1, o1-dev
+class Registry:
+    """A list of families, looked up by endpoint id, model key and dialect name."""
 
-    @functools.cached_property
-    def image_fields(self) -> tuple[str, ...]:
-        """Inputs holding image URLs, fetched and checked at submit: read from the input schema, as
-        the catalogue publishes them, so that the two cannot disagree."""
-        return tuple(field.name for field in image_fields(self.input_model.model_json_schema()))
+    def __init__(self, families: Iterable[ModelFamily]) -> None:
+        self.families = tuple(families)
+        self.endpoints: dict[str, Endpoint] = {}
+        self._model_families: dict[str, ModelFamily] = {}
+        self._named: dict[str, dict[str, Endpoint]] = {}
+        for family in self.families:
+            for endpoint in family.endpoints:
+                if endpoint.id in self.endpoints:
+                    raise ValueError(f"endpoint {endpoint.id} is declared twice ({family.name})")
+                self.endpoints[endpoint.id] = endpoint
+                for dialect, name in endpoint.names.items():
+                    self._named.setdefault(dialect, {}).setdefault(name, endpoint)
+            for model in family.models:
+                if model in self._model_families:
+                    raise ValueError(f"model key {model} is declared twice ({family.name})")
+                self._model_families[model] = family
+
+    def __reduce__(self) -> tuple[type[Registry], tuple[tuple[ModelFamily, ...]]]:
+        # Worker processes receive the registry pickled; the cached tables are rebuilt there.
+        return (Registry, (self.families,))
+
+    # -- endpoints -------------------------------------------------------------------------------
+
+    def served(self, layout: WeightsLayout | None) -> dict[str, Endpoint]:
+        """The endpoints this server answers: those needing no weights, plus those whose model the
+        layout has (tiny weights have every model: the worker builds them on first use)."""
+        if layout is None:
+            available: set[str] = set()
+        elif layout.tiny:
+            available = set(self._model_families)
+        else:
+            available = self.available_models(layout)
+        return {
+            endpoint_id: endpoint
+            for endpoint_id, endpoint in self.endpoints.items()
+            if endpoint.model is None or endpoint.model in available
+        }
+
+    def named(self, dialect: str) -> dict[str, Endpoint]:
+        """A dialect's model table: its name for each endpoint it lists -> the endpoint (the first
+        endpoint to claim a name keeps it; OpenAI lists a name for generations and for edits)."""
+        return self._named.get(dialect, {})
+
+    def endpoint_for_model(self, model: str) -> Endpoint:
+        """An endpoint that runs `model` (to preload it through the endpoint's runner)."""
+        return next(endpoint for endpoint in self.endpoints.values() if endpoint.model == model)
+
+    # -- weights ---------------------------------------------------------------------------------
 
     @property
-    def needs_weights(self) -> bool:
-        return self.family != "noop"
+    def models(self) -> tuple[str, ...]:
+        return tuple(self._model_families)
 
-    def image_shape_problem(self, width: int, height: int, job_input: dict[str, Any]) -> str | None:
-        """Why an image input of this size cannot be used by this job, or None. HiDream renders at most
-        128 patches a side, so nothing more elongated than MAX_ASPECT_RATIO; image-to-image with an
-        explicit image_size covers and crops the source to that size, so there any shape will do."""
-        problem = hidream_i1.too_elongated(width, height, "the image")
-        if problem is None:
-            return None
-        if self.family == "hidream-i1-image-to-image":
-            return None if job_input.get("image_size") is not None else f"{problem}; crop it first or give image_size"
-        return f"{problem}; crop it first"
+    def family_of(self, model: str) -> ModelFamily:
+        try:
+            return self._model_families[model]
+        except KeyError:
+            raise KeyError(f"no family loads a model named {model!r}; known: {', '.join(self.models)}") from None
 
+    def available_models(self, layout: WeightsLayout) -> set[str]:
+        return {model for family in self.families for model in family.available_models(layout)}
 
-ENDPOINTS: dict[str, Endpoint] = {
-    endpoint.id: endpoint
-    for endpoint in [
-        Endpoint(NOOP, "No model: the job lifecycle only", NoopInput, "noop"),
-        Endpoint("fal-ai/hidream-i1-full", "HiDream-I1 Full", hidream_i1.HiDreamI1FullInput, "hidream-i1", "full"),
-        Endpoint("fal-ai/hidream-i1-dev", "HiDream-I1 Dev", hidream_i1.HiDreamI1DevInput, "hidream-i1", "dev"),
-        Endpoint("fal-ai/hidream-i1-fast", "HiDream-I1 Fast", hidream_i1.HiDreamI1FastInput, "hidream-i1", "fast"),
-        Endpoint(
-            "fal-ai/hidream-i1-full/image-to-image",
-            "HiDream-I1 Full image-to-image",
-            hidream_i1.HiDreamI1ImageToImageInput,
-            "hidream-i1-image-to-image",
-            "full",
-        ),
-        Endpoint(
-            "fal-ai/hidream-e1-full",
-            "HiDream-E1 Full instruction editing",
-            hidream_e1.HiDreamE1FullInput,
-            "hidream-e1",
-            hidream_e1.E1_FULL,
-        ),
-        Endpoint(
-            "fal-ai/hidream-e1-1",
-            "HiDream-E1.1 instruction editing",
-            hidream_e1.HiDreamE1_1Input,
-            "hidream-e1",
-            hidream_e1.E1_1,
-        ),
-        Endpoint("fal-ai/hidream-o1-image", "HiDream-O1-Image", hidream_o1.HiDreamO1Input, "hidream-o1", O1),
-        Endpoint(
-            "fal-ai/hidream-o1-image/edit",
-            "HiDream-O1-Image editing and personalization",
-            hidream_o1.HiDreamO1EditInput,
-            "hidream-o1-edit",
-            O1,
-        ),
-        Endpoint(
-            "fal-ai/hidream-o1-image/dev", "HiDream-O1-Image Dev", hidream_o1.HiDreamO1DevInput, "hidream-o1", O1_DEV
-        ),
-        Endpoint(
-            "fal-ai/hidream-o1-image/dev/edit",
-            "HiDream-O1-Image Dev editing and personalization",
-            hidream_o1.HiDreamO1DevEditInput,
-            "hidream-o1-edit",
-            O1_DEV,
-        ),
-    ]
-}
+    def check_weights(self, layout: WeightsLayout, model: str) -> None:
+        self.family_of(model).check_weights(layout, model)
+
+    def downloads(self) -> dict[str, tuple[WeightSource, ...]]:
+        """Download name -> the sources it fetches, over every family."""
+        return {name: sources for family in self.families for name, sources in family.sources().items()}
+
+    def sources_for(self, name: str) -> tuple[WeightSource, ...]:
+        """The sources of one download name, or of every model for `all`; each source once."""
+        downloads = self.downloads()
+        if name == ALL:
+            return tuple({source.repo: source for group in downloads.values() for source in group}.values())
+        if name not in downloads:
+            raise ValueError(f"unknown model {name!r}; choose one of: {', '.join([*downloads, ALL])}")
+        return downloads[name]
+
+    def build_tiny(self, root: Path) -> None:
+        """Every family's tiny weights under `root`, in registry order."""
+        for family in self.families:
+            family.build_tiny(root)
+
+    def ensure_tiny_weights(self, layout: WeightsLayout) -> None:
+        from hidream_service.inference.tiny import ensure_tiny_weights
+
+        ensure_tiny_weights(layout, self.build_tiny)
+
+    def load(self, pipelines: PipelineCache, model: str) -> LoadedPipeline:
+        """The PipelineCache's loader: the model's family loads it (checking its weights first)."""
+        family = self.family_of(model)
+        family.check_weights(pipelines.layout, model)
+        return family.load(model, pipelines)
+
+    def pipelines(self, layout: WeightsLayout, device: str, max_loaded: int = 1) -> PipelineCache:
+        from hidream_service.inference.pipelines import PipelineCache
+
+        return PipelineCache(layout, device, self.load, max_loaded)
 
 
-def served_endpoints(available_variants: set[str]) -> dict[str, Endpoint]:
-    """The endpoints this server answers: noop, plus those whose weights it has."""
-    return {
-        endpoint_id: endpoint
-        for endpoint_id, endpoint in ENDPOINTS.items()
-        if not endpoint.needs_weights or endpoint.variant in available_variants
-    }
+#: The registry `hidream serve` and the Modal deployment serve.
+DEFAULT_REGISTRY = Registry(FAMILIES)

@@ -24,10 +24,10 @@ def generators_for(seed: int, count: int) -> list[Any]:
 
 
 def step_reporter(ctx: RunContext) -> Callable[[int, int], bool]:
-    """Logs `step i/n` (the progress protocol every dialect reads) and says whether to stop."""
+    """Reports each finished step as progress and says whether to stop."""
 
     def on_step(index: int, total: int) -> bool:
-        ctx.log(f"step {index + 1}/{total}")
+        ctx.progress(index + 1, total)
         return ctx.cancelled()
 
     return on_step

@@ -16,9 +16,9 @@ from tests.integration.harness import ServerProcess, WebhookReceiver, close_fal_
 
 BUILD_TINY = (
     "import sys, pathlib\n"
-    "from hidream_service.inference.tiny import ensure_tiny_weights\n"
     "from hidream_service.inference.weights import WeightsLayout\n"
-    "ensure_tiny_weights(WeightsLayout(pathlib.Path(sys.argv[1]), tiny=True))\n"
+    "from hidream_service.models.registry import DEFAULT_REGISTRY\n"
+    "DEFAULT_REGISTRY.ensure_tiny_weights(WeightsLayout(pathlib.Path(sys.argv[1]), tiny=True))\n"
 )
 
 

@@ -27,7 +27,7 @@ from hidream_service.jobs.service import JobService
 from hidream_service.jobs.worker import Runners
 from hidream_service.modal_backend.executor import run_spawned_job
 from hidream_service.models.base import RunContext
-from hidream_service.models.hidream_i1 import seed_for
+from hidream_service.models.running import seed_for
 from tests.integration.harness import WebhookReceiver, wait_until
 from tests.modal_stand_ins import TEST_SECRET, VOLUMES_ARE_STAND_INS, StandInModal
 
@@ -74,7 +74,7 @@ def test_submit_status_result_and_webhook_run_through_the_modal_web_app(
     runtime = modal_stand_in.dicts["runtime"]
     assert runtime.get(f"job:{job_id}") == call.object_id and runtime.get(f"call:{call.object_id}") == job_id
 
-    assert modal_app.run_noop_job.local(job_id) is True  # the spawned call, in a job container
+    assert modal_app.run_cpu_job.local(job_id) is True  # the spawned call, in a job container
 
     assert status(client, job_id) == "COMPLETED"
     result = client.get(f"/hidream/noop/requests/{job_id}").json()
@@ -99,7 +99,7 @@ def test_a_queued_cancel_cancels_the_function_call_and_nothing_runs(
     assert client.put(f"/hidream/noop/requests/{job_id}/cancel").status_code == 202
     (call,) = modal_stand_in.spawner.of("noop")
     assert call.cancelled and not call.terminate_containers
-    assert modal_app.run_noop_job.local(job_id) is False  # had Modal started it anyway
+    assert modal_app.run_cpu_job.local(job_id) is False  # had Modal started it anyway
     modal_app.send_webhooks.local()
     (hook,) = receiver.wait_for("/hook")
     assert hook.json()["error"] == "Request was cancelled"
@@ -109,7 +109,7 @@ def test_a_running_cancel_reaches_the_step_loop(
     client: TestClient, modal_stand_in: StandInModal, receiver: WebhookReceiver
 ) -> None:
     job_id = submit(client, receiver, num_steps=400, step_seconds=0.01)
-    container = threading.Thread(target=modal_app.run_noop_job.local, args=(job_id,))
+    container = threading.Thread(target=modal_app.run_cpu_job.local, args=(job_id,))
     container.start()
     wait_until(lambda: "step 3/400" in str(client.get(f"/hidream/noop/requests/{job_id}/status?logs=1").json()))
 
@@ -137,12 +137,12 @@ def test_a_preempted_input_re_run_gives_the_same_images_and_webhook_id(
         with monkeypatch.context() as preemption:
             preemption.setattr(JobService, "complete", preempted)
             with pytest.raises(SystemExit):
-                modal_app.HiDreamI1(variant="fast").run.local(job_id)
+                modal_app.HiDreamModel(model="fast").run.local(job_id)
         image = modal_stand_in.outputs.committed / job_id / "0.jpg"
         first_bytes = image.read_bytes()
         assert status(client, job_id, "fal-ai/hidream-i1-fast") == "IN_PROGRESS"
 
-        assert modal_app.HiDreamI1(variant="fast").run.local(job_id) is True  # the re-run takes over
+        assert modal_app.HiDreamModel(model="fast").run.local(job_id) is True  # the re-run takes over
 
         result = client.get(f"/fal-ai/hidream-i1-fast/requests/{job_id}").json()
         assert result["seed"] == seed_for(job_id) and image.read_bytes() == first_bytes
@@ -253,7 +253,7 @@ def test_an_input_cancellation_mid_step_ends_the_job_cancelled(
 
     deployment = modal_stand_in.deployment()
     job, _ = deployment.service().submit(noop_request(receiver))
-    service, worker = deployment.job_worker("gpu", Interrupted(deployment.settings))
+    service, worker = deployment.job_worker("gpu", Interrupted(deployment.settings, deployment.registry))
 
     with pytest.raises(InputCancellation):
         run_spawned_job(service, worker, job.id, "fc-0001", cancellations=(InputCancellation,))

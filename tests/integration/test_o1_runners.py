@@ -13,17 +13,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hidream_service.inference.hidream_o1.recipes import O1, O1_DEV
 from hidream_service.inference.pipelines import PipelineCache
 from hidream_service.inference.weights import WeightsLayout
 from hidream_service.models.base import InputError, JobCancelled
-from hidream_service.models.hidream_o1 import HiDreamO1Runner
-from tests.integration.test_runners import RecordingContext
+from hidream_service.models.registry import DEFAULT_REGISTRY
+from tests.integration.test_runners import RecordingContext, run_endpoint
+
+O1 = "fal-ai/hidream-o1-image"
+O1_DEV = "fal-ai/hidream-o1-image/dev"
 
 
 @pytest.fixture(scope="module")
 def pipelines(tiny_weights: Path) -> PipelineCache:
-    return PipelineCache(WeightsLayout(tiny_weights), "cpu", max_loaded=2)
+    return DEFAULT_REGISTRY.pipelines(WeightsLayout(tiny_weights), "cpu", max_loaded=2)
 
 
 def picture(width: int, height: int, seed: int = 0) -> Image.Image:
@@ -34,12 +36,13 @@ def picture(width: int, height: int, seed: int = 0) -> Image.Image:
 def run(
     pipelines: PipelineCache, inputs: dict[str, Any], *, model: str = O1, references: Sequence[Image.Image] = ()
 ) -> tuple[dict[str, Any], RecordingContext]:
+    """`model` is the text-to-image endpoint; with references, its edit endpoint runs."""
     urls = {f"mem://{index}": image for index, image in enumerate(references)}
     ctx = RecordingContext(inputs=urls)
-    editing = bool(references)
-    if editing:
+    if references:
         inputs = {**inputs, "reference_image_urls": list(urls)}
-    output = HiDreamO1Runner(model, pipelines, editing=editing)(inputs, ctx)
+        model = f"{model}/edit"
+    output = run_endpoint(pipelines, model, inputs, ctx)
     return output, ctx
 
 
@@ -57,7 +60,7 @@ def test_text_to_image_renders_the_2k_square_by_default(pipelines: PipelineCache
     assert sizes(output) == [(64, 64)]
     assert output["seed"] == 7 and output["prompt"] == "a red fox"
     assert output["has_nsfw_concepts"] == [False] and output["timings"]["inference"] > 0
-    assert [line for line in ctx.lines if line.startswith("step ")] == ["step 1/3", "step 2/3", "step 3/3"]
+    assert ctx.steps == [(1, 3), (2, 3), (3, 3)]
     assert ctx.saved[0].size == (64, 64)
 
 
@@ -129,7 +132,7 @@ def test_dev_runs_its_distilled_schedule_without_guidance(pipelines: PipelineCac
     _, again = run(pipelines, {"prompt": "x", "num_inference_steps": 3, "seed": 2}, model=O1_DEV, references=images)
 
     assert sizes(output) == [(64, 64)]
-    assert "step 3/3" in ctx.lines
+    assert ctx.steps[-1] == (3, 3)
     assert ctx.saved[0].tobytes() == again.saved[0].tobytes()  # the flash sampler's noise is seeded too
 
 
@@ -137,9 +140,9 @@ def test_cancel_stops_at_the_next_step(pipelines: PipelineCache) -> None:
     ctx = RecordingContext(cancel_after_step=2)
 
     with pytest.raises(JobCancelled):
-        HiDreamO1Runner(O1, pipelines, editing=False)({"prompt": "x", "num_inference_steps": 20}, ctx)
+        run_endpoint(pipelines, O1, {"prompt": "x", "num_inference_steps": 20}, ctx)
 
-    assert [line for line in ctx.lines if line.startswith("step ")] == ["step 1/20", "step 2/20"]
+    assert ctx.steps == [(1, 20), (2, 20)]
     assert ctx.saved == []
 
 

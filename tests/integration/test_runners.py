@@ -1,4 +1,5 @@
-"""The HiDream runners on tiny weights, in this process: loading, cancel, E1's weight switching."""
+"""The HiDream runners on tiny weights, in this process, as the worker gets them from each endpoint's
+family: loading, progress and cancel, E1's weight switching."""
 
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ from PIL import Image
 
 from hidream_service.inference.hidream_e1 import load_sharded_state
 from hidream_service.inference.pipelines import PipelineCache
+from hidream_service.inference.recipes import VARIANTS
 from hidream_service.inference.weights import WeightsLayout
 from hidream_service.models.base import ImageFile, JobCancelled
-from hidream_service.models.hidream_e1 import E1_1, E1_FULL, HiDreamE1Runner
-from hidream_service.models.hidream_i1 import VARIANTS, HiDreamI1Runner
+from hidream_service.models.registry import DEFAULT_REGISTRY
 
 
 @dataclass
@@ -24,15 +25,18 @@ class RecordingContext:
     job_id: str = "job"
     cancel_after_step: int | None = None
     lines: list[str] = field(default_factory=list)
+    steps: list[tuple[int, int]] = field(default_factory=list)  # progress events: (step, total)
     saved: list[Any] = field(default_factory=list)
     inputs: dict[str, Any] = field(default_factory=dict)  # url -> PIL image
 
     def log(self, message: str, level: str = "INFO") -> None:
         self.lines.append(message)
 
+    def progress(self, step: int, total: int) -> None:
+        self.steps.append((step, total))
+
     def cancelled(self) -> bool:
-        steps = sum(line.startswith("step ") for line in self.lines)
-        return self.cancel_after_step is not None and steps >= self.cancel_after_step
+        return self.cancel_after_step is not None and len(self.steps) >= self.cancel_after_step
 
     def load_image(self, url: str) -> Any:
         return self.inputs[url]
@@ -51,16 +55,22 @@ class RecordingContext:
 
 @pytest.fixture(scope="module")
 def pipelines(tiny_weights: Path) -> PipelineCache:
-    return PipelineCache(WeightsLayout(tiny_weights), "cpu", max_loaded=5)
+    return DEFAULT_REGISTRY.pipelines(WeightsLayout(tiny_weights), "cpu", max_loaded=5)
+
+
+def run_endpoint(pipelines: PipelineCache, endpoint_id: str, inputs: dict[str, Any], ctx: RecordingContext) -> Any:
+    """What a worker does with a job: parse its input once, run it with its family's runner."""
+    endpoint = DEFAULT_REGISTRY.endpoints[endpoint_id]
+    return endpoint.family.runner(endpoint, lambda: pipelines)(endpoint.parse(inputs), ctx)
 
 
 def test_cancel_interrupts_at_the_next_step(pipelines: PipelineCache) -> None:
     ctx = RecordingContext(cancel_after_step=2)
 
     with pytest.raises(JobCancelled):
-        HiDreamI1Runner(VARIANTS["full"], pipelines)({"prompt": "x", "num_inference_steps": 20, "seed": 1}, ctx)
+        run_endpoint(pipelines, "fal-ai/hidream-i1-full", {"prompt": "x", "num_inference_steps": 20, "seed": 1}, ctx)
 
-    assert [line for line in ctx.lines if line.startswith("step ")] == ["step 1/20", "step 2/20"]
+    assert ctx.steps == [(1, 20), (2, 20)]
     assert ctx.saved == []
 
 
@@ -68,29 +78,29 @@ def test_every_variant_loads_with_its_scheduler_and_runs(pipelines: PipelineCach
     expected = {"full": "UniPCMultistepScheduler", "dev": "FlowMatchLCMScheduler", "fast": "FlowMatchLCMScheduler"}
     for name, variant in VARIANTS.items():
         ctx = RecordingContext()
-        output = HiDreamI1Runner(variant, pipelines)({"prompt": "a boat", "num_inference_steps": 2, "seed": 5}, ctx)
+        inputs = {"prompt": "a boat", "num_inference_steps": 2, "seed": 5}
+        output = run_endpoint(pipelines, f"fal-ai/hidream-i1-{name}", inputs, ctx)
 
         scheduler = pipelines.get(name).pipeline.scheduler
         assert type(scheduler).__name__ == expected[name]
         shift = scheduler.config.get("flow_shift") or scheduler.config.get("shift")
         assert shift == variant.shift
-        assert output["seed"] == 5 and len(ctx.saved) == 1
+        assert output["seed"] == 5 and len(ctx.saved) == 1 and ctx.steps == [(1, 2), (2, 2)]
 
 
 def source_picture() -> Image.Image:
     return Image.effect_noise((96, 64), 60).convert("RGB")
 
 
-@pytest.mark.parametrize("model", [E1_FULL, E1_1])
-def test_e1_cancel_interrupts_at_the_next_step(pipelines: PipelineCache, model: str) -> None:
+@pytest.mark.parametrize("endpoint", ["fal-ai/hidream-e1-full", "fal-ai/hidream-e1-1"])
+def test_e1_cancel_interrupts_at_the_next_step(pipelines: PipelineCache, endpoint: str) -> None:
     ctx = RecordingContext(cancel_after_step=2, inputs={"mem://in": source_picture()})
 
     with pytest.raises(JobCancelled):
-        HiDreamE1Runner(model, pipelines)(
-            {"image_url": "mem://in", "edit_instruction": "x", "num_inference_steps": 10, "seed": 1}, ctx
-        )
+        inputs = {"image_url": "mem://in", "edit_instruction": "x", "num_inference_steps": 10, "seed": 1}
+        run_endpoint(pipelines, endpoint, inputs, ctx)
 
-    assert [line for line in ctx.lines if line.startswith("step ")] == ["step 1/10", "step 2/10"]
+    assert ctx.steps == [(1, 10), (2, 10)]
     assert ctx.saved == []
 
 
@@ -115,7 +125,7 @@ def transformer_output(transformer: Any, seed: int = 0) -> torch.Tensor:
 
 def test_e1_full_refines_with_the_plain_i1_full_transformer(pipelines: PipelineCache, tiny_weights: Path) -> None:
     i1_full = HiDreamImageTransformer2DModel.from_pretrained(tiny_weights / "HiDream-I1-Full", subfolder="transformer")
-    e1 = pipelines.get(E1_FULL)
+    e1 = pipelines.get("e1-full")
     switch = e1.refine
     transformer = e1.pipeline.transformer
 
@@ -134,7 +144,7 @@ def test_e1_full_refines_with_the_plain_i1_full_transformer(pipelines: PipelineC
 def test_e1_1_loads_its_own_transformer_over_the_i1_full_config(pipelines: PipelineCache, tiny_weights: Path) -> None:
     shards = tiny_weights / "HiDream-E1-1" / "transformer"
     stored = load_sharded_state(shards)
-    loaded = pipelines.get(E1_1).pipeline.transformer.state_dict()
+    loaded = pipelines.get("e1-1").pipeline.transformer.state_dict()
 
     assert len(list(shards.glob("*.safetensors"))) > 1  # sharded, like the published folder
     assert set(stored) == set(loaded)

@@ -20,9 +20,11 @@ from hidream_service.commands.doctor import (
     run_checks,
 )
 from hidream_service.config import Settings
+from hidream_service.dialects.registry import DialectEndings
 from hidream_service.jobs.model import JobRequest
 from hidream_service.jobs.service import JobService
 from hidream_service.jobs.store import SqliteJobStore
+from hidream_service.models.registry import DEFAULT_REGISTRY
 from hidream_service.signing_keys import KEYS_FILE, SigningKeys
 from webhooks.outbox import AttemptRecord, DeliveryState, SqliteOutbox
 
@@ -82,7 +84,7 @@ def test_failed_webhooks_are_a_warning_pointing_at_replay(tmp_path: Path) -> Non
     config = settings(tmp_path)
     store = SqliteJobStore(config.database_path)
     outbox = SqliteOutbox(config.database_path)
-    service = JobService(store)
+    service = JobService(store, endings=DialectEndings(DEFAULT_REGISTRY))
     job, _ = service.submit(JobRequest("hidream/noop", {}, webhook_url="http://127.0.0.1:9/hook"))
     lease = service.lease_next("w")
     assert lease is not None

@@ -1,5 +1,6 @@
-"""The worker's heartbeat thread on a real SQLite store: it keeps a long run's lease, flushes its log
-lines while it runs, passes a cancel on, and lets go of a run the moment the run ends."""
+"""The worker's heartbeat thread on a real SQLite store: it keeps a long run's lease, flushes its
+events (log lines, progress) while it runs, passes a cancel on, and lets go of a run the moment the
+run ends."""
 
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ import pytest
 
 from hidream_service.config import Settings
 from hidream_service.jobs import worker as worker_module
-from hidream_service.jobs.model import JobRequest, Lease
-from hidream_service.jobs.service import JobService, build_service
+from hidream_service.jobs.model import JobRequest, Lease, Progress
+from hidream_service.jobs.service import JobService
 from hidream_service.jobs.store import SqliteJobStore
 from hidream_service.jobs.worker import Heartbeat, WorkerRunContext
+from hidream_service.models.registry import DEFAULT_REGISTRY
+from hidream_service.runtime import job_service
 from hidream_service.safety import SafetyChecker
 from hidream_service.storage import LocalOutputStorage
 
@@ -29,7 +32,7 @@ def settings(tmp_path: Path) -> Settings:
 @pytest.fixture
 def service(settings: Settings) -> JobService:
     store = SqliteJobStore(settings.database_path)
-    return build_service(settings, store, on_submitted=lambda job: None, on_changed=lambda job_id: None)
+    return job_service(settings, store, DEFAULT_REGISTRY, on_submitted=lambda job: None, on_changed=lambda job_id: None)
 
 
 def running_job(service: JobService, settings: Settings) -> tuple[Lease, WorkerRunContext]:
@@ -60,8 +63,10 @@ def test_a_run_longer_than_its_lease_keeps_it_and_its_lines_show_while_it_runs(
     lease, ctx = running_job(service, settings)
 
     with heartbeat.holding([(lease, ctx)]):
-        ctx.log("step 1/2")
+        ctx.progress(1, 2)
         wait_until(lambda: logged(service, lease.job.id) == ["step 1/2"])
+        running = service.get(lease.job.id, "")
+        assert running is not None and running.progress == Progress(1, 2)
         time.sleep(2.5 * LEASE)
         assert service.recover_expired_leases() == 0  # renewed every lease/3
         assert heartbeat.held() == [lease.job.id]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, Field, HttpUrl
 
 from hidream_service.models.image_fields import ImageField, image_fields
-from hidream_service.models.registry import ENDPOINTS
+from hidream_service.models.registry import DEFAULT_REGISTRY
 
 
 class EditLikeInput(BaseModel):
@@ -37,7 +37,7 @@ def test_a_url_field_that_is_not_an_image_is_left_alone() -> None:
 
 
 def test_every_endpoints_schema_shows_exactly_the_image_inputs_it_fetches() -> None:
-    for endpoint in ENDPOINTS.values():
+    for endpoint in DEFAULT_REGISTRY.endpoints.values():
         found = [field.name for field in image_fields(endpoint.input_model.model_json_schema())]
         assert found == list(endpoint.image_fields), endpoint.id
 

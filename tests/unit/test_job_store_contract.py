@@ -13,12 +13,14 @@ from pathlib import Path
 
 import pytest
 
+from hidream_service.dialects.registry import DialectEndings
 from hidream_service.jobs.model import ErrorType, JobRequest, JobStatus, Lease, LogLine
 from hidream_service.jobs.protocols import JobStore
 from hidream_service.jobs.service import CancelOutcome, IdempotencyKeyReused, JobService
 from hidream_service.jobs.store import SqliteJobStore
 from hidream_service.modal_backend.job_store import DictJobStore
 from hidream_service.modal_backend.outbox import DictOutbox
+from hidream_service.models.registry import DEFAULT_REGISTRY
 from tests.modal_stand_ins import InProcessDict
 from webhooks.outbox import Delivery, Outbox, SqliteOutbox
 
@@ -65,7 +67,9 @@ def clock() -> Clock:
 
 @pytest.fixture
 def service(backend: Backend, clock: Clock) -> JobService:
-    return JobService(backend.store, lease_seconds=10, max_attempts=2, clock=clock)
+    return JobService(
+        backend.store, endings=DialectEndings(DEFAULT_REGISTRY), lease_seconds=10, max_attempts=2, clock=clock
+    )
 
 
 def request(**overrides: object) -> JobRequest:
@@ -256,8 +260,8 @@ def test_logs_are_kept_in_order(service: JobService) -> None:
     job, _ = service.submit(request())
     lease = service.lease_next("w")
     assert lease is not None
-    service.flush_logs(lease, [LogLine(1.0, "INFO", "step 1/2"), LogLine(2.0, "INFO", "step 2/2")])
-    service.flush_logs(lease, [LogLine(3.0, "WARNING", "done")])
+    service.record(lease, [LogLine(1.0, "INFO", "step 1/2"), LogLine(2.0, "INFO", "step 2/2")])
+    service.record(lease, [LogLine(3.0, "WARNING", "done")])
 
     seen = service.get(job.id, "", with_logs=True)
     assert seen is not None
@@ -274,7 +278,7 @@ def test_the_last_lines_are_written_with_the_ending_and_reach_its_webhook(
     job, _ = service.submit(request(dialect="replicate", webhook_events=("completed",)))
     lease = service.lease_next("w")
     assert lease is not None
-    service.flush_logs(lease, [LogLine(1.0, "INFO", "step 1/1")])
+    service.record(lease, [LogLine(1.0, "INFO", "step 1/1")])
 
     assert service.complete(lease, {"images": []}, 0.1, [LogLine(2.0, "INFO", "done")])
     seen = service.get(job.id, "", with_logs=True)

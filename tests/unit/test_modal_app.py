@@ -9,10 +9,12 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 import modal_app
+from hidream_service.models.registry import DEFAULT_REGISTRY
 from tests.modal_stand_ins import VOLUMES_ARE_STAND_INS, StandInModal
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,9 +56,8 @@ def test_it_imports_on_a_machine_without_torch() -> None:
     assert "hidream-jobs" in done.stdout
 
 
-@pytest.mark.parametrize("gpu_class", ["HiDreamI1", "HiDreamO1"])
-def test_the_gpu_classes_ask_for_80gb_gpus_in_order_with_volumes_secrets_and_timeouts(gpu_class: str) -> None:
-    info = getattr(modal_app, gpu_class)().run.info()
+def test_the_gpu_class_asks_for_80gb_gpus_in_order_with_volumes_secrets_and_timeouts() -> None:
+    info = modal_app.HiDreamModel().run.info()
 
     assert info.gpus == [("H100", 1), ("A100-80GB", 1)]
     assert {name for name, _ in info.gpus} <= KNOWN_GPUS  # the client does not check GPU names
@@ -70,6 +71,35 @@ def test_the_gpu_classes_ask_for_80gb_gpus_in_order_with_volumes_secrets_and_tim
     assert info.method_names == ["run"]
 
 
+def test_each_endpoint_is_spawned_into_the_pool_of_its_model_or_onto_a_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    spawned: list[tuple[str, str]] = []
+
+    class Pool:
+        def __init__(self, model: str) -> None:
+            self.run = SimpleNamespace(spawn=lambda job_id: spawned.append((model, job_id)))
+
+    monkeypatch.setattr(modal_app, "HiDreamModel", Pool)
+    monkeypatch.setattr(modal_app, "run_cpu_job", SimpleNamespace(spawn=lambda job_id: spawned.append(("cpu", job_id))))
+    endpoints = DEFAULT_REGISTRY.endpoints
+
+    for endpoint in endpoints.values():
+        modal_app.dispatch(endpoint, f"job-{endpoint.id}")
+
+    assert dict((job_id.removeprefix("job-"), pool) for pool, job_id in spawned) == {
+        "hidream/noop": "cpu",
+        "fal-ai/hidream-i1-full": "full",
+        "fal-ai/hidream-i1-dev": "dev",
+        "fal-ai/hidream-i1-fast": "fast",
+        "fal-ai/hidream-i1-full/image-to-image": "full",
+        "fal-ai/hidream-e1-full": "e1-full",
+        "fal-ai/hidream-e1-1": "e1-1",
+        "fal-ai/hidream-o1-image": "o1",
+        "fal-ai/hidream-o1-image/edit": "o1",
+        "fal-ai/hidream-o1-image/dev": "o1-dev",
+        "fal-ai/hidream-o1-image/dev/edit": "o1-dev",
+    }
+
+
 def test_the_web_endpoint_is_an_asgi_app_on_the_cpu_with_both_volumes() -> None:
     info = modal_app.web.info()
 
@@ -80,7 +110,7 @@ def test_the_web_endpoint_is_an_asgi_app_on_the_cpu_with_both_volumes() -> None:
 
 
 def test_webhooks_go_out_from_cpu_functions_and_a_periodic_sweeper() -> None:
-    for function in (modal_app.send_webhooks, modal_app.sweep, modal_app.run_noop_job):
+    for function in (modal_app.send_webhooks, modal_app.sweep, modal_app.run_cpu_job):
         assert function.info().gpus == []
     assert modal_app.sweep.info().schedule == "Period(seconds=60.0)"
     assert modal_app.send_webhooks.info().volumes == {}  # a sender needs nothing but the Dicts

@@ -1,4 +1,4 @@
-"""fal queue protocol at the server root, as the official fal-client needs it.
+"""fal's queue protocol at the server root, as the official fal-client needs it.
 
     POST /{app_id}[?fal_webhook=URL]                     submit -> request_id and the URLs below
     GET  /{owner}/{app}/requests/{id}/status[?logs=1]    202 while queued/running, 200 when done
@@ -7,48 +7,107 @@
     PUT  /{owner}/{app}/requests/{id}/cancel
     POST /run/{app_id}                                   fal's synchronous host: waits, answers the result
 
-Status, result and cancel URLs name only owner/app, never a sub-path (as fal does).
+Status, result and cancel URLs name only owner/app, never a sub-path (as fal does). Canonical inputs
+and outputs are fal's, so this dialect translates nothing. Its webhooks carry Standard Webhooks
+headers and fal's Ed25519 ones, so either verifier works. (fal's storage upload routes are in
+api/fal_storage.py: every dialect's clients may use the files.)
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from hidream_service.api import submission
+from hidream_service.api.errors import shaped_route
 from hidream_service.api.openapi import json_body
+from hidream_service.api.rendering import app_of, queue_urls
 from hidream_service.api.state import AppState, app_state
 from hidream_service.api.submission import one_error, read_json_object, until_terminal
+from hidream_service.dialects.base import Dialect
+from hidream_service.dialects.common import compact_json
 from hidream_service.jobs.model import Job, JobStatus
 from hidream_service.jobs.service import CancelOutcome
-from hidream_service.models.registry import Endpoint
-from hidream_service.webhook_payloads import fal_error_payload
+from hidream_service.models.family import Endpoint
+from hidream_service.signing_keys import SigningKeys
+from webhooks.outbox import Delivery, OutboxMessage
+from webhooks.signing import fal_sign_headers, sign_headers
 
 SSE_KEEPALIVE_SECONDS = 15.0
 TRUE_WORDS = {"1", "true", "yes"}
 FALSE_WORDS = {"0", "false", "no", ""}
-
-router = APIRouter()
-
-
-def _json(body: Any, status_code: int = 200, request_id: str | None = None) -> JSONResponse:
-    headers = {"X-Fal-Request-Id": request_id} if request_id else None
-    return JSONResponse(body, status_code=status_code, headers=headers)
+ANONYMOUS_USER = "anonymous"  # the fal user id of jobs on a server without API keys
 
 
-def _app_of(endpoint: str) -> str:
-    return "/".join(endpoint.split("/")[:2])
+SIGNER = "fal"  # Standard Webhooks headers and fal's Ed25519 headers
 
 
-def queue_urls(job: Job) -> dict[str, str]:
-    """fal's response, status and cancel URLs of a job, whichever dialect submitted it."""
-    base = f"{job.base_url}/{_app_of(job.endpoint)}/requests/{job.id}"
-    return {"response_url": base, "status_url": f"{base}/status", "cancel_url": f"{base}/cancel"}
+class FalDialect(Dialect):
+    id = "fal"
+    signer = SIGNER
+    routes_last = True  # its submit route takes any POST path
+
+    def name_of(self, endpoint: Endpoint) -> str | None:
+        return endpoint.id  # the canonical name
+
+    def router(self, endpoints: Mapping[str, Endpoint]) -> APIRouter:
+        router = APIRouter(route_class=FalRoute)
+        for endpoint in endpoints.values():
+            _add_endpoint_routes(router, endpoint)
+        router.include_router(_requests)
+        router.include_router(_catch_all)  # last: its submit route takes any POST path
+        return router
+
+    def ending(self, job: Job, endpoint: Endpoint | None) -> OutboxMessage | None:
+        if job.webhook_url is None:
+            return None
+        context = json.dumps({"request_id": job.id, "user_id": job.owner or ANONYMOUS_USER})
+        body = compact_json(webhook_body(job))
+        return OutboxMessage(job.webhook_id, job.webhook_url, body, SIGNER, context=context, subject=job.id)
+
+    def sign(self, keys: SigningKeys, delivery: Delivery, timestamp: int) -> Mapping[str, str]:
+        context = json.loads(delivery.context)
+        fal_headers = fal_sign_headers(
+            keys.fal_key, context["request_id"], context["user_id"], timestamp, delivery.body
+        )
+        return {**sign_headers(keys.signing_secrets(), delivery.id, timestamp, delivery.body), **fal_headers}
+
+
+FAL = FalDialect()
+FalRoute = shaped_route(FAL.render_error)
+_requests = APIRouter(route_class=FalRoute)
+_catch_all = APIRouter(route_class=FalRoute)
+
+
+# -- rendering ------------------------------------------------------------------------------------
+
+
+def error_payload(job: Job) -> dict[str, Any]:
+    return {"detail": job.error_detail if job.error_detail is not None else job.error}
+
+
+def webhook_body(job: Job) -> dict[str, Any]:
+    """fal's payload: {request_id, gateway_request_id, status: OK|ERROR, payload, error}."""
+    if job.succeeded:
+        return {
+            "request_id": job.id,
+            "gateway_request_id": job.id,
+            "status": "OK",
+            "payload": job.result,
+            "error": None,
+        }
+    return {
+        "request_id": job.id,
+        "gateway_request_id": job.id,
+        "status": "ERROR",
+        "payload": error_payload(job),
+        "error": job.error,
+    }
 
 
 def _logs(job: Job) -> list[dict[str, Any]]:
@@ -78,6 +137,24 @@ def render_status(job: Job, *, with_logs: bool) -> dict[str, Any]:
     return body
 
 
+def _json(body: Any, status_code: int = 200, request_id: str | None = None) -> JSONResponse:
+    headers = {"X-Fal-Request-Id": request_id} if request_id else None
+    return JSONResponse(body, status_code=status_code, headers=headers)
+
+
+def _result_response(job: Job) -> JSONResponse:
+    if job.succeeded:
+        return _json(job.result, 200, job.id)
+    body = {**error_payload(job), "error_type": job.error_type.value if job.error_type else None}
+    response = _json(body, job.error_http_status, job.id)
+    if job.error_type is not None:
+        response.headers["X-Fal-Error-Type"] = job.error_type.value
+    return response
+
+
+# -- routes ---------------------------------------------------------------------------------------
+
+
 def _parse_flag(value: str | None, name: str) -> bool:
     if value is None:
         return False
@@ -92,12 +169,12 @@ def _parse_flag(value: str | None, name: str) -> bool:
 def _owned_job(state: AppState, request: Request, owner: str, app: str, request_id: str, logs: bool) -> Job:
     caller = state.api_keys.owner(request)
     job = state.service.get(request_id, caller, with_logs=logs)
-    if job is None or _app_of(job.endpoint) != f"{owner}/{app}":
+    if job is None or app_of(job.endpoint) != f"{owner}/{app}":
         raise HTTPException(404, f"request {request_id} not found")
     return job
 
 
-@router.get("/{owner}/{app}/requests/{request_id}/status")
+@_requests.get("/{owner}/{app}/requests/{request_id}/status")
 async def status(request: Request, owner: str, app: str, request_id: str, logs: str | None = Query(None)) -> Any:
     state = app_state(request)
     with_logs = _parse_flag(logs, "logs")
@@ -106,7 +183,7 @@ async def status(request: Request, owner: str, app: str, request_id: str, logs: 
     return _json(body, 200 if job.status.is_terminal() else 202, job.id)
 
 
-@router.get("/{owner}/{app}/requests/{request_id}/status/stream")
+@_requests.get("/{owner}/{app}/requests/{request_id}/status/stream")
 async def status_stream(
     request: Request, owner: str, app: str, request_id: str, logs: str | None = Query(None)
 ) -> StreamingResponse:
@@ -117,19 +194,20 @@ async def status_stream(
 
     async def events() -> AsyncIterator[str]:
         last_sent = None
-        while True:
-            version = state.events.version
-            job = state.service.get(request_id, caller, with_logs=with_logs)
-            if job is None:
-                return
-            body = render_status(job, with_logs=with_logs)
-            if body != last_sent:
-                yield f"data: {json.dumps(body)}\n\n"
-                last_sent = body
-            if job.status.is_terminal():
-                return
-            if not await state.events.wait_past(version, SSE_KEEPALIVE_SECONDS):
-                yield ": keep-alive\n\n"
+        with state.events.watching(request_id) as watch:
+            while True:
+                version = watch.version
+                job = state.service.get(request_id, caller, with_logs=with_logs)
+                if job is None:
+                    return
+                body = render_status(job, with_logs=with_logs)
+                if body != last_sent:
+                    yield f"data: {json.dumps(body)}\n\n"
+                    last_sent = body
+                if job.status.is_terminal():
+                    return
+                if not await watch.changed_since(version, SSE_KEEPALIVE_SECONDS):
+                    yield ": keep-alive\n\n"
 
     return StreamingResponse(
         events(),
@@ -138,7 +216,7 @@ async def status_stream(
     )
 
 
-@router.get("/{owner}/{app}/requests/{request_id}")
+@_requests.get("/{owner}/{app}/requests/{request_id}")
 async def result(request: Request, owner: str, app: str, request_id: str) -> Any:
     state = app_state(request)
     job = _owned_job(state, request, owner, app, request_id, False)
@@ -147,17 +225,7 @@ async def result(request: Request, owner: str, app: str, request_id: str) -> Any
     return _result_response(job)
 
 
-def _result_response(job: Job) -> JSONResponse:
-    if job.succeeded:
-        return _json(job.result, 200, job.id)
-    body = {**fal_error_payload(job), "error_type": job.error_type.value if job.error_type else None}
-    response = _json(body, job.error_http_status, job.id)
-    if job.error_type is not None:
-        response.headers["X-Fal-Error-Type"] = job.error_type.value
-    return response
-
-
-@router.put("/{owner}/{app}/requests/{request_id}/cancel")
+@_requests.put("/{owner}/{app}/requests/{request_id}/cancel")
 async def cancel(request: Request, owner: str, app: str, request_id: str) -> Any:
     state = app_state(request)
     job = _owned_job(state, request, owner, app, request_id, False)
@@ -169,7 +237,7 @@ async def cancel(request: Request, owner: str, app: str, request_id: str) -> Any
     return _json({"status": "CANCELLATION_REQUESTED"}, 202, job.id)
 
 
-def add_endpoint_routes(app: FastAPI, endpoint: Endpoint) -> None:
+def _add_endpoint_routes(router: APIRouter, endpoint: Endpoint) -> None:
     """Documented routes for one served endpoint (the catch-alls below answer the same paths)."""
 
     async def submit_to_endpoint(request: Request, fal_webhook: str | None = Query(None)) -> Any:
@@ -179,17 +247,17 @@ def add_endpoint_routes(app: FastAPI, endpoint: Endpoint) -> None:
         return await run(request, endpoint.id)
 
     body = json_body(endpoint.input_model)
-    app.add_api_route(
+    router.add_api_route(
         f"/{endpoint.id}", submit_to_endpoint, methods=["POST"], openapi_extra=body, tags=["fal queue"],
         summary=f"Queue a {endpoint.title} request", operation_id=f"fal_submit_{endpoint.id}",
     )  # fmt: skip
-    app.add_api_route(
+    router.add_api_route(
         f"/run/{endpoint.id}", run_endpoint, methods=["POST"], openapi_extra=body, tags=["fal sync"],
         summary=f"Run {endpoint.title} and answer with the result", operation_id=f"fal_run_{endpoint.id}",
     )  # fmt: skip
 
 
-@router.post("/run/{endpoint_path:path}", include_in_schema=False)
+@_catch_all.post("/run/{endpoint_path:path}", include_in_schema=False)
 async def run(request: Request, endpoint_path: str) -> Any:
     """fal's synchronous host (`fal.run`): the result in the response, no queue handle."""
     state = app_state(request)
@@ -200,7 +268,7 @@ async def run(request: Request, endpoint_path: str) -> Any:
     return _result_response(done)
 
 
-@router.post("/{endpoint_path:path}", include_in_schema=False)
+@_catch_all.post("/{endpoint_path:path}", include_in_schema=False)
 async def submit(request: Request, endpoint_path: str, fal_webhook: str | None = Query(None)) -> Any:
     state = app_state(request)
     job = await _submit(state, request, endpoint_path, fal_webhook)
@@ -223,7 +291,7 @@ async def _submit(state: AppState, request: Request, endpoint_path: str, webhook
         request,
         endpoint_id=endpoint_id,
         fal_input=payload,
-        dialect="fal",
+        dialect=FAL.id,
         webhook_url=webhook,
         webhook_field=("query", "fal_webhook"),
     )
