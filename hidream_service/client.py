@@ -101,11 +101,13 @@ class ServiceClient:
         handle: dict[str, Any] = self._json("POST", f"/{endpoint}", json=arguments, params=params)
         return handle
 
-    def status_events(self, status_url: str) -> Iterator[dict[str, Any]]:
-        """fal status objects from the server-sent event stream, until the server closes it."""
+    def request_events(self, request_id: str) -> Iterator[dict[str, Any]]:
+        """The request's summaries from its event stream (GET /v1/requests/{id}/stream), each with its
+        typed `progress` and the log lines new since the last, until the server closes the stream."""
         timeout = httpx.Timeout(self._http.timeout.connect, read=STREAM_READ_TIMEOUT)
         try:
-            with self._http.stream("GET", f"{status_url}/stream", params={"logs": "1"}, timeout=timeout) as stream:
+            url = f"{self.base_url}/v1/requests/{request_id}/stream"
+            with self._http.stream("GET", url, timeout=timeout) as stream:
                 if stream.status_code >= 400:
                     stream.read()
                     raise ServiceError(stream.status_code, error_message(stream))
@@ -113,7 +115,7 @@ class ServiceClient:
                     if line.startswith("data:"):
                         yield json.loads(line[len("data:") :])
         except httpx.HTTPError as exc:
-            raise ServiceError(None, f"status stream dropped: {exc}") from None
+            raise ServiceError(None, f"event stream dropped: {exc}") from None
 
     def status(self, status_url: str) -> dict[str, Any]:
         status: dict[str, Any] = self._json("GET", status_url, params={"logs": "1"})

@@ -21,7 +21,7 @@ from hidream_service.commands.common import UsageError, add_connection_options, 
 from hidream_service.config import Settings
 
 BAR_WIDTH = 30
-STEP_PREFIX = "step "
+ENDED = ("succeeded", "failed", "cancelled")
 STEP_FIELDS = ("num_inference_steps", "num_steps")  # whichever the endpoint has takes --steps
 OUTPUT_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
 URL_SCHEMES = ("http://", "https://", "data:")
@@ -60,19 +60,17 @@ class InProcessServer:
         self._thread.join(30)
 
 
-def progress_line(status: dict[str, Any]) -> str:
-    """One line for a fal status: queue place, a bar from the last `step i/n` log, or the state."""
-    if status["status"] == "IN_QUEUE":
-        position = status.get("queue_position") or 0
+def progress_line(summary: dict[str, Any]) -> str:
+    """One line for a request's summary: queue place, a bar from its progress, or its state."""
+    if summary["status"] == "IN_QUEUE":
+        position = summary.get("queue_position") or 0
         return f"queued ({position} ahead)" if position else "queued (next)"
-    for line in reversed(status.get("logs") or []):
-        message = str(line.get("message", ""))
-        if message.startswith(STEP_PREFIX):
-            done, _, total = message[len(STEP_PREFIX) :].partition("/")
-            if done.isdigit() and total.isdigit() and int(total) > 0:
-                filled = BAR_WIDTH * int(done) // int(total)
-                return f"[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] step {done}/{total}"
-    return str(status["status"]).lower().replace("_", " ")
+    progress = summary.get("progress")
+    if progress and progress["total"] > 0:
+        done, total = progress["step"], progress["total"]
+        filled = BAR_WIDTH * min(done, total) // total
+        return f"[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] step {done}/{total}"
+    return str(summary["status"]).lower().replace("_", " ")
 
 
 def parse_assignment(text: str) -> tuple[str, Any]:
@@ -159,19 +157,19 @@ def _show(line: str) -> None:
 
 
 def follow(client: ServiceClient, handle: dict[str, Any]) -> dict[str, Any]:
-    """Show the request's progress until it ends; returns its last (COMPLETED) status."""
+    """Show the request's progress until it ends; returns its last summary."""
     for _ in range(STREAM_RETRIES):
         try:
-            for status in client.status_events(handle["status_url"]):
-                _show(progress_line(status))
-                if status["status"] == "COMPLETED":
+            for summary in client.request_events(handle["request_id"]):
+                _show(progress_line(summary))
+                if summary["outcome"] in ENDED:
                     print(file=sys.stderr)
-                    return status
+                    return summary
         except ServiceError as exc:
             if exc.status is not None:
                 raise
         time.sleep(0.5)  # the stream dropped before the end: follow it again
-    raise ServiceError(None, "lost the request's status stream; see it with `hidream jobs show`")
+    raise ServiceError(None, "lost the request's event stream; see it with `hidream jobs show`")
 
 
 def cancel(client: ServiceClient, handle: dict[str, Any]) -> int:
@@ -217,7 +215,7 @@ def generate(client: ServiceClient, args: argparse.Namespace) -> int:
             print(json.dumps(report, indent=2))
         print(f"error: {final.get('error_type')}: {final['error']}", file=sys.stderr)
         return 1
-    result = client.result(handle["response_url"])
+    result = final["result"]  # the last event carries it
     images = result.get("images", [])
     written = []
     if args.out is not None:

@@ -20,17 +20,8 @@ def nsfw_flags(job: Job) -> list[bool]:
     return [bool(flag) for flag in job.result.get("has_nsfw_concepts", [])]
 
 
-def inference_seconds(job: Job) -> float | None:
-    return job.inference_time
-
-
 def log_text(job: Job) -> str:
     return "".join(f"{line.message}\n" for line in job.logs)
-
-
-def validation_messages(errors: list[dict[str, Any]]) -> list[tuple[str, str]]:
-    """(field, message) pairs from pydantic errors, with the field path dotted."""
-    return [(".".join(str(part) for part in error["loc"]) or "input", str(error["msg"])) for error in errors]
 
 
 def compact_json(body: Any) -> bytes:

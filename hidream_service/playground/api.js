@@ -76,9 +76,13 @@ export async function request(url, { method = "GET", json, body, extraHeaders, s
   return parsed;
 }
 
-/** Read fal's status stream (server-sent events) until it closes; EventSource cannot send a key. */
-export async function streamStatus(statusUrl, onStatus, signal) {
-  const response = await fetch(`${statusUrl}/stream?logs=1`, { headers: headers(), signal });
+/**
+ * Follow one request (GET /v1/requests/{id}/stream, server-sent events) until the server closes the
+ * stream: each event is the request's summary with the log lines added since the last one, and its
+ * progress as {step, total}. Read with fetch: EventSource cannot send a key.
+ */
+export async function streamRequest(requestId, onEvent, signal) {
+  const response = await fetch(`/v1/requests/${encodeURIComponent(requestId)}/stream`, { headers: headers(), signal });
   if (response.status >= 400) {
     const body = await readBody(response);
     if (response.status === 401) onUnauthorized(errorMessage(body, response.status));
@@ -99,7 +103,7 @@ export async function streamStatus(statusUrl, onStatus, signal) {
         .filter((line) => line.startsWith("data:"))
         .map((line) => line.slice(5).trimStart())
         .join("\n");
-      if (data) onStatus(JSON.parse(data));
+      if (data) onEvent(JSON.parse(data));
     }
   }
 }

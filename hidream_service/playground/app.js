@@ -1,15 +1,16 @@
 // The playground: pick an endpoint, fill its form, queue it through the fal queue API, follow it
-// over the status stream, see the images; and the jobs view beside it.
+// over the request's event stream (typed progress, new log lines), see the images; and the jobs view
+// beside it.
 
-import { apiKey, request, setApiKey, streamStatus, whenUnauthorized } from "./api.js";
+import { apiKey, request, setApiKey, streamRequest, whenUnauthorized } from "./api.js";
 import { copyText, element, formatBytes, formatSeconds, toast } from "./dom.js";
 import { buildForm } from "./form.js";
 import { jobsView } from "./jobs.js";
 import { snippet } from "./snippets.js";
 
 const $ = (id) => document.getElementById(id);
-const STEP = /^step (\d+)\/(\d+)/;
 const CANCELLED = "request_cancelled";
+const ENDED = new Set(["succeeded", "failed", "cancelled"]);
 const STREAM_RETRIES = 20;
 const HEALTH_MS = 15000;
 
@@ -164,29 +165,26 @@ function showLogs(logs) {
   $("log-count").textContent = lines.length ? `(${lines.length})` : "";
 }
 
-function lastStep(logs) {
-  for (const line of [...(logs || [])].reverse()) {
-    const match = STEP.exec(line.message);
-    if (match && Number(match[2]) > 0) return [Number(match[1]), Number(match[2])];
-  }
-  return null;
+function percent(progress) {
+  return progress && progress.total > 0 ? (100 * progress.step) / progress.total : 0;
 }
 
-function onStatus(run, status) {
+function onEvent(run, event) {
   if (run !== state.run) return;
-  showLogs(status.logs);
-  if (status.status === "IN_QUEUE") {
-    setBadge("queued", "queued");
-    const position = status.queue_position;
-    setProgress(0, position > 0 ? `${position} ahead in the queue` : "next in line", "waiting");
-  } else if (status.status === "IN_PROGRESS") {
-    setBadge(run.cancelling ? "cancelling" : "running", "running");
-    const step = lastStep(status.logs);
-    if (step) setProgress((100 * step[0]) / step[1], `step ${step[0]}/${step[1]}`);
-    else setProgress(0, "starting", "waiting");
-  } else if (status.status === "COMPLETED") {
+  run.logs.push(...event.logs);
+  showLogs(run.logs);
+  if (ENDED.has(event.outcome)) {
     run.done = true;
-    finishRun(run, status);
+    finishRun(run, event);
+  } else if (event.status === "IN_QUEUE") {
+    setBadge("queued", "queued");
+    const position = event.queue_position;
+    setProgress(0, position > 0 ? `${position} ahead in the queue` : "next in line", "waiting");
+  } else {
+    setBadge(run.cancelling ? "cancelling" : "running", "running");
+    const { progress } = event;
+    if (progress) setProgress(percent(progress), `step ${progress.step}/${progress.total}`);
+    else setProgress(0, "starting", "waiting");
   }
 }
 
@@ -195,32 +193,25 @@ function stopRun(run) {
   $("cancel").disabled = true;
 }
 
-async function finishRun(run, status) {
+function finishRun(run, event) {
   stopRun(run);
   const seconds = (performance.now() - run.started) / 1000;
   $("run-elapsed").textContent = formatSeconds(seconds);
-  if (status.error) {
-    const cancelled = status.error_type === CANCELLED;
+  if (event.error) {
+    const cancelled = event.error_type === CANCELLED;
     setBadge(cancelled ? "cancelled" : "failed", cancelled ? "cancelled" : "failed");
-    const step = lastStep(status.logs);
-    setProgress(step ? (100 * step[0]) / step[1] : 0, cancelled ? "cancelled" : "failed", "stopped");
-    $("run-error").textContent = cancelled ? "Cancelled: the request stopped before it finished." : `${status.error_type}: ${status.error}`;
+    setProgress(percent(event.progress), cancelled ? "cancelled" : "failed", "stopped");
+    $("run-error").textContent = cancelled ? "Cancelled: the request stopped before it finished." : `${event.error_type}: ${event.error}`;
     $("run-error").hidden = false;
     return;
   }
   setBadge("done", "succeeded");
   setProgress(100, "done", "complete");
-  try {
-    const result = await request(run.handle.response_url);
-    if (run === state.run) showResult(result, status, seconds);
-  } catch (error) {
-    $("run-error").textContent = `Could not fetch the result: ${error.message}`;
-    $("run-error").hidden = false;
-  }
+  showResult(event.result, event, seconds);
 }
 
-function showResult(result, status, seconds) {
-  const inference = status.metrics && status.metrics.inference_time;
+function showResult(result, event, seconds) {
+  const inference = event.inference_seconds;
   const meta = [`seed ${result.seed}`];
   if (inference !== null && inference !== undefined) meta.push(`inference ${formatSeconds(inference)}`);
   meta.push(`total ${formatSeconds(seconds)}`);
@@ -244,8 +235,9 @@ function showResult(result, status, seconds) {
 
 async function follow(run) {
   for (let attempt = 0; attempt < STREAM_RETRIES && !run.done; attempt += 1) {
+    run.logs = []; // a new stream's first event carries every line so far
     try {
-      await streamStatus(run.handle.status_url, (status) => onStatus(run, status), run.abort.signal);
+      await streamRequest(run.handle.request_id, (event) => onEvent(run, event), run.abort.signal);
     } catch (error) {
       if (run.abort.signal.aborted) return;
       if (error.status && error.status < 500) {
@@ -265,7 +257,7 @@ function startRun(handle) {
     state.run.abort.abort();
     clearInterval(state.run.timer);
   }
-  const run = { handle, abort: new AbortController(), started: performance.now(), done: false, cancelling: false };
+  const run = { handle, abort: new AbortController(), started: performance.now(), done: false, cancelling: false, logs: [] };
   state.run = run;
   $("run-empty").hidden = true;
   $("run-body").hidden = false;

@@ -3,7 +3,9 @@ one request's details."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -113,3 +115,37 @@ def test_the_catalogue_names_image_inputs(noop_server: ServerProcess) -> None:
     models = httpx.get(f"{noop_server.url}/models").json()["models"]
 
     assert all(model["image_fields"] == [] for model in models)  # no editing endpoint on this server yet
+
+
+def events_of(server: ServerProcess, request_id: str, headers: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    events = []
+    with httpx.stream("GET", f"{server.url}/v1/requests/{request_id}/stream", headers=headers, timeout=30) as stream:
+        assert stream.status_code == 200, stream.read()
+        for line in stream.iter_lines():
+            if line.startswith("data: "):
+                events.append(json.loads(line.removeprefix("data: ")))
+    return events
+
+
+def test_a_request_s_stream_carries_typed_progress_and_each_log_line_once(noop_server: ServerProcess) -> None:
+    body = {"num_steps": 4, "step_seconds": 0.15}
+    request_id = httpx.post(f"{noop_server.url}/hidream/noop", json=body).json()["request_id"]
+
+    events = events_of(noop_server, request_id)
+
+    progress = [event["progress"] for event in events if event["progress"] is not None]
+    assert progress == sorted(progress, key=lambda seen: seen["step"]) and progress[-1] == {"step": 4, "total": 4}
+    lines = [line["message"] for event in events for line in event["logs"]]
+    assert [line for line in lines if line.startswith("step ")] == ["step 1/4", "step 2/4", "step 3/4", "step 4/4"]
+    assert lines[-1] == "done"  # every line once, in order, across the events
+    last = events[-1]
+    assert last["outcome"] == "succeeded" and last["result"]["images"][0]["width"] == 1
+    assert all(event["outcome"] in ("queued", "running") for event in events[:-1])
+
+
+def test_a_request_s_stream_is_its_owner_s_only(keyed_server: ServerProcess) -> None:
+    alice, bob = {"Authorization": "Key alice-key"}, {"Authorization": "Key bob-key"}
+    request_id = httpx.post(f"{keyed_server.url}/hidream/noop", json={}, headers=alice).json()["request_id"]
+
+    assert httpx.get(f"{keyed_server.url}/v1/requests/{request_id}/stream", headers=bob).status_code == 404
+    assert events_of(keyed_server, request_id, alice)[-1]["outcome"] == "succeeded"

@@ -69,12 +69,12 @@ def test_several_images_are_numbered() -> None:
     assert output_paths(Path("out/fox.png"), 2) == [Path("out/fox-1.png"), Path("out/fox-2.png")]
 
 
-def test_progress_line_shows_the_queue_then_the_last_step() -> None:
+def test_progress_line_shows_the_queue_then_the_progress() -> None:
     assert progress_line({"status": "IN_QUEUE", "queue_position": 2}) == "queued (2 ahead)"
     assert progress_line({"status": "IN_QUEUE", "queue_position": 0}) == "queued (next)"
-    logs = [{"message": "step 1/4"}, {"message": "step 2/4"}, {"message": "saving"}]
-    assert progress_line({"status": "IN_PROGRESS", "logs": logs}).endswith("] step 2/4")
-    assert progress_line({"status": "IN_PROGRESS", "logs": []}) == "in progress"
+    line = progress_line({"status": "IN_PROGRESS", "progress": {"step": 2, "total": 4}})
+    assert line == f"[{'#' * 15}{'.' * 15}] step 2/4"
+    assert progress_line({"status": "IN_PROGRESS", "progress": None}) == "in progress"
 
 
 def test_an_editing_endpoint_takes_the_text_as_its_instruction() -> None:
