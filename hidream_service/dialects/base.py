@@ -7,13 +7,13 @@
 
 A dialect translates its clients' inputs into the canonical (fal-shaped) input of an endpoint and
 renders the canonical job back; it finds endpoints by the names the families give them
-(`Endpoint.names[dialect.id]`) and chooses input shapes by the endpoint's task. The registry
+(`Endpoint.names[dialect.id]`, through `name_of`) and chooses input shapes by the endpoint's task. The registry
 (registry.py) is a list of dialects.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from hidream_service.jobs.model import Job
@@ -39,8 +39,19 @@ class Dialect:
     routes_last: bool = False
 
     def name_of(self, endpoint: Endpoint) -> str | None:
-        """The endpoint's name in this dialect, or None where this dialect does not list it."""
+        """The endpoint's name in this dialect (what its family calls it there), or None where this
+        dialect does not list it."""
         return endpoint.names.get(self.id)
+
+    def models(self, endpoints: Iterable[Endpoint]) -> dict[str, Endpoint]:
+        """Its model table: the name of each endpoint it lists -> the endpoint (the first to claim a
+        name keeps it)."""
+        table: dict[str, Endpoint] = {}
+        for endpoint in endpoints:
+            name = self.name_of(endpoint)
+            if name is not None:
+                table.setdefault(name, endpoint)
+        return table
 
     def router(self, endpoints: Mapping[str, Endpoint]) -> APIRouter:
         """Its routes, for the endpoints this server serves."""

@@ -128,22 +128,14 @@ class EditRequest(_ImagesRequest):
 
 
 def generation_models(endpoints: Iterable[Endpoint]) -> dict[str, Endpoint]:
-    """`model` of /v1/images/generations -> its endpoint: the text-to-image endpoints with an OpenAI name."""
-    return {
-        endpoint.names[OPENAI.id]: endpoint
-        for endpoint in endpoints
-        if OPENAI.id in endpoint.names and endpoint.task is Task.TEXT_TO_IMAGE
-    }
+    """`model` of /v1/images/generations -> its endpoint: the text-to-image endpoints OpenAI lists."""
+    return OPENAI.models(endpoint for endpoint in endpoints if endpoint.task is Task.TEXT_TO_IMAGE)
 
 
 def edit_models(endpoints: Iterable[Endpoint]) -> dict[str, Endpoint]:
     """`model` of /v1/images/edits -> its endpoint: instruction editing, image-to-image under the
     model's generation name, and editing or personalization with several images."""
-    return {
-        endpoint.names[OPENAI.id]: endpoint
-        for endpoint in endpoints
-        if OPENAI.id in endpoint.names and endpoint.task.takes_images
-    }
+    return OPENAI.models(endpoint for endpoint in endpoints if endpoint.task.takes_images)
 
 
 def render_images_response(result: dict[str, Any], created: int, output_format: str) -> dict[str, Any]:

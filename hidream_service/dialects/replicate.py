@@ -260,7 +260,7 @@ async def _create(request: Request, model: str, body: PredictionRequest) -> JSON
     state = app_state(request)
     owner = state.api_keys.owner(request)
     wait = _prefer_wait(request)
-    models = state.registry.named(REPLICATE.id)
+    models = REPLICATE.models(state.registry.endpoints.values())
     endpoint = models.get(model)
     if endpoint is None:
         raise HTTPException(404, f"model {model} not found; models here: {', '.join(sorted(models))}")

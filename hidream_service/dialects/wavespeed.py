@@ -241,7 +241,7 @@ async def submit(request: Request, owner: str, model: str, webhook: str | None =
     state = app_state(request)
     caller = state.api_keys.owner(request)
     model_id = f"{owner}/{model}"
-    models = state.registry.named(WAVESPEED.id)
+    models = WAVESPEED.models(state.registry.endpoints.values())
     endpoint = models.get(model_id)
     if endpoint is None:
         raise HTTPException(404, f"model {model_id} not found; models here: {', '.join(sorted(models))}")

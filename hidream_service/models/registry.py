@@ -30,20 +30,17 @@ ALL = "all"
 
 
 class Registry:
-    """A list of families, looked up by endpoint id, model key and dialect name."""
+    """A list of families, looked up by endpoint id and model key."""
 
     def __init__(self, families: Iterable[ModelFamily]) -> None:
         self.families = tuple(families)
         self.endpoints: dict[str, Endpoint] = {}
         self._model_families: dict[str, ModelFamily] = {}
-        self._named: dict[str, dict[str, Endpoint]] = {}
         for family in self.families:
             for endpoint in family.endpoints:
                 if endpoint.id in self.endpoints:
                     raise ValueError(f"endpoint {endpoint.id} is declared twice ({family.name})")
                 self.endpoints[endpoint.id] = endpoint
-                for dialect, name in endpoint.names.items():
-                    self._named.setdefault(dialect, {}).setdefault(name, endpoint)
             for model in family.models:
                 if model in self._model_families:
                     raise ValueError(f"model key {model} is declared twice ({family.name})")
@@ -69,11 +66,6 @@ class Registry:
             for endpoint_id, endpoint in self.endpoints.items()
             if endpoint.model is None or endpoint.model in available
         }
-
-    def named(self, dialect: str) -> dict[str, Endpoint]:
-        """A dialect's model table: its name for each endpoint it lists -> the endpoint (the first
-        endpoint to claim a name keeps it; OpenAI lists a name for generations and for edits)."""
-        return self._named.get(dialect, {})
 
     def endpoint_for_model(self, model: str) -> Endpoint:
         """An endpoint that runs `model` (to preload it through the endpoint's runner)."""
