@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 
 from hidream_service.models.image_fields import image_fields
 from tests.integration.browser import PageWatch, open_page, screenshot
-from tests.integration.harness import Reply, ServerProcess, WebhookReceiver
+from tests.integration.harness import Reply, ServerProcess, WebhookReceiver, wait_until
 
 GENERATION_TIMEOUT_MS = 180_000  # tiny weights on a busy two-core machine
 RECORD_PROGRESS = """() => {
@@ -91,6 +91,8 @@ def test_queue_position_then_a_moving_progress_bar_then_cancel(
 ) -> None:
     slow = {"num_steps": 300, "step_seconds": 0.1}
     ahead = [httpx.post(f"{noop_server.url}/hidream/noop", json=slow).json() for _ in range(2)]  # one runs, one waits
+    running = f"{noop_server.url}/v1/requests/{ahead[0]['request_id']}"
+    wait_until(lambda: httpx.get(running).json()["status"] == "IN_PROGRESS")  # a worker still starting has not taken it
     page = playground(browser, noop_server, watch, "hidream/noop")
     page.fill("#field-prompt", "pretend to work")
     page.fill("#field-num_steps", "100")  # 10 s: time to watch it move, then cancel it well before the end
