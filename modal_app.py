@@ -221,7 +221,7 @@ def web() -> Any:
     from hidream_service.server import create_app
 
     service = deployment()
-    return create_app(service.settings, runtime=service.web_runtime)
+    return create_app(service.settings, registry=service.registry, runtime=service.web_runtime)
 
 
 # ## Inference: one GPU class, one container pool per model (Modal scales each parameter on its own)

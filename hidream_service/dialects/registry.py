@@ -7,6 +7,7 @@ DIALECTS below.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from hidream_service.dialects.base import Dialect
 from hidream_service.dialects.fal import FAL
@@ -16,8 +17,10 @@ from hidream_service.dialects.wavespeed import WAVESPEED
 from hidream_service.jobs.model import Job
 from hidream_service.models.registry import Registry
 from hidream_service.signing_keys import SigningKeys
-from webhooks.delivery import Signer
 from webhooks.outbox import Delivery, OutboxMessage
+
+if TYPE_CHECKING:
+    from webhooks.delivery import Signer  # the deliverer (and httpx) stay out of worker processes
 
 #: Every dialect the service speaks. (fal's routes are matched last: `routes_last`.)
 DIALECTS: tuple[Dialect, ...] = (FAL, REPLICATE, WAVESPEED, OPENAI)

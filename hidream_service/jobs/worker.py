@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Event
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -35,6 +35,9 @@ from hidream_service.models.family import Endpoint
 from hidream_service.models.registry import Registry
 from hidream_service.safety import SafetyChecker
 from hidream_service.storage import LocalOutputStorage, OutputStorage, load_stored_image
+
+if TYPE_CHECKING:
+    from hidream_service.inference.pipelines import PipelineCache
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +200,7 @@ class Runners:
         self.settings = settings
         self.registry = registry
         self._runners: dict[str, Runner] = {}
-        self._pipelines: Any = None
+        self._pipelines: PipelineCache | None = None
 
     def endpoint(self, endpoint_id: str) -> Endpoint:
         return self.registry.endpoints[endpoint_id]
@@ -216,7 +219,7 @@ class Runners:
         if model is not None:
             self.pipelines().get(model)
 
-    def pipelines(self) -> Any:
+    def pipelines(self) -> PipelineCache:
         """The worker's PipelineCache, made on first use (tiny weights are built then, once)."""
         if self._pipelines is None:
             from hidream_service.inference.pipelines import pick_device

@@ -1,23 +1,9 @@
-"""fal's queue protocol at the server root, as the official fal-client needs it.
-
-    POST /{app_id}[?fal_webhook=URL]                     submit -> request_id and the URLs below
-    GET  /{owner}/{app}/requests/{id}/status[?logs=1]    202 while queued/running, 200 when done
-    GET  /{owner}/{app}/requests/{id}/status/stream      the same as server-sent events
-    GET  /{owner}/{app}/requests/{id}                    the result (or the job's error)
-    PUT  /{owner}/{app}/requests/{id}/cancel
-    POST /run/{app_id}                                   fal's synchronous host: waits, answers the result
-
-Status, result and cancel URLs name only owner/app, never a sub-path (as fal does). Canonical inputs
-and outputs are fal's, so this dialect translates nothing. Its webhooks carry Standard Webhooks
-headers and fal's Ed25519 ones, so either verifier works. (fal's storage upload routes are in
-api/fal_storage.py: every dialect's clients may use the files.)
-"""
+"""fal's routes (see the package's docstring for the protocol)."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
@@ -26,115 +12,32 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from hidream_service.api import submission
 from hidream_service.api.errors import shaped_route
 from hidream_service.api.openapi import json_body
-from hidream_service.api.rendering import app_of, queue_urls
+from hidream_service.api.rendering import app_of
 from hidream_service.api.state import AppState, app_state
 from hidream_service.api.submission import one_error, read_json_object, until_terminal
-from hidream_service.dialects.base import Dialect
-from hidream_service.dialects.common import compact_json
-from hidream_service.jobs.model import Job, JobStatus
+from hidream_service.dialects.fal import FAL, error_payload, render_status
+from hidream_service.jobs.model import Job
 from hidream_service.jobs.service import CancelOutcome
 from hidream_service.models.family import Endpoint
-from hidream_service.signing_keys import SigningKeys
-from webhooks.outbox import Delivery, OutboxMessage
-from webhooks.signing import fal_sign_headers, sign_headers
 
 SSE_KEEPALIVE_SECONDS = 15.0
 TRUE_WORDS = {"1", "true", "yes"}
 FALSE_WORDS = {"0", "false", "no", ""}
-ANONYMOUS_USER = "anonymous"  # the fal user id of jobs on a server without API keys
 
-
-SIGNER = "fal"  # Standard Webhooks headers and fal's Ed25519 headers
-
-
-class FalDialect(Dialect):
-    id = "fal"
-    signer = SIGNER
-    routes_last = True  # its submit route takes any POST path
-
-    def name_of(self, endpoint: Endpoint) -> str | None:
-        return endpoint.id  # the canonical name
-
-    def router(self, endpoints: Mapping[str, Endpoint]) -> APIRouter:
-        router = APIRouter(route_class=FalRoute)
-        for endpoint in endpoints.values():
-            _add_endpoint_routes(router, endpoint)
-        router.include_router(_requests)
-        router.include_router(_catch_all)  # last: its submit route takes any POST path
-        return router
-
-    def ending(self, job: Job, endpoint: Endpoint | None) -> OutboxMessage | None:
-        if job.webhook_url is None:
-            return None
-        context = json.dumps({"request_id": job.id, "user_id": job.owner or ANONYMOUS_USER})
-        body = compact_json(webhook_body(job))
-        return OutboxMessage(job.webhook_id, job.webhook_url, body, SIGNER, context=context, subject=job.id)
-
-    def sign(self, keys: SigningKeys, delivery: Delivery, timestamp: int) -> Mapping[str, str]:
-        context = json.loads(delivery.context)
-        fal_headers = fal_sign_headers(
-            keys.fal_key, context["request_id"], context["user_id"], timestamp, delivery.body
-        )
-        return {**sign_headers(keys.signing_secrets(), delivery.id, timestamp, delivery.body), **fal_headers}
-
-
-FAL = FalDialect()
 FalRoute = shaped_route(FAL.render_error)
 _requests = APIRouter(route_class=FalRoute)
 _catch_all = APIRouter(route_class=FalRoute)
 
 
-# -- rendering ------------------------------------------------------------------------------------
-
-
-def error_payload(job: Job) -> dict[str, Any]:
-    return {"detail": job.error_detail if job.error_detail is not None else job.error}
-
-
-def webhook_body(job: Job) -> dict[str, Any]:
-    """fal's payload: {request_id, gateway_request_id, status: OK|ERROR, payload, error}."""
-    if job.succeeded:
-        return {
-            "request_id": job.id,
-            "gateway_request_id": job.id,
-            "status": "OK",
-            "payload": job.result,
-            "error": None,
-        }
-    return {
-        "request_id": job.id,
-        "gateway_request_id": job.id,
-        "status": "ERROR",
-        "payload": error_payload(job),
-        "error": job.error,
-    }
-
-
-def _logs(job: Job) -> list[dict[str, Any]]:
-    return [
-        {
-            "message": line.message,
-            "level": line.level,
-            "source": "USER",
-            "timestamp": datetime.fromtimestamp(line.timestamp, UTC).isoformat(),
-        }
-        for line in job.logs
-    ]
-
-
-def render_status(job: Job, *, with_logs: bool) -> dict[str, Any]:
-    """fal's status object. Failed and cancelled jobs are COMPLETED with `error` (fal-client knows
-    no other status strings); `logs` is always present, null unless asked for."""
-    body: dict[str, Any] = {"request_id": job.id, **queue_urls(job), "logs": _logs(job) if with_logs else None}
-    if job.status is JobStatus.IN_QUEUE:
-        body.update(status="IN_QUEUE", queue_position=job.queue_position or 0)
-    elif job.status is JobStatus.IN_PROGRESS:
-        body.update(status="IN_PROGRESS")
-    else:
-        body.update(status="COMPLETED", metrics={"inference_time": job.inference_time})
-        if not job.succeeded:
-            body.update(error=job.error, error_type=job.error_type.value if job.error_type else None)
-    return body
+def router_for(endpoints: Mapping[str, Endpoint]) -> APIRouter:
+    """fal's routes: documented ones for each served endpoint, then the request routes, then the
+    catch-alls (last: the submit route takes any POST path)."""
+    router = APIRouter(route_class=FalRoute)
+    for endpoint in endpoints.values():
+        _add_endpoint_routes(router, endpoint)
+    router.include_router(_requests)
+    router.include_router(_catch_all)
+    return router
 
 
 def _json(body: Any, status_code: int = 200, request_id: str | None = None) -> JSONResponse:
@@ -150,9 +53,6 @@ def _result_response(job: Job) -> JSONResponse:
     if job.error_type is not None:
         response.headers["X-Fal-Error-Type"] = job.error_type.value
     return response
-
-
-# -- routes ---------------------------------------------------------------------------------------
 
 
 def _parse_flag(value: str | None, name: str) -> bool:
