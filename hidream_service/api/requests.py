@@ -22,7 +22,7 @@ from fastapi.responses import StreamingResponse
 
 from hidream_service.api.rendering import iso, queue_urls
 from hidream_service.api.state import app_state
-from hidream_service.api.submission import one_error
+from hidream_service.api.submission import one_error, watched_job
 from hidream_service.jobs.model import Job, JobStatus, LogLine
 from webhooks.outbox import Delivery, DeliveryState
 
@@ -146,25 +146,19 @@ async def stream_request(request: Request, request_id: str) -> StreamingResponse
     async def events() -> AsyncIterator[str]:
         sent_lines = 0
         last_summary = None
-        with state.events.watching(request_id) as watch:
-            while True:
-                version = watch.version
-                job = state.service.get(request_id, owner, with_logs=True)
-                if job is None:
-                    return
-                ended = job.status.is_terminal()
-                delivery = state.outbox.final_for_subjects([job.id]).get(job.id) if ended else None
-                summary = request_summary(job, delivery)
-                new_lines = job.logs[sent_lines:]
-                if summary != last_summary or new_lines:
-                    event = {**summary, "logs": [_log_json(line) for line in new_lines]}
-                    if ended:
-                        event.update(result=job.result, error_detail=job.error_detail)
-                    yield f"data: {json.dumps(event)}\n\n"
-                    sent_lines, last_summary = len(job.logs), summary
+        async for job in watched_job(state, request_id, owner, with_logs=True, keepalive=SSE_KEEPALIVE_SECONDS):
+            if job is None:
+                yield ": keep-alive\n\n"
+                continue
+            ended = job.status.is_terminal()
+            delivery = state.outbox.final_for_subjects([job.id]).get(job.id) if ended else None
+            summary = request_summary(job, delivery)
+            new_lines = job.logs[sent_lines:]
+            if summary != last_summary or new_lines:
+                event = {**summary, "logs": [_log_json(line) for line in new_lines]}
                 if ended:
-                    return
-                if not await watch.changed_since(version, SSE_KEEPALIVE_SECONDS):
-                    yield ": keep-alive\n\n"
+                    event.update(result=job.result, error_detail=job.error_detail)
+                yield f"data: {json.dumps(event)}\n\n"
+                sent_lines, last_summary = len(job.logs), summary
 
     return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})

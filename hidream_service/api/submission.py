@@ -8,7 +8,7 @@ import dataclasses
 import json
 import math
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from fastapi import HTTPException, Request
@@ -214,3 +214,21 @@ async def until_terminal(state: AppState, job_id: str, owner: str, timeout: floa
             if job.status.is_terminal() or remaining <= 0:
                 return job
             await watch.changed_since(version, min(remaining, 1.0))
+
+
+async def watched_job(
+    state: AppState, job_id: str, owner: str, *, with_logs: bool, keepalive: float
+) -> AsyncIterator[Job | None]:
+    """The job now, then each time it changes, until it has ended (or is gone); None when nothing
+    changed for `keepalive` seconds (a stream's cue for a keep-alive). What a status stream reads."""
+    with state.events.watching(job_id) as watch:
+        while True:
+            version = watch.version
+            job = state.service.get(job_id, owner, with_logs=with_logs)
+            if job is None:
+                return
+            yield job
+            if job.status.is_terminal():
+                return
+            if not await watch.changed_since(version, keepalive):
+                yield None

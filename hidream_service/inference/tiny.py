@@ -38,21 +38,23 @@ def _exclusive(lock_path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def ensure_tiny_weights(layout: WeightsLayout, build: Callable[[Path], None]) -> None:
-    """Run `build` (every family's tiny builder) once into the layout's root; concurrent workers
-    wait for the first one to finish."""
+def ensure_tiny_weights(layout: WeightsLayout, build: Callable[[Path], None], families: Sequence[str]) -> None:
+    """Run `build` (the tiny builders of `families`) once into the layout's root; concurrent workers
+    wait for the first one to finish. A root built for other families is built again."""
     root = layout.root
-    if (root / _COMPLETE_MARKER).is_file():
+    marker = root / _COMPLETE_MARKER
+    built_for = "".join(f"{family}\n" for family in families)
+    if marker.is_file() and marker.read_text() == built_for:
         return
     with _exclusive(root.parent / f".{root.name}.lock"):
-        if (root / _COMPLETE_MARKER).is_file():
+        if marker.is_file() and marker.read_text() == built_for:
             return
         building = root.parent / f".{root.name}.building"
         shutil.rmtree(building, ignore_errors=True)
         build(building)
         shutil.rmtree(root, ignore_errors=True)
         os.replace(building, root)
-        (root / _COMPLETE_MARKER).write_text("ok\n")
+        marker.write_text(built_for)
 
 
 def build_tiny_i1(root: Path, variants: Sequence[Variant]) -> None:

@@ -108,9 +108,10 @@ class Registry:
             family.build_tiny(root)
 
     def ensure_tiny_weights(self, layout: WeightsLayout) -> None:
+        """Build every family's tiny weights once (again if the families changed since)."""
         from hidream_service.inference.tiny import ensure_tiny_weights
 
-        ensure_tiny_weights(layout, self.build_tiny)
+        ensure_tiny_weights(layout, self.build_tiny, [family.name for family in self.families])
 
     def load(self, pipelines: PipelineCache, model: str) -> LoadedPipeline:
         """The PipelineCache's loader: the model's family loads it (checking its weights first)."""

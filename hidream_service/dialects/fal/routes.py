@@ -14,7 +14,7 @@ from hidream_service.api.errors import shaped_route
 from hidream_service.api.openapi import json_body
 from hidream_service.api.rendering import app_of
 from hidream_service.api.state import AppState, app_state
-from hidream_service.api.submission import one_error, read_json_object, until_terminal
+from hidream_service.api.submission import one_error, read_json_object, until_terminal, watched_job
 from hidream_service.dialects.fal import FAL, error_payload, render_status
 from hidream_service.jobs.model import Job
 from hidream_service.jobs.service import CancelOutcome
@@ -94,20 +94,14 @@ async def status_stream(
 
     async def events() -> AsyncIterator[str]:
         last_sent = None
-        with state.events.watching(request_id) as watch:
-            while True:
-                version = watch.version
-                job = state.service.get(request_id, caller, with_logs=with_logs)
-                if job is None:
-                    return
-                body = render_status(job, with_logs=with_logs)
-                if body != last_sent:
-                    yield f"data: {json.dumps(body)}\n\n"
-                    last_sent = body
-                if job.status.is_terminal():
-                    return
-                if not await watch.changed_since(version, SSE_KEEPALIVE_SECONDS):
-                    yield ": keep-alive\n\n"
+        async for job in watched_job(state, request_id, caller, with_logs=with_logs, keepalive=SSE_KEEPALIVE_SECONDS):
+            if job is None:
+                yield ": keep-alive\n\n"
+                continue
+            body = render_status(job, with_logs=with_logs)
+            if body != last_sent:
+                yield f"data: {json.dumps(body)}\n\n"
+                last_sent = body
 
     return StreamingResponse(
         events(),
