@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from hidream_service.client import ServiceError
 from hidream_service.commands import doctor, jobs, run
 from hidream_service.commands.common import UsageError, settings_from
+from hidream_service.config import SettingsError
 
 log = logging.getLogger("hidream_service")
 
@@ -27,7 +28,7 @@ def serve(args: argparse.Namespace) -> int:
 
     from hidream_service.inference.weights import WeightsError
     from hidream_service.runtime import DataDirInUse, data_dir_lock
-    from hidream_service.server import SettingsError, create_app
+    from hidream_service.server import create_app
 
     settings = settings_from(args)
     try:
@@ -40,9 +41,6 @@ def serve(args: argparse.Namespace) -> int:
         app = create_app(settings)
     except WeightsError as exc:
         print(f"error: {exc} (see docs/weights.md for the layout, or pass --weights tiny)", file=sys.stderr)
-        return 2
-    except SettingsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if not settings.api_keys and settings.host not in ("127.0.0.1", "localhost", "::1"):
@@ -75,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.handler(args)
     except KeyboardInterrupt:
         code = EXIT_INTERRUPTED
-    except UsageError as exc:
+    except (UsageError, SettingsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         code = EXIT_USAGE
     except ValidationError as exc:

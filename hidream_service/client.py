@@ -1,7 +1,8 @@
 """A small client of this server's public API, for the `hidream` command (run, jobs).
 
-It speaks what any client may: the fal queue (submit, status stream, result, cancel), fal's upload
-route, the catalogue, and the request and webhook views. Nothing here imports the server.
+It speaks what any client may: the fal queue (submit, status, cancel), fal's upload route, the
+catalogue, and the request views (one request's event stream included) and webhook views. Nothing
+here imports the server.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from urllib.parse import quote
 import httpx
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
-STREAM_READ_TIMEOUT = 60.0  # the status stream sends a keep-alive every 15 s
+STREAM_READ_TIMEOUT = 60.0  # an event stream sends a keep-alive every 15 s
 
 
 class ServiceError(Exception):
@@ -106,7 +107,7 @@ class ServiceClient:
         typed `progress` and the log lines new since the last, until the server closes the stream."""
         timeout = httpx.Timeout(self._http.timeout.connect, read=STREAM_READ_TIMEOUT)
         try:
-            url = f"{self.base_url}/v1/requests/{request_id}/stream"
+            url = f"{self.base_url}/v1/requests/{quote(request_id, safe='')}/stream"
             with self._http.stream("GET", url, timeout=timeout) as stream:
                 if stream.status_code >= 400:
                     stream.read()
@@ -124,10 +125,6 @@ class ServiceClient:
     def cancel(self, cancel_url: str) -> dict[str, Any]:
         answer: dict[str, Any] = self._json("PUT", cancel_url)
         return answer
-
-    def result(self, response_url: str) -> dict[str, Any]:
-        result: dict[str, Any] = self._json("GET", response_url)
-        return result
 
     def download(self, url: str) -> bytes:
         if url.startswith("data:"):

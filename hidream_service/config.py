@@ -19,6 +19,10 @@ DEFAULT_WEBHOOK_RETRY_SCHEDULE = (0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 3600
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
+class SettingsError(Exception):
+    """A setting names something this server does not have (an endpoint to preload, say)."""
+
+
 def default_data_dir() -> Path:
     """Per-user data directory: $XDG_DATA_HOME/hidream, else ~/.local/share/hidream."""
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")

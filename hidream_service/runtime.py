@@ -62,6 +62,7 @@ def job_service(
     *,
     on_submitted: Callable[[Job], None],
     on_changed: Callable[[str], None],
+    on_queue_moved: Callable[[], None] = lambda: None,
     on_cancel_requested: Callable[[Job], None] = lambda job: None,
 ) -> JobService:
     """The JobService of one process, its jobs' webhooks rendered by their dialects."""
@@ -71,6 +72,7 @@ def job_service(
         endings=DialectEndings(registry),
         on_submitted=on_submitted,
         on_changed=on_changed,
+        on_queue_moved=on_queue_moved,
         on_cancel_requested=on_cancel_requested,
     )
 
@@ -110,7 +112,12 @@ async def embedded_runtime(
         events = JobEvents(asyncio.get_running_loop(), on_change=deliverer.wake)
         executor = LocalExecutor()
         service = job_service(
-            settings, store, registry, on_submitted=executor.submitted, on_changed=events.notify_threadsafe
+            settings,
+            store,
+            registry,
+            on_submitted=executor.submitted,
+            on_changed=events.notify_threadsafe,
+            on_queue_moved=events.queue_moved_threadsafe,
         )
         released = outbox.release_claims(time.time())
         if released:
@@ -123,6 +130,7 @@ async def embedded_runtime(
                 settings,
                 service,
                 on_job_changed=events.notify_threadsafe,
+                on_queue_moved=events.queue_moved_threadsafe,
                 registry=registry,
                 endings=DialectEndings(registry),
             )

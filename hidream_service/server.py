@@ -21,7 +21,7 @@ from hidream_service.api.auth import ApiKeys
 from hidream_service.api.errors import install_error_handlers
 from hidream_service.api.image_fetch import ImageInputs
 from hidream_service.api.state import AppState, Runtime, app_state
-from hidream_service.config import Settings
+from hidream_service.config import Settings, SettingsError
 from hidream_service.dialects.registry import DIALECTS
 from hidream_service.inference.weights import resolve_weights
 from hidream_service.models.family import Endpoint
@@ -29,10 +29,6 @@ from hidream_service.models.registry import DEFAULT_REGISTRY, Registry
 from hidream_service.runtime import embedded_runtime, webhook_client
 
 log = logging.getLogger("hidream_service")
-
-
-class SettingsError(Exception):
-    """A setting names something this server does not have (an endpoint to preload, say)."""
 
 
 def create_app(

@@ -18,11 +18,12 @@ import logging
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Route
 
 log = logging.getLogger("hidream_service")
 
@@ -76,6 +77,34 @@ def shaped_route(render: ErrorRenderer) -> type[APIRoute]:
             return handle
 
     return ShapedRoute
+
+
+ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
+def add_fallbacks(router: APIRouter, *paths: str) -> None:
+    """Claim `paths` (under the router's prefix; `{rest:path}` for a subtree) for the router's
+    dialect: what its other routes do not take there is a 405 when one of them has the path for
+    another method, else a 404, in the router's shape. Add them after the router's routes."""
+
+    async def not_served(request: Request) -> Response:
+        allowed = sorted(
+            {
+                method
+                for route in router.routes
+                if isinstance(route, Route)
+                and route.endpoint is not not_served
+                and route.methods
+                and route.matches(request.scope)[0] is Match.PARTIAL
+                for method in route.methods
+            }
+        )
+        if allowed:
+            raise StarletteHTTPException(405, "Method Not Allowed", headers={"Allow": ", ".join(allowed)})
+        raise StarletteHTTPException(404, "Not Found")
+
+    for path in paths:
+        router.add_api_route(path, not_served, methods=ANY_METHOD, include_in_schema=False)
 
 
 def install_error_handlers(app: FastAPI) -> None:

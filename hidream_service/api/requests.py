@@ -13,6 +13,7 @@ cancelling goes through the fal `cancel_url` each summary carries. A running req
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -146,19 +147,22 @@ async def stream_request(request: Request, request_id: str) -> StreamingResponse
     async def events() -> AsyncIterator[str]:
         sent_lines = 0
         last_summary = None
-        async for job in watched_job(state, request_id, owner, with_logs=True, keepalive=SSE_KEEPALIVE_SECONDS):
-            if job is None:
-                yield ": keep-alive\n\n"
-                continue
-            ended = job.status.is_terminal()
-            delivery = state.outbox.final_for_subjects([job.id]).get(job.id) if ended else None
-            summary = request_summary(job, delivery)
-            new_lines = job.logs[sent_lines:]
-            if summary != last_summary or new_lines:
-                event = {**summary, "logs": [_log_json(line) for line in new_lines]}
-                if ended:
-                    event.update(result=job.result, error_detail=job.error_detail)
-                yield f"data: {json.dumps(event)}\n\n"
-                sent_lines, last_summary = len(job.logs), summary
+        async with contextlib.aclosing(
+            watched_job(state, request_id, owner, with_logs=True, keepalive=SSE_KEEPALIVE_SECONDS)
+        ) as changes:
+            async for job in changes:
+                if job is None:
+                    yield ": keep-alive\n\n"
+                    continue
+                ended = job.status.is_terminal()
+                delivery = state.outbox.final_for_subjects([job.id]).get(job.id) if ended else None
+                summary = request_summary(job, delivery)
+                new_lines = job.logs[sent_lines:]
+                if summary != last_summary or new_lines:
+                    event = {**summary, "logs": [_log_json(line) for line in new_lines]}
+                    if ended:
+                        event.update(result=job.result, error_detail=job.error_detail)
+                    yield f"data: {json.dumps(event)}\n\n"
+                    sent_lines, last_summary = len(job.logs), summary
 
     return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})

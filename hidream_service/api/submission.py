@@ -8,7 +8,7 @@ import dataclasses
 import json
 import math
 import urllib.parse
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 from fastapi import HTTPException, Request
@@ -17,7 +17,7 @@ from pydantic import BaseModel, ValidationError
 from hidream_service.api.state import AppState, app_state
 from hidream_service.api.webhooks import callback_url_problem
 from hidream_service.image_inputs import ImageInputError
-from hidream_service.jobs.model import Job, JobRequest
+from hidream_service.jobs.model import Job, JobRequest, JobStatus
 from hidream_service.jobs.service import IdempotencyKeyReused
 from hidream_service.models.family import Endpoint
 
@@ -210,6 +210,7 @@ async def until_terminal(state: AppState, job_id: str, owner: str, timeout: floa
             version = watch.version
             job = state.service.get(job_id, owner, with_logs=with_logs)
             assert job is not None
+            watch.read(queued=job.status is JobStatus.IN_QUEUE)
             remaining = deadline - loop.time()
             if job.status.is_terminal() or remaining <= 0:
                 return job
@@ -218,7 +219,7 @@ async def until_terminal(state: AppState, job_id: str, owner: str, timeout: floa
 
 async def watched_job(
     state: AppState, job_id: str, owner: str, *, with_logs: bool, keepalive: float
-) -> AsyncIterator[Job | None]:
+) -> AsyncGenerator[Job | None, None]:
     """The job now, then each time it changes, until it has ended (or is gone); None when nothing
     changed for `keepalive` seconds (a stream's cue for a keep-alive). What a status stream reads."""
     with state.events.watching(job_id) as watch:
@@ -227,6 +228,7 @@ async def watched_job(
             job = state.service.get(job_id, owner, with_logs=with_logs)
             if job is None:
                 return
+            watch.read(queued=job.status is JobStatus.IN_QUEUE)
             yield job
             if job.status.is_terminal():
                 return

@@ -5,7 +5,7 @@ GET  /v1/requests/{request_id}/webhooks             the request's deliveries and
 POST /v1/webhooks/deliveries/{delivery_id}/replay   send once more now: same webhook-id, fresh signature
 
 The signing secret is served where each dialect's clients look for it: Replicate's
-`/v1/webhooks/default/secret` (dialects/replicate.py) and WaveSpeed's `/api/v3/webhook/secret`.
+`/v1/webhooks/default/secret` (dialects/replicate/routes.py) and WaveSpeed's `/api/v3/webhook/secret`.
 """
 
 from __future__ import annotations

@@ -173,6 +173,20 @@ def check_weights(settings: Settings, registry: Registry = DEFAULT_REGISTRY) -> 
     return Check("weights", Level.OK, f"{where}: {', '.join(models)} complete")
 
 
+def check_preload(settings: Settings, registry: Registry = DEFAULT_REGISTRY) -> Check:
+    unknown = [endpoint for endpoint in settings.preload if endpoint not in registry.endpoints]
+    if unknown:
+        return Check(
+            "preload",
+            Level.FAIL,
+            f"HIDREAM_PRELOAD names unknown endpoint(s): {', '.join(unknown)}; `hidream serve` refuses to start",
+            f"use endpoint ids from GET /models: {', '.join(registry.endpoints)}",
+        )
+    if not settings.preload:
+        return Check("preload", Level.OK, "none: each model loads at its first job")
+    return Check("preload", Level.OK, f"workers load {', '.join(settings.preload)} as they start")
+
+
 def check_webhook_secret(settings: Settings) -> Check:
     if settings.webhook_secret:
         try:
@@ -280,7 +294,16 @@ def check_access(settings: Settings) -> Check:
 
 
 def run_checks(settings: Settings) -> list[Check]:
-    checks = [check_data_dir, check_database, check_weights, check_webhook_secret, check_disk, check_gpu, check_access]
+    checks = [
+        check_data_dir,
+        check_database,
+        check_weights,
+        check_preload,
+        check_webhook_secret,
+        check_disk,
+        check_gpu,
+        check_access,
+    ]
     return [check(settings) for check in checks]
 
 

@@ -1,8 +1,8 @@
 """`hidream run`: one request from the terminal, against a running server or one started in-process.
 
 Any endpoint of the catalogue; `--image` fills the endpoint's image input (a local file is uploaded
-first); a progress bar follows the status stream; Ctrl-C cancels the job; `--json` prints the
-result for scripts.
+first); a progress bar follows the request's event stream; Ctrl-C cancels the job; `--json` prints
+the result for scripts.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ STEP_FIELDS = ("num_inference_steps", "num_steps")  # whichever the endpoint has
 OUTPUT_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
 URL_SCHEMES = ("http://", "https://", "data:")
 STREAM_RETRIES = 20
+POLL_SECONDS = 0.5
 CANCEL_WAIT_SECONDS = 10.0
 EXIT_CANCELLED = 130
 
@@ -158,18 +159,36 @@ def _show(line: str) -> None:
 
 def follow(client: ServiceClient, handle: dict[str, Any]) -> dict[str, Any]:
     """Show the request's progress until it ends; returns its last summary."""
+    request_id = handle["request_id"]
     for _ in range(STREAM_RETRIES):
         try:
-            for summary in client.request_events(handle["request_id"]):
-                _show(progress_line(summary))
-                if summary["outcome"] in ENDED:
-                    print(file=sys.stderr)
+            for summary in client.request_events(request_id):
+                if _shown_until_ended(summary):
                     return summary
         except ServiceError as exc:
+            if exc.status == 404:
+                return poll(client, request_id)  # a server older than the stream (or a request gone: it says so)
             if exc.status is not None:
                 raise
         time.sleep(0.5)  # the stream dropped before the end: follow it again
     raise ServiceError(None, "lost the request's event stream; see it with `hidream jobs show`")
+
+
+def poll(client: ServiceClient, request_id: str) -> dict[str, Any]:
+    """Follow a request by reading its summary twice a second."""
+    while True:
+        summary = client.request(request_id)
+        if _shown_until_ended(summary):
+            return summary
+        time.sleep(POLL_SECONDS)
+
+
+def _shown_until_ended(summary: dict[str, Any]) -> bool:
+    _show(progress_line(summary))
+    if summary["outcome"] in ENDED:
+        print(file=sys.stderr)
+        return True
+    return False
 
 
 def cancel(client: ServiceClient, handle: dict[str, Any]) -> int:
@@ -235,7 +254,10 @@ def run(args: argparse.Namespace) -> int:
         with ServiceClient(args.server, args.key) as client:
             return generate(client, args)
     settings = settings_from(args, host="127.0.0.1", port=0)
-    if settings.weights is None and args.endpoint != "hidream/noop":
+    from hidream_service.models.registry import DEFAULT_REGISTRY  # the in-process server's families
+
+    endpoint = DEFAULT_REGISTRY.endpoints.get(args.endpoint)
+    if settings.weights is None and (endpoint is None or endpoint.needs_weights):
         raise UsageError("pass --weights PATH (real weights) or --weights tiny, or --server URL")
     with InProcessServer(settings) as server, ServiceClient(server.url, args.key) as client:
         return generate(client, args)

@@ -1,8 +1,10 @@
 """Job change notifications inside the API process, per job.
 
 A status stream or a synchronous wait watches its own job and wakes only when that job changes, so
-the store reads grow with the changes of watched jobs, not with watchers x changes. Workers announce
-changes from other threads (and, through the pool, other processes): `notify_threadsafe`.
+the store reads grow with the changes of watched jobs, not with watchers x changes. One exception:
+a queued job's place changes when a job ahead of it leaves the queue, so the watchers of queued jobs
+also wake when the queue moves (`queue_moved_threadsafe`). Workers announce changes from other
+threads (and, through the pool, other processes).
 """
 
 from __future__ import annotations
@@ -13,13 +15,15 @@ from collections.abc import Callable, Iterator
 
 
 class _Watched:
-    """One watched job: a change counter and the event its watchers wait on."""
+    """One watched job: a change counter, the event its watchers wait on, and whether it was queued
+    when last read (then the queue moving changes it too)."""
 
-    __slots__ = ("moved", "version", "watchers")
+    __slots__ = ("moved", "queued", "version", "watchers")
 
     def __init__(self) -> None:
         self.version = 0
         self.watchers = 0
+        self.queued = False
         self.moved = asyncio.Event()
 
     def bump(self) -> None:
@@ -38,6 +42,10 @@ class JobWatch:
     @property
     def version(self) -> int:
         return self._watched.version
+
+    def read(self, queued: bool) -> None:
+        """Say what the last read found: a queued job also wakes when the queue moves."""
+        self._watched.queued = queued
 
     async def changed_since(self, version: int, timeout: float) -> bool:
         """Wait until the job changes after `version`; False on timeout."""
@@ -74,6 +82,11 @@ class JobEvents:
         with contextlib.suppress(RuntimeError):  # the loop is closing
             self._loop.call_soon_threadsafe(self._changed, job_id)
 
+    def queue_moved_threadsafe(self) -> None:
+        """A job left the queue (or came back to it): the places of queued jobs changed."""
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self._queue_moved)
+
     def notify_all_threadsafe(self) -> None:
         """Every watched job may have changed (where changes are only seen by polling the store)."""
         with contextlib.suppress(RuntimeError):
@@ -84,6 +97,11 @@ class JobEvents:
         if watched is not None:
             watched.bump()
         self._on_change()
+
+    def _queue_moved(self) -> None:
+        for watched in self._watched.values():
+            if watched.queued:
+                watched.bump()
 
     def _all_changed(self) -> None:
         for watched in self._watched.values():

@@ -19,7 +19,7 @@ from hidream_service.config import Settings
 from hidream_service.jobs.model import Job
 from hidream_service.jobs.protocols import JobEndings
 from hidream_service.jobs.service import JobService
-from hidream_service.jobs.worker import worker_main
+from hidream_service.jobs.worker import QUEUE_MOVED, worker_main
 from hidream_service.models.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -51,12 +51,14 @@ class WorkerPool:
         service: JobService,
         on_job_changed: Callable[[str], None],
         *,
+        on_queue_moved: Callable[[], None],
         registry: Registry,
         endings: JobEndings,
     ) -> None:
         self.settings = settings
         self.service = service
         self.on_job_changed = on_job_changed
+        self.on_queue_moved = on_queue_moved
         self.registry = registry
         self.endings = endings
         self._ctx = multiprocessing.get_context("spawn")
@@ -128,4 +130,7 @@ class WorkerPool:
             job_id = self._changes.get()
             if job_id is None:
                 return
-            self.on_job_changed(job_id)
+            if job_id == QUEUE_MOVED:
+                self.on_queue_moved()
+            else:
+                self.on_job_changed(job_id)

@@ -80,8 +80,11 @@ class JobStore(Protocol):
     def lease_state(self, job_id: str, token: str) -> tuple[bool, bool]:
         """Read-only: (still leased by this token, cancel requested)."""
 
-    def append_logs(self, job_id: str, lines: Iterable[LogLine], progress: Progress | None = None) -> None:
-        """Add log lines and, when given, set the job's progress, in one write."""
+    def append_logs(
+        self, job_id: str, lines: Iterable[LogLine], progress: Progress | None = None, *, token: str | None = None
+    ) -> None:
+        """Add log lines and set the job's progress, in one write; the progress only while `token`
+        still holds the job's lease (a run whose lease was taken away reports nothing more)."""
 
     def requeue(self, job_id: str, token: str) -> bool: ...
 

@@ -70,6 +70,7 @@ class JobService:
         webhook_first_delay: Callable[[], float] = lambda: 0.0,
         on_submitted: Callable[[Job], None] = lambda job: None,
         on_changed: Callable[[str], None] = lambda job_id: None,
+        on_queue_moved: Callable[[], None] = lambda: None,
         on_cancel_requested: Callable[[Job], None] = lambda job: None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -80,6 +81,7 @@ class JobService:
         self._webhook_first_delay = webhook_first_delay
         self._on_submitted = on_submitted
         self._on_changed = on_changed
+        self._on_queue_moved = on_queue_moved  # a job left the queue, or came back: places changed
         self._on_cancel_requested = on_cancel_requested
         self._clock = clock
         self._logs_events: dict[str, tuple[float, int]] = {}  # job id -> (last logs event, events sent)
@@ -188,6 +190,7 @@ class JobService:
         if started is not None:
             self.store.enqueue_webhook(started, now)
         self._on_changed(job.id)
+        self._on_queue_moved()
         return Lease(job, token)
 
     def heartbeat(self, lease: Lease, logs: list[LogLine], progress: Progress | None = None) -> tuple[bool, bool]:
@@ -198,7 +201,7 @@ class JobService:
     def record(self, lease: Lease, logs: list[LogLine], progress: Progress | None = None) -> None:
         """A run's log lines and its latest progress, in one write; then the job's watchers wake."""
         if logs or progress is not None:
-            self.store.append_logs(lease.job.id, logs, progress)
+            self.store.append_logs(lease.job.id, logs, progress, token=lease.token)
             if logs:
                 self._send_logs_event(lease.job)
             self._on_changed(lease.job.id)
@@ -307,6 +310,7 @@ class JobService:
             log.warning("re-queued %s: its worker is gone (attempt %d)", job.id, job.attempts)
             self._on_submitted(job)
             self._on_changed(job.id)
+            self._on_queue_moved()  # back at its old place, ahead of later jobs
 
     def recover_expired_leases(self) -> int:
         expired = self.store.expired_leases(self._clock())
@@ -358,6 +362,8 @@ class JobService:
         )
         if written:
             self._on_changed(job.id)
+            if JobStatus.IN_QUEUE in expected:
+                self._on_queue_moved()
         return written
 
 
@@ -368,6 +374,7 @@ def build_service(
     endings: JobEndings,
     on_submitted: Callable[[Job], None],
     on_changed: Callable[[str], None],
+    on_queue_moved: Callable[[], None] = lambda: None,
     on_cancel_requested: Callable[[Job], None] = lambda job: None,
 ) -> JobService:
     """The JobService every process of one deployment builds, from the one Settings object."""
@@ -380,6 +387,7 @@ def build_service(
         webhook_first_delay=lambda: first_delay,
         on_submitted=on_submitted,
         on_changed=on_changed,
+        on_queue_moved=on_queue_moved,
         on_cancel_requested=on_cancel_requested,
     )
 

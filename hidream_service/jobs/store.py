@@ -101,12 +101,19 @@ def _row_to_job(row: sqlite3.Row, *, queue_position: int | None = None, logs: li
 
 
 def _add_missing_columns(conn: sqlite3.Connection) -> None:
-    """A data dir made before a column existed gets it (NULL in every old row)."""
-    for table, columns in ADDED_COLUMNS.items():
-        present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
-        for name, kind in columns:
-            if name not in present:
-                conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+    """A data dir made before a column existed gets it (NULL in every old row). Under the write
+    lock, so that two processes opening an old database do not both add it."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for table, columns in ADDED_COLUMNS.items():
+            present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+            for name, kind in columns:
+                if name not in present:
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
 
 
 class SqliteJobStore:
@@ -279,14 +286,16 @@ class SqliteJobStore:
             ).fetchone()
         return (False, False) if row is None else (True, bool(row[0]))
 
-    def append_logs(self, job_id: str, lines: Iterable[LogLine], progress: Progress | None = None) -> None:
+    def append_logs(
+        self, job_id: str, lines: Iterable[LogLine], progress: Progress | None = None, *, token: str | None = None
+    ) -> None:
         with self._lock, self._conn:
             self._conn.execute("BEGIN")
             self._insert_logs(job_id, lines)
-            if progress is not None:
+            if progress is not None and token is not None:
                 self._conn.execute(
-                    "UPDATE jobs SET progress_step = ?, progress_total = ? WHERE id = ?",
-                    (progress.step, progress.total, job_id),
+                    "UPDATE jobs SET progress_step = ?, progress_total = ? WHERE id = ? AND lease_token = ?",
+                    (progress.step, progress.total, job_id, token),
                 )
 
     def _insert_logs(self, job_id: str, lines: Iterable[LogLine]) -> None:

@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 LOG_FLUSH_SECONDS = 0.5  # progress lines reach status readers at most this late (less with a faster heartbeat)
 IDLE_POLL_SECONDS = 1.0  # fallback when a wake-up is missed; new jobs normally wake the worker at once
 HEARTBEAT_IDLE_SECONDS = 5.0  # the heartbeat thread ends after this long with no run to serve
+#: Told to the server on the changes queue besides job ids: the queue moved (a job left it).
+QUEUE_MOVED = ""
 
 
 @dataclass
@@ -430,7 +432,17 @@ def worker_main(
     def changed(job_id: str) -> None:
         changes.put(job_id)
 
-    service = build_service(settings, store, endings=endings, on_submitted=lambda job: wake.set(), on_changed=changed)
+    def queue_moved() -> None:
+        changes.put(QUEUE_MOVED)
+
+    service = build_service(
+        settings,
+        store,
+        endings=endings,
+        on_submitted=lambda job: wake.set(),
+        on_changed=changed,
+        on_queue_moved=queue_moved,
+    )
     runners = Runners(settings, registry)
     for endpoint_id in settings.preload:
         # Before the first lease, so the first request does not pay for imports and the weight load.

@@ -98,13 +98,18 @@ class ModalDeployment:
         except Exception:
             log.exception("could not start the webhook sender for %s; the sweeper will send it", delivery_id)
 
-    def service(self, on_changed: Callable[[str], None] = lambda job_id: None) -> JobService:
+    def service(
+        self,
+        on_changed: Callable[[str], None] = lambda job_id: None,
+        on_queue_moved: Callable[[], None] = lambda: None,
+    ) -> JobService:
         return job_service(
             self.settings,
             self.store,
             self.registry,
             on_submitted=self.executor.submitted,
             on_changed=on_changed,
+            on_queue_moved=on_queue_moved,
             on_cancel_requested=self.executor.cancel_requested,
         )
 
@@ -118,7 +123,7 @@ class ModalDeployment:
         ticker = asyncio.create_task(_tick(events), name="status-poll")
         try:
             yield Runtime(
-                service=self.service(on_changed=events.notify_threadsafe),
+                service=self.service(on_changed=events.notify_threadsafe, on_queue_moved=events.queue_moved_threadsafe),
                 storage=self.storage,
                 events=events,
                 executor=self.executor,

@@ -17,7 +17,8 @@ Limits, all from modal.Dict having no transactions:
 - Logs, progress and lease renewals are written only by the lease holder: last writer wins.
 - Queue positions count the jobs ahead that `active` says are queued; they can be off by a job
   or two while states change, which fal's clients only display.
-- Every read is a network round trip (about 2 for a job), and `page` reads the whole listing.
+- Every read is a network round trip (about 2 for a job, 3 while it runs: its progress), and `page`
+  reads the whole listing.
 - Entries vanish after 7 days untouched (Modal's Dict expiry): a finished job is forgotten a week
   after it was last read, its idempotency key with it.
 """
@@ -251,24 +252,24 @@ class DictJobStore:
             return False, False
         return True, self._jobs.contains(f"cancel:{job_id}")
 
-    def append_logs(self, job_id: str, lines: Iterable[LogLine], progress: Progress | None = None) -> None:
+    def append_logs(
+        self, job_id: str, lines: Iterable[LogLine], progress: Progress | None = None, *, token: str | None = None
+    ) -> None:
         chunk = [[line.timestamp, line.level, line.message] for line in lines]
         if chunk:
             self._logs.append(f"logs:{job_id}", chunk)
-        if progress is not None:
-            # Beside the record, not a new version of it (that would void the holder's lease writes);
-            # tagged with the run it belongs to, so that a re-run starts without it.
-            record = self._records.get(f"job:{job_id}")
-            if record is not None:
-                self._jobs.put(f"progress:{job_id}", [record["attempts"], progress.step, progress.total])
+        if progress is not None and token is not None:
+            # Beside the record under the run's lease token, like its renewals: a new version of the
+            # record would void the holder's lease writes, and a re-run (a new token) starts without it.
+            self._jobs.put(f"progress:{job_id}:{token}", [progress.step, progress.total])
 
     def _progress(self, record: Record) -> Progress | None:
-        if record["status"] == IN_QUEUE:
-            return None
-        stored = self._jobs.get(f"progress:{record['id']}")
-        if stored is None or stored[0] != record["attempts"]:
-            return None
-        return Progress(int(stored[1]), int(stored[2]))
+        """A running job's progress is beside its record, under its lease; an ended one's is in it."""
+        if record["status"] == IN_PROGRESS:
+            stored = self._jobs.get(f"progress:{record['id']}:{record['lease_token']}")
+        else:
+            stored = record.get("progress")
+        return None if stored is None else Progress(int(stored[0]), int(stored[1]))
 
     def requeue(self, job_id: str, token: str) -> bool:
         def give_back(record: Record) -> Record | None:
@@ -305,8 +306,12 @@ class DictJobStore:
         deliver_at: float = 0.0,
         logs: Sequence[LogLine] = (),
     ) -> bool:
-        self.append_logs(job.id, logs, job.progress)
+        self.append_logs(job.id, logs)
         allowed = {status.value for status in expected}
+        final = job.progress
+        if final is None and token is not None:
+            stored = self._jobs.get(f"progress:{job.id}:{token}")
+            final = None if stored is None else Progress(int(stored[0]), int(stored[1]))
 
         def end(record: Record) -> Record | None:
             if record["status"] not in allowed or (token is not None and record["lease_token"] != token):
@@ -322,6 +327,7 @@ class DictJobStore:
                 "inference_time": job.inference_time,
                 "lease_token": None,
                 "lease_expires_at": None,
+                "progress": None if final is None else [final.step, final.total],
                 "ending_message": _message_record(message, deliver_at),
             }
 

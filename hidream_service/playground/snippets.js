@@ -10,7 +10,7 @@ const SIZE_PRESETS = {
   landscape_4_3: [1024, 768],
   landscape_16_9: [1024, 576],
 };
-// Inputs the OpenAI dialect takes through `extra_body` (dialects/openai.py GenerationRequest).
+// Inputs the OpenAI dialect takes through `extra_body` (dialects/openai/__init__.py, GenerationRequest).
 const OPENAI_EXTRA = ["seed", "negative_prompt", "num_inference_steps", "guidance_scale"];
 
 function shellQuote(text) {

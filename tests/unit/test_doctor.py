@@ -14,6 +14,7 @@ from hidream_service.commands.doctor import (
     check_database,
     check_disk,
     check_gpu,
+    check_preload,
     check_webhook_secret,
     check_weights,
     report,
@@ -153,6 +154,15 @@ def test_a_directory_with_no_variant_fails(tmp_path: Path) -> None:
     check = check_weights(settings(tmp_path, weights=str(tmp_path / "weights")))
 
     assert check.level is Level.FAIL and "HiDream-I1-Full" in check.message
+
+
+def test_an_unknown_endpoint_to_preload_fails_naming_the_known_ones(tmp_path: Path) -> None:
+    assert check_preload(settings(tmp_path, preload="fal-ai/hidream-i1-fast")).level is Level.OK
+
+    check = check_preload(settings(tmp_path, preload="fal-ai/flux,fal-ai/hidream-i1-fast"))
+
+    assert check.level is Level.FAIL and "fal-ai/flux" in check.message and check.fix
+    assert "fal-ai/hidream-i1-fast" in check.fix
 
 
 def test_webhook_secret_checks(tmp_path: Path) -> None:

@@ -132,3 +132,37 @@ def test_the_walk_sees_lazy_and_relative_imports_too() -> None:
     source = "def f():\n    from hidream_service.api import state\n    import webhooks.outbox\nfrom . import pool\n"
 
     assert {node_of(name) for name in imported(source, "hidream_service.jobs")} == {"api", "webhooks", "jobs"}
+
+
+def compared_strings(source: str) -> Iterator[str]:
+    """The string constants any comparison in `source` holds (`x == "a"`, `x in ("a", "b")`)."""
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Compare):
+            for operand in (node.left, *node.comparators):
+                for part in ast.walk(operand):
+                    if isinstance(part, ast.Constant) and isinstance(part.value, str):
+                        yield part.value
+
+
+def test_only_a_family_compares_its_names_and_only_a_dialect_its_id() -> None:
+    from hidream_service.dialects.registry import DIALECTS
+    from hidream_service.models.registry import DEFAULT_REGISTRY
+
+    family_names = {family.name for family in DEFAULT_REGISTRY.families} | set(DEFAULT_REGISTRY.models)
+    dialect_ids = {dialect.id for dialect in DIALECTS}
+    found = []
+    for path in [ROOT / "modal_app.py", *sorted((ROOT / "hidream_service").rglob("*.py"))]:
+        node = node_of(module_name(path))
+        names = set(compared_strings(path.read_text()))
+        if node != "models":
+            found += [f"{module_name(path)} compares {name!r}" for name in sorted(names & family_names)]
+        if node != "dialects":
+            found += [f"{module_name(path)} compares {name!r}" for name in sorted(names & dialect_ids)]
+
+    assert found == []
+
+
+def test_the_comparison_walk_finds_names_in_tuples_too() -> None:
+    source = "if family == 'noop' or variant in ('full', 'dev'):\n    pass\n"
+
+    assert set(compared_strings(source)) == {"noop", "full", "dev"}

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from hidream_service.dialects.registry import DialectEndings
-from hidream_service.jobs.model import ErrorType, JobRequest, JobStatus, Lease, LogLine
+from hidream_service.jobs.model import ErrorType, JobRequest, JobStatus, Lease, LogLine, Progress
 from hidream_service.jobs.protocols import JobStore
 from hidream_service.jobs.service import CancelOutcome, IdempotencyKeyReused, JobService
 from hidream_service.jobs.store import SqliteJobStore
@@ -295,6 +295,36 @@ def test_a_run_that_lost_its_lease_keeps_its_lines_but_not_its_outcome(service: 
     seen = service.get(job.id, "", with_logs=True)
     assert seen is not None and seen.status is JobStatus.IN_PROGRESS
     assert [line.message for line in seen.logs] == ["late line"]
+
+
+def progress_of(service: JobService, job_id: str) -> Progress | None:
+    seen = service.get(job_id, "")
+    assert seen is not None
+    return seen.progress
+
+
+def test_a_run_s_progress_is_its_own_and_stays_with_its_ending(service: JobService, clock: Clock) -> None:
+    first, second = overtaken_run(service, clock)
+    job_id = first.job.id
+
+    service.record(first, [], Progress(9, 10))  # the run whose lease was taken away reports nothing more
+    assert progress_of(service, job_id) is None  # and the new run starts without the old one's
+    service.record(second, [], Progress(1, 4))
+    assert progress_of(service, job_id) == Progress(1, 4)
+    service.record(second, [], Progress(3, 4))
+    assert service.complete(second, {"images": []}, 0.1)
+    assert progress_of(service, job_id) == Progress(3, 4)
+
+
+def test_a_re_queued_job_waits_without_progress(service: JobService, clock: Clock) -> None:
+    service.submit(request())
+    lease = service.lease_next("w1")
+    assert lease is not None
+    service.record(lease, [], Progress(2, 8))
+    clock.now += 11
+    assert service.recover_expired_leases() == 1
+
+    assert progress_of(service, lease.job.id) is None
 
 
 def test_pages_are_newest_first_per_owner_and_dialect(service: JobService, backend: Backend) -> None:

@@ -32,7 +32,7 @@ def test_an_old_database_gains_the_progress_columns_and_keeps_its_jobs(tmp_path:
 
     store = SqliteJobStore(path)
     before = store.get("old-job")
-    store.append_logs("old-job", [LogLine(2.0, "INFO", "step 1/2")], Progress(1, 2))
+    store.append_logs("old-job", [LogLine(2.0, "INFO", "step 1/2")], Progress(1, 2), token="w:1")
     after = store.get("old-job", with_logs=True)
     store.close()
 

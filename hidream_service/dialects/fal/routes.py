@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -94,14 +95,17 @@ async def status_stream(
 
     async def events() -> AsyncIterator[str]:
         last_sent = None
-        async for job in watched_job(state, request_id, caller, with_logs=with_logs, keepalive=SSE_KEEPALIVE_SECONDS):
-            if job is None:
-                yield ": keep-alive\n\n"
-                continue
-            body = render_status(job, with_logs=with_logs)
-            if body != last_sent:
-                yield f"data: {json.dumps(body)}\n\n"
-                last_sent = body
+        async with contextlib.aclosing(
+            watched_job(state, request_id, caller, with_logs=with_logs, keepalive=SSE_KEEPALIVE_SECONDS)
+        ) as changes:
+            async for job in changes:
+                if job is None:
+                    yield ": keep-alive\n\n"
+                    continue
+                body = render_status(job, with_logs=with_logs)
+                if body != last_sent:
+                    yield f"data: {json.dumps(body)}\n\n"
+                    last_sent = body
 
     return StreamingResponse(
         events(),

@@ -10,7 +10,7 @@ from fastapi import APIRouter, HTTPException, Request
 from starlette.datastructures import UploadFile
 
 from hidream_service.api import submission
-from hidream_service.api.errors import shaped_route
+from hidream_service.api.errors import add_fallbacks, shaped_route
 from hidream_service.api.openapi import json_body
 from hidream_service.api.state import AppState, app_state
 from hidream_service.dialects.openai import (
@@ -61,7 +61,8 @@ async def edits(request: Request) -> dict[str, Any]:
     state = app_state(request)
     owner = state.api_keys.owner(request)
     # Refuse an oversized body before the form parser spools it all to disk.
-    most_images = max((endpoint.max_images for endpoint in state.endpoints.values()), default=1)
+    editing = edit_models(state.registry.endpoints.values()).values()
+    most_images = max((endpoint.max_images for endpoint in editing), default=1)
     limit = most_images * state.settings.max_image_bytes + (1 << 20)
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -136,3 +137,8 @@ async def models(request: Request) -> dict[str, Any]:
         "object": "list",
         "data": [{"id": name, "object": "model", "created": created, "owned_by": "hidream-ai"} for name in served],
     }
+
+
+# Last: what none of the routes above takes under OpenAI's paths (images.create_variation, say) is
+# answered in OpenAI's shape.
+add_fallbacks(router, "/images/{rest:path}", "/models")

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from pydantic import Field
 
 from hidream_service.api import submission
-from hidream_service.api.errors import shaped_route
+from hidream_service.api.errors import add_fallbacks, shaped_route
 from hidream_service.api.openapi import json_body
 from hidream_service.api.rendering import iso
 from hidream_service.api.state import AppState, app_state
@@ -208,3 +208,15 @@ async def rotate_secret(request: Request) -> dict[str, Any]:
 def _iso_offset(timestamp: float | None) -> str | None:
     """As this route has always written it: ISO 8601 with +00:00."""
     return None if timestamp is None else datetime.fromtimestamp(timestamp, UTC).isoformat()
+
+
+# Last: what none of the routes above takes under Replicate's paths is answered in Replicate's shape.
+add_fallbacks(
+    router,
+    "/predictions",
+    "/predictions/{rest:path}",
+    "/models/{rest:path}",
+    "/files",
+    "/files/{rest:path}",
+    "/webhooks/default/{rest:path}",
+)

@@ -8,7 +8,7 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 
 from hidream_service.api import fal_storage, submission
-from hidream_service.api.errors import shaped_route
+from hidream_service.api.errors import add_fallbacks, shaped_route
 from hidream_service.api.openapi import json_body
 from hidream_service.api.state import AppState, app_state
 from hidream_service.dialects.wavespeed import (
@@ -100,3 +100,7 @@ async def submit(request: Request, owner: str, model: str, webhook: str | None =
             data = {**_data(state, job), "error": "Sync mode timed out; poll urls.get for the result"}
             return JSONResponse(envelope(data, 5004, "sync mode timed out"))
     return _answer(state, job)
+
+
+# Last: what none of the routes above takes under /api/v3 is answered in WaveSpeed's shape.
+add_fallbacks(router, "/{rest:path}")
