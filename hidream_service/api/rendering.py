@@ -12,6 +12,11 @@ def iso(timestamp: float | None) -> str | None:
     return None if timestamp is None else datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
 
 
+def iso_offset(timestamp: float | None) -> str | None:
+    """ISO 8601 with +00:00, as the webhook views and the secret rotation have always written it."""
+    return None if timestamp is None else datetime.fromtimestamp(timestamp, UTC).isoformat()
+
+
 def app_of(endpoint: str) -> str:
     """The owner/app part of an endpoint id: what fal's request URLs name (never a sub-path)."""
     return "/".join(endpoint.split("/")[:2])

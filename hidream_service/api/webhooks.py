@@ -10,11 +10,11 @@ The signing secret is served where each dialect's clients look for it: Replicate
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
 
+from hidream_service.api.rendering import iso_offset
 from hidream_service.api.state import AppState, app_state
 from webhooks.outbox import AttemptRecord, Delivery
 from webhooks.signing import jwks
@@ -36,14 +36,10 @@ async def callback_url_problem(state: AppState, url: str) -> str | None:
     return None
 
 
-def _iso(timestamp: float | None) -> str | None:
-    return None if timestamp is None else datetime.fromtimestamp(timestamp, UTC).isoformat()
-
-
 def _attempt_json(number: int, attempt: AttemptRecord) -> dict[str, Any]:
     return {
         "attempt": number,
-        "at": _iso(attempt.started_at),
+        "at": iso_offset(attempt.started_at),
         "status_code": attempt.status_code,
         "latency_ms": round(attempt.latency_ms, 2),
         "error": attempt.error,
@@ -61,9 +57,9 @@ def _delivery_json(state: AppState, delivery: Delivery) -> dict[str, Any]:
         "attempts": [
             _attempt_json(number, attempt) for number, attempt in enumerate(state.outbox.attempts(delivery.id), start=1)
         ],
-        "next_attempt_at": _iso(delivery.next_attempt_at),
-        "created_at": _iso(delivery.created_at),
-        "finished_at": _iso(delivery.finished_at),
+        "next_attempt_at": iso_offset(delivery.next_attempt_at),
+        "created_at": iso_offset(delivery.created_at),
+        "finished_at": iso_offset(delivery.finished_at),
     }
 
 

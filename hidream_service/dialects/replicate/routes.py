@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException, Request
@@ -14,7 +13,7 @@ from pydantic import Field
 from hidream_service.api import submission
 from hidream_service.api.errors import add_fallbacks, shaped_route
 from hidream_service.api.openapi import json_body
-from hidream_service.api.rendering import iso
+from hidream_service.api.rendering import iso, iso_offset
 from hidream_service.api.state import AppState, app_state
 from hidream_service.dialects.replicate import REPLICATE, input_model, render_prediction
 from hidream_service.jobs.model import Job
@@ -202,12 +201,7 @@ async def rotate_secret(request: Request) -> dict[str, Any]:
         secret, previous_until = state.keys.rotate()
     except SecretPinned as exc:
         raise HTTPException(400, str(exc)) from None
-    return {"key": secret, "previous_key_valid_until": _iso_offset(previous_until)}
-
-
-def _iso_offset(timestamp: float | None) -> str | None:
-    """As this route has always written it: ISO 8601 with +00:00."""
-    return None if timestamp is None else datetime.fromtimestamp(timestamp, UTC).isoformat()
+    return {"key": secret, "previous_key_valid_until": iso_offset(previous_until)}
 
 
 # Last: what none of the routes above takes under Replicate's paths is answered in Replicate's shape.
