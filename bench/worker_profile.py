@@ -21,7 +21,8 @@ from typing import Any
 
 from hidream_service.config import Settings
 from hidream_service.jobs.model import JobRequest
-from hidream_service.jobs.store import SqliteJobStore
+from hidream_service.db.schema import migrate
+from hidream_service.jobs.store import open_store
 from hidream_service.jobs.worker import Runners, Worker
 from hidream_service.models.registry import DEFAULT_REGISTRY
 from hidream_service.runtime import job_service
@@ -43,7 +44,8 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as data_dir:
         settings = Settings(data_dir=Path(data_dir), weights="tiny" if args.job == "tiny" else None)
-        store = SqliteJobStore(settings.database_path)
+        store = open_store(settings)
+        migrate(store.db)
         service = job_service(
             settings, store, DEFAULT_REGISTRY, on_submitted=lambda job: None, on_changed=lambda _: None
         )

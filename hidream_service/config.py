@@ -42,7 +42,29 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(
         default_factory=default_data_dir,
-        description="Holds the SQLite database (jobs, logs, webhook outbox), outputs and tiny weights.",
+        description="This node's own directory: the SQLite database (unless database_url is set), outputs (unless "
+        "outputs_dir is set), tiny weights, the node's name and its server lock.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="Where jobs, logs and webhooks are kept. Unset: SQLite in the data dir. postgresql://user:pass@host/db: "
+        "Postgres, which several nodes (each with its own data dir) share as one service.",
+    )
+    outputs_dir: Path | None = Field(
+        default=None,
+        description="Where output images and uploads are kept. Unset: outputs/ in the data dir. Nodes that share a "
+        "database must share this directory too (any shared mount).",
+    )
+    output_ttl_hours: float = Field(
+        default=72.0,
+        ge=0,
+        description="Outputs and uploads older than this are removed (the jobs stay, and say so); 0 keeps them "
+        "forever. 72 h outlasts the webhook retry schedule (about 28 h) with a weekend to spare.",
+    )
+    node_id: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_-]{1,40}$",
+        description="This node's name in leases and webhook claims. Unset: made once and kept in the data dir.",
     )
     host: str = Field(
         default="127.0.0.1",
@@ -198,5 +220,14 @@ class Settings(BaseSettings):
         return self.data_dir / "hidream.sqlite3"
 
     @property
-    def outputs_dir(self) -> Path:
-        return self.data_dir / "outputs"
+    def outputs_path(self) -> Path:
+        return self.outputs_dir if self.outputs_dir is not None else self.data_dir / "outputs"
+
+    @property
+    def shared_database(self) -> bool:
+        """Whether other nodes may use the same database (Postgres) or only this one (SQLite in the data dir)."""
+        return self.database_url is not None and not self.database_url.startswith("sqlite")
+
+    @property
+    def sql_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.database_path}"

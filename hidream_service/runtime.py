@@ -3,7 +3,8 @@
     job_service()       JobService whose endings are rendered by each job's dialect
     webhook_client()    the SSRF-guarded client every webhook attempt (and image fetch) goes through
     build_deliverer()   the Deliverer, signing with each delivery's dialect's signer
-    embedded_runtime()  one machine: SQLite in the data dir, worker processes, delivery as a task
+    embedded_runtime()  a `hidream serve` node: its SQL store (SQLite in the data dir, or Postgres
+                        shared with other nodes), worker processes, delivery and retention as tasks
 
 The server (server.py) and the Modal deployment (modal_backend/) both build from here, so the job
 core (jobs/) never imports a dialect.
@@ -16,24 +17,29 @@ import contextlib
 import fcntl
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 
 import httpx
 
 from hidream_service.api.state import Runtime
 from hidream_service.config import Settings
+from hidream_service.db.engine import Database
+from hidream_service.db.listener import ClusterListener, NoticeHandlers
+from hidream_service.db.schema import migrate
 from hidream_service.dialects.registry import DialectEndings, webhook_signers
 from hidream_service.jobs.events import JobEvents
 from hidream_service.jobs.model import Job
 from hidream_service.jobs.pool import LocalExecutor, WorkerPool
 from hidream_service.jobs.protocols import JobStore
 from hidream_service.jobs.service import JobService, build_service
-from hidream_service.jobs.store import SqliteJobStore
+from hidream_service.jobs.store import SqlJobStore, open_store
 from hidream_service.models.registry import Registry
+from hidream_service.retention import RetentionSweep
 from hidream_service.signing_keys import SigningKeys
 from hidream_service.storage import LocalOutputStorage
 from webhooks.delivery import Deliverer, RetrySchedule
-from webhooks.outbox import Outbox, SqliteOutbox
+from webhooks.outbox import Outbox, SqlOutbox
 from webhooks.ssrf import GuardedTransport
 
 log = logging.getLogger("hidream_service")
@@ -53,6 +59,21 @@ def data_dir_lock(settings: Settings) -> Iterator[None]:
         except BlockingIOError:
             raise DataDirInUse(f"another hidream server is using {settings.data_dir}") from None
         yield
+
+
+NODE_FILE = "node_id"
+
+
+def node_settings(settings: Settings) -> Settings:
+    """Settings with this node's name filled in: HIDREAM_NODE_ID, or a name made once and kept in
+    the data dir (a restarted node knows its own leases and claims by it)."""
+    if settings.node_id is not None:
+        return settings
+    path = settings.data_dir / NODE_FILE
+    if not path.is_file():
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"node-{uuid.uuid4().hex[:12]}\n")
+    return settings.model_copy(update={"node_id": path.read_text().strip()})
 
 
 def job_service(
@@ -102,11 +123,19 @@ def build_deliverer(settings: Settings, outbox: Outbox, keys: SigningKeys, clien
 async def embedded_runtime(
     settings: Settings, registry: Registry, *, start_workers: bool = True
 ) -> AsyncIterator[Runtime]:
-    """One machine: SQLite in the data dir, worker processes, and the webhook deliverer as a task here."""
+    """A `hidream serve` node: its store (SQLite in the data dir, or the Postgres it shares with
+    other nodes), worker processes, and the webhook deliverer and retention sweep as tasks here."""
     with data_dir_lock(settings):
-        keys = SigningKeys.for_settings(settings)
-        store = SqliteJobStore(settings.database_path, synchronous=settings.sqlite_synchronous)
-        outbox = SqliteOutbox(settings.database_path)
+        settings = node_settings(settings)
+        node = settings.node_id or ""
+        store = open_store(settings)
+        applied = await asyncio.to_thread(migrate, store.db)
+        if applied:
+            log.info("database schema upgraded (migrations %s)", ", ".join(map(str, applied)))
+        shared = settings.shared_database
+        keys = SigningKeys.for_settings(settings, store.db if shared else None)
+        # On SQLite the outbox commits through connections of its own that do not force the disk.
+        outbox = SqlOutbox(store.db if shared else Database(settings.sql_url, synchronous="NORMAL"), holder=node)
         client = webhook_client(settings)
         deliverer = build_deliverer(settings, outbox, keys, client)
         events = JobEvents(asyncio.get_running_loop(), on_change=deliverer.wake)
@@ -119,12 +148,15 @@ async def embedded_runtime(
             on_changed=events.notify_threadsafe,
             on_queue_moved=events.queue_moved_threadsafe,
         )
+        listener = _listen_to_other_nodes(settings, executor, events, keys) if shared else None
         released = outbox.release_claims(time.time())
         if released:
-            log.warning("%d webhook attempt(s) were in flight when the last server stopped; resending", released)
-        recovered = service.recover_all_in_progress()
+            log.warning("%d webhook attempt(s) were in flight when this node last stopped; resending", released)
+        # SQLite: this is the only node, so every running job is an orphan. Postgres: only this node's
+        # are; other nodes' jobs are theirs, and a dead node's leases run out and are recovered by all.
+        recovered = service.recover_holder(node) if shared else service.recover_all_in_progress()
         if recovered:
-            log.warning("recovered %d job(s) left running by a previous server", recovered)
+            log.warning("recovered %d job(s) left running when this node last stopped", recovered)
         if start_workers:
             executor.pool = WorkerPool(
                 settings,
@@ -135,11 +167,15 @@ async def embedded_runtime(
                 endings=DialectEndings(registry),
             )
             executor.pool.start()
-        delivery_task = asyncio.create_task(deliverer.run_forever(), name="webhook-delivery")
+        sweep = RetentionSweep(store, settings.outputs_path, ttl_hours=settings.output_ttl_hours, holder=node)
+        tasks = [
+            asyncio.create_task(deliverer.run_forever(), name="webhook-delivery"),
+            asyncio.create_task(_sweep_forever(sweep), name="retention"),
+        ]
         try:
             yield Runtime(
                 service=service,
-                storage=LocalOutputStorage(settings.outputs_dir),
+                storage=LocalOutputStorage(settings.outputs_path),
                 events=events,
                 executor=executor,
                 keys=keys,
@@ -147,12 +183,47 @@ async def embedded_runtime(
                 deliverer=deliverer,
             )
         finally:
-            delivery_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await delivery_task
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await deliverer.abandon_in_flight()
+            if listener is not None:
+                await asyncio.to_thread(listener.stop)
             if executor.pool is not None:
                 await asyncio.to_thread(executor.pool.stop)
             await client.aclose()
             outbox.close()
             store.close()
+
+
+def _listen_to_other_nodes(
+    settings: Settings, executor: LocalExecutor, events: JobEvents, keys: SigningKeys
+) -> ClusterListener:
+    """Other nodes' changes reach this node's workers, watchers and webhook sender at once."""
+
+    def resync() -> None:
+        executor.wake()
+        events.notify_all_threadsafe()
+        keys.reload()
+
+    handlers = NoticeHandlers(
+        queued=executor.wake,
+        changed=events.notify_threadsafe,
+        moved=events.queue_moved_threadsafe,
+        keys=keys.reload,
+        resync=resync,
+    )
+    listener = ClusterListener(settings.sql_url, settings.node_id or "", handlers)
+    listener.start()
+    return listener
+
+
+async def _sweep_forever(sweep: RetentionSweep) -> None:
+    while True:
+        try:
+            await asyncio.to_thread(sweep.run_once)
+        except Exception:
+            log.exception("retention sweep failed; trying again later")
+        await asyncio.sleep(sweep.interval_seconds)

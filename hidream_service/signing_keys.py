@@ -1,4 +1,5 @@
-"""This server's webhook signing material, kept in the data dir (mode 0600), or on Modal in a
+"""This server's webhook signing material: in the data dir (mode 0600) on one machine, in the
+database when nodes share Postgres (every node signs and verifies alike), or on Modal in a
 modal.Dict shared by every container (modal_backend.keys).
 
 - Standard Webhooks secrets (`whsec_`): the current one signs every webhook; after a rotation the
@@ -21,7 +22,10 @@ from typing import Any, Protocol
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
+from sqlalchemy import text
+
 from hidream_service.config import Settings
+from hidream_service.db.engine import Database, Notice
 from webhooks.signing import generate_secret, secret_bytes
 
 KEYS_FILE = "webhook_keys.json"
@@ -63,6 +67,35 @@ class FileKeyState:
         os.replace(partial, self._path)
 
 
+class SqlKeyState:
+    """The state as one row of the shared database; saving it tells the other nodes to reload."""
+
+    NAME = "webhook_signing_keys"
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def load_or_create(self, fresh: dict[str, Any]) -> dict[str, Any]:
+        with self._db.write() as conn:
+            conn.execute(
+                text("INSERT INTO shared_state (name, value) VALUES (:name, :value) ON CONFLICT (name) DO NOTHING"),
+                {"name": self.NAME, "value": json.dumps(fresh)},
+            )
+            stored = conn.execute(
+                text("SELECT value FROM shared_state WHERE name = :name"), {"name": self.NAME}
+            ).scalar_one()
+        state: dict[str, Any] = json.loads(stored)
+        return state
+
+    def save(self, state: dict[str, Any]) -> None:
+        with self._db.write() as conn:
+            conn.execute(
+                text("UPDATE shared_state SET value = :value WHERE name = :name"),
+                {"name": self.NAME, "value": json.dumps(state)},
+            )
+            self._db.notify(conn, Notice.KEYS)
+
+
 class SigningKeys:
     def __init__(
         self,
@@ -79,17 +112,22 @@ class SigningKeys:
         self._grace = grace_seconds
         self._clock = clock
         self._lock = threading.Lock()
-        self._state = self._load_or_create()
-        seed = base64.b64decode(self._state["ed25519"][0]["private_key"])
-        self._fal_key = Ed25519PrivateKey.from_private_bytes(seed)
+        self.reload()
 
     @classmethod
-    def for_settings(cls, settings: Settings) -> SigningKeys:
+    def for_settings(cls, settings: Settings, db: Database | None = None) -> SigningKeys:
+        """In the shared database when there is one (`db`, on Postgres), else in the data dir."""
         return cls(
-            settings.data_dir / KEYS_FILE,
+            SqlKeyState(db) if db is not None else settings.data_dir / KEYS_FILE,
             pinned_secret=settings.webhook_secret or None,
             grace_seconds=settings.webhook_rotation_grace_seconds,
         )
+
+    def reload(self) -> None:
+        """Read the stored state again (another node rotated the secret)."""
+        state = self._load_or_create()
+        seed = base64.b64decode(state["ed25519"][0]["private_key"])
+        self._state, self._fal_key = state, Ed25519PrivateKey.from_private_bytes(seed)
 
     # -- Standard Webhooks -----------------------------------------------------------------------
 
@@ -115,6 +153,7 @@ class SigningKeys:
         if self._pinned is not None:
             raise SecretPinned("the webhook secret is set by HIDREAM_WEBHOOK_SECRET; change it there to rotate")
         with self._lock:
+            self.reload()  # another node may have rotated since
             now = self._clock()
             previous = self._state["standard"]
             previous[0]["retired_at"] = now

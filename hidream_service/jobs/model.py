@@ -103,6 +103,7 @@ class Job:
     webhook_events: tuple[str, ...] = ()
     seq: int = 0
     progress: Progress | None = None  # the last progress event of its run
+    files_expired_at: float | None = None  # when the retention sweep removed its output files
 
     @property
     def succeeded(self) -> bool:

@@ -1,7 +1,7 @@
 """The worker pool, run by the server process: starts workers, wakes them, replaces the dead.
 
-Workers are separate processes (spawned, so CUDA and threads are safe) that share only the SQLite
-file, one wake-up Event and one queue on which they announce which job changed.
+Workers are separate processes (spawned, so CUDA and threads are safe) that share only the
+database, one wake-up Event and one queue on which they announce which job changed.
 """
 
 from __future__ import annotations
@@ -34,6 +34,10 @@ class LocalExecutor:
         self.pool: WorkerPool | None = None  # None until started (and in tests that run no workers)
 
     def submitted(self, job: Job) -> None:
+        self.wake()
+
+    def wake(self) -> None:
+        """A job wants running (here, or on another node sharing the database)."""
         if self.pool is not None:
             self.pool.wake()
 
@@ -99,7 +103,8 @@ class WorkerPool:
             thread.join(timeout)
 
     def _start_worker(self, slot: int) -> None:
-        name = f"w{slot}-{uuid.uuid4().hex[:8]}"
+        # Prefixed with the node's name: a restarted node recovers its own workers' leases by it.
+        name = f"{self.settings.node_id or 'node'}.w{slot}-{uuid.uuid4().hex[:8]}"
         process = self._ctx.Process(
             target=worker_main,
             args=(name, self.settings, self._wake, self._changes, os.getpid(), self.registry, self.endings),

@@ -319,10 +319,9 @@ class JobService:
         return len(expired)
 
     def recover_holder(self, holder: str) -> int:
-        """A worker died: recover its jobs now instead of waiting for their leases to run out."""
-        jobs = [
-            job for job in self.store.in_progress() if (self.store.lease_token(job.id) or "").startswith(holder + ":")
-        ]
+        """A worker died (or a node restarted: `holder` is then the node's name, the prefix of its
+        workers' names): recover its jobs now instead of waiting for their leases to run out."""
+        jobs = [job for job in self.store.in_progress() if _held_by(self.store.lease_token(job.id) or "", holder)]
         for job in jobs:
             self.recover_job(job)
         return len(jobs)
@@ -390,6 +389,12 @@ def build_service(
         on_queue_moved=on_queue_moved,
         on_cancel_requested=on_cancel_requested,
     )
+
+
+def _held_by(token: str, holder: str) -> bool:
+    """Lease tokens are `worker:random`, worker names `node.wN-random`: a holder is either."""
+    owner = token.partition(":")[0]
+    return owner == holder or owner.startswith(holder + ".")
 
 
 def _cancelled() -> dict[str, Any]:

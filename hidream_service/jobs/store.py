@@ -1,327 +1,295 @@
-"""SQLite job store (WAL). It persists and answers queries; every decision lives in JobService.
+"""The SQL job store, on SQLite (one machine) or Postgres (several nodes). It persists and answers
+queries; every decision lives in JobService.
 
 Writes that change a job's state are compare-and-set: they name the state (and, for a worker, the
 lease token) they expect, so a worker whose lease was taken away cannot overwrite a newer outcome.
+On Postgres each write also tells the other nodes (NOTIFY, on commit), so that their workers and
+watchers hear of it at once.
 """
 
 from __future__ import annotations
 
-import json
-import sqlite3
-import threading
+import dataclasses
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
-from hidream_service.jobs.model import ErrorType, Job, JobRequest, JobStatus, LogLine, Progress
+from sqlalchemy import Connection, bindparam, text
+from sqlalchemy.exc import IntegrityError
+
+from hidream_service.config import Settings
+from hidream_service.db.engine import Database, Notice
+from hidream_service.jobs.model import Job, JobRequest, JobStatus, LogLine, Progress
+from hidream_service.jobs.record import document, job_from_row
 from webhooks import outbox
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- submission order: queue order and queue position
-    id TEXT NOT NULL UNIQUE,
-    endpoint TEXT NOT NULL,
-    owner TEXT NOT NULL,                    -- fingerprint of the API key that submitted it ('' if open)
-    dialect TEXT NOT NULL,
-    status TEXT NOT NULL,
-    input TEXT NOT NULL,
-    webhook_url TEXT,
-    base_url TEXT NOT NULL,
-    idempotency_key TEXT,
-    request_hash TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    started_at REAL,
-    completed_at REAL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    lease_token TEXT,
-    lease_expires_at REAL,
-    cancel_requested INTEGER NOT NULL DEFAULT 0,
-    result TEXT,
-    error TEXT,
-    error_type TEXT,
-    error_detail TEXT,
-    inference_time REAL,
-    client_input TEXT,                      -- the dialect's own input, echoed back in its responses
-    webhook_events TEXT NOT NULL DEFAULT '', -- comma-separated progress events wanted (Replicate)
-    progress_step INTEGER,                  -- the run's last progress event: step of total
-    progress_total INTEGER
-);
-CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs (owner, idempotency_key)
-    WHERE idempotency_key IS NOT NULL;
-CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, seq);
-CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner, seq);    -- one caller's recent requests
-CREATE TABLE IF NOT EXISTS job_logs (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    job_id TEXT NOT NULL,
-    timestamp REAL NOT NULL,
-    level TEXT NOT NULL,
-    message TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS job_logs_by_job ON job_logs (job_id, seq);
-"""
-#: Columns added after the first release, added in place to a database that lacks them.
-ADDED_COLUMNS = {"jobs": (("progress_step", "INTEGER"), ("progress_total", "INTEGER"))}
+_LEASED = (
+    "status = 'IN_PROGRESS', lease_token = :token, lease_expires_at = :expires, attempts = attempts + 1,"
+    " started_at = :now, progress_step = NULL, progress_total = NULL"
+)
+
+
+def open_store(settings: Settings) -> SqlJobStore:
+    """This process's store on the configured database (each process opens its own)."""
+    return SqlJobStore(
+        Database(settings.sql_url, node=settings.node_id or "", synchronous=settings.sqlite_synchronous)
+    )
 
 
 class DuplicateIdempotencyKey(Exception):
     """Another job already holds this (owner, Idempotency-Key)."""
 
 
-def _loads(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
+class SqlJobStore:
+    """Thread-safe: each call checks a connection out of the database's pool."""
 
-
-def _row_to_job(row: sqlite3.Row, *, queue_position: int | None = None, logs: list[LogLine] | None = None) -> Job:
-    return Job(
-        id=row["id"],
-        endpoint=row["endpoint"],
-        owner=row["owner"],
-        dialect=row["dialect"],
-        status=JobStatus(row["status"]),
-        input=json.loads(row["input"]),
-        webhook_url=row["webhook_url"],
-        base_url=row["base_url"],
-        created_at=row["created_at"],
-        started_at=row["started_at"],
-        completed_at=row["completed_at"],
-        attempts=row["attempts"],
-        cancel_requested=bool(row["cancel_requested"]),
-        result=_loads(row["result"]),
-        error=row["error"],
-        error_type=None if row["error_type"] is None else ErrorType(row["error_type"]),
-        error_detail=_loads(row["error_detail"]),
-        inference_time=row["inference_time"],
-        queue_position=queue_position,
-        logs=logs or [],
-        client_input=_loads(row["client_input"]),
-        webhook_events=tuple(event for event in row["webhook_events"].split(",") if event),
-        seq=row["seq"],
-        progress=None if row["progress_total"] is None else Progress(row["progress_step"], row["progress_total"]),
-    )
-
-
-def _add_missing_columns(conn: sqlite3.Connection) -> None:
-    """A data dir made before a column existed gets it (NULL in every old row). Under the write
-    lock, so that two processes opening an old database do not both add it."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        for table, columns in ADDED_COLUMNS.items():
-            present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
-            for name, kind in columns:
-                if name not in present:
-                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
-
-
-class SqliteJobStore:
-    """One connection per store object, guarded by a lock; each process makes its own store."""
-
-    def __init__(self, path: Path, *, synchronous: str = "FULL") -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.RLock()
-        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
-        self._conn.row_factory = sqlite3.Row
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute(f"PRAGMA synchronous={synchronous}")
-        with self._lock:
-            self._conn.executescript(SCHEMA)
-            _add_missing_columns(self._conn)
-            outbox.create_tables(self._conn)
+    def __init__(self, db: Database) -> None:
+        self.db = db
 
     def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        self.db.close()
 
     # -- submit ---------------------------------------------------------------------------------
 
     def insert(self, job_id: str, request: JobRequest, request_hash: str, now: float) -> None:
         """Commit a new queued job. Raises DuplicateIdempotencyKey if the key is taken."""
-        with self._lock:
-            try:
-                self._conn.execute(
-                    "INSERT INTO jobs (id, endpoint, owner, dialect, status, input, webhook_url, base_url,"
-                    " idempotency_key, request_hash, created_at, client_input, webhook_events)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        job_id,
-                        request.endpoint,
-                        request.owner,
-                        request.dialect,
-                        JobStatus.IN_QUEUE.value,
-                        json.dumps(request.input, separators=(",", ":")),
-                        request.webhook_url,
-                        request.base_url,
-                        request.idempotency_key,
-                        request_hash,
-                        now,
-                        None if request.client_input is None else json.dumps(request.client_input),
-                        ",".join(request.webhook_events),
+        job = Job(
+            id=job_id,
+            endpoint=request.endpoint,
+            owner=request.owner,
+            dialect=request.dialect,
+            status=JobStatus.IN_QUEUE,
+            input=request.input,
+            webhook_url=request.webhook_url,
+            base_url=request.base_url,
+            created_at=now,
+            client_input=request.client_input,
+            webhook_events=request.webhook_events,
+        )
+        try:
+            with self.db.write() as conn:
+                conn.execute(
+                    text(
+                        "INSERT INTO jobs (id, endpoint, owner, dialect, status, idempotency_key, request_hash,"
+                        " created_at, doc) VALUES (:id, :endpoint, :owner, :dialect, 'IN_QUEUE', :key, :hash,"
+                        " :now, :doc)"
                     ),
+                    {
+                        "id": job_id,
+                        "endpoint": job.endpoint,
+                        "owner": job.owner,
+                        "dialect": job.dialect,
+                        "key": request.idempotency_key,
+                        "hash": request_hash,
+                        "now": now,
+                        "doc": document(job),
+                    },
                 )
-            except sqlite3.IntegrityError as exc:
-                if request.idempotency_key is not None and "idempotency_key" in str(exc):
-                    raise DuplicateIdempotencyKey(request.idempotency_key) from exc
-                raise
+                self.db.notify(conn, Notice.QUEUED)
+        except IntegrityError as exc:
+            if request.idempotency_key is not None and "idempotency" in str(exc.orig):
+                raise DuplicateIdempotencyKey(request.idempotency_key) from exc
+            raise
 
     def find_by_idempotency_key(self, owner: str, key: str) -> tuple[Job, str] | None:
-        with self._lock:
-            row = self._conn.execute(
-                "SELECT * FROM jobs WHERE owner = ? AND idempotency_key = ?", (owner, key)
-            ).fetchone()
-        return None if row is None else (_row_to_job(row), row["request_hash"])
+        with self.db.read() as conn:
+            row = (
+                conn.execute(
+                    text("SELECT * FROM jobs WHERE owner = :owner AND idempotency_key = :key"),
+                    {"owner": owner, "key": key},
+                )
+                .mappings()
+                .first()
+            )
+        return None if row is None else (job_from_row(row), row["request_hash"])
 
     # -- reads ----------------------------------------------------------------------------------
 
     def get(self, job_id: str, *, with_logs: bool = False) -> Job | None:
-        with self._lock:
-            row = self._conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        with self.db.read() as conn:
+            row = conn.execute(text("SELECT * FROM jobs WHERE id = :id"), {"id": job_id}).mappings().first()
             if row is None:
                 return None
             position = None
             if row["status"] == JobStatus.IN_QUEUE.value:
-                (position,) = self._conn.execute(
-                    "SELECT COUNT(*) FROM jobs WHERE status = 'IN_QUEUE' AND seq < ?", (row["seq"],)
-                ).fetchone()
-            logs = self.logs(job_id) if with_logs else None
-        return _row_to_job(row, queue_position=position, logs=logs)
+                position = conn.execute(
+                    text("SELECT COUNT(*) FROM jobs WHERE status = 'IN_QUEUE' AND seq < :seq"), {"seq": row["seq"]}
+                ).scalar_one()
+            logs = _logs(conn, job_id) if with_logs else None
+        return job_from_row(row, queue_position=position, logs=logs)
 
     def logs(self, job_id: str) -> list[LogLine]:
-        with self._lock:
-            rows = self._conn.execute(
-                "SELECT timestamp, level, message FROM job_logs WHERE job_id = ? ORDER BY seq", (job_id,)
-            ).fetchall()
-        return [LogLine(row["timestamp"], row["level"], row["message"]) for row in rows]
+        with self.db.read() as conn:
+            return _logs(conn, job_id)
 
     def page(self, owner: str, dialect: str | None, *, before_seq: int | None, limit: int) -> list[Job]:
         """Newest first: up to `limit` jobs of this owner (and dialect, None: any) submitted before `before_seq`."""
-        with self._lock:
-            rows = self._conn.execute(
-                "SELECT * FROM jobs WHERE owner = :owner AND (:dialect IS NULL OR dialect = :dialect)"
-                " AND seq < :before ORDER BY seq DESC LIMIT :limit",
-                {
-                    "owner": owner,
-                    "dialect": dialect,
-                    "before": before_seq if before_seq is not None else 2**62,
-                    "limit": limit,
-                },
-            ).fetchall()
-        return [_row_to_job(row) for row in rows]
+        dialect_clause = "" if dialect is None else " AND dialect = :dialect"
+        with self.db.read() as conn:
+            rows = (
+                conn.execute(
+                    text(
+                        f"SELECT * FROM jobs WHERE owner = :owner{dialect_clause} AND seq < :before"
+                        " ORDER BY seq DESC LIMIT :limit"
+                    ),
+                    {
+                        "owner": owner,
+                        "dialect": dialect,
+                        "before": before_seq if before_seq is not None else 2**62,
+                        "limit": limit,
+                    },
+                )
+                .mappings()
+                .all()
+            )
+        return [job_from_row(row) for row in rows]
 
     def enqueue_webhook(self, message: outbox.OutboxMessage, due_at: float) -> None:
         """A progress event's delivery, outside any state change."""
-        with self._lock:
-            outbox.enqueue(self._conn, message, due_at=due_at)
+        with self.db.write() as conn:
+            outbox.enqueue(conn, message, due_at=due_at)
+            self.db.notify(conn, Notice.CHANGED, message.subject)
 
     def expired_leases(self, now: float) -> list[Job]:
-        with self._lock:
-            rows = self._conn.execute(
-                "SELECT * FROM jobs WHERE status = 'IN_PROGRESS' AND lease_expires_at < ?", (now,)
-            ).fetchall()
-        return [_row_to_job(row) for row in rows]
+        return self._select("SELECT * FROM jobs WHERE status = 'IN_PROGRESS' AND lease_expires_at < :now", now=now)
 
     def in_progress(self) -> list[Job]:
-        with self._lock:
-            rows = self._conn.execute("SELECT * FROM jobs WHERE status = 'IN_PROGRESS'").fetchall()
-        return [_row_to_job(row) for row in rows]
+        return self._select("SELECT * FROM jobs WHERE status = 'IN_PROGRESS'")
 
     def lease_token(self, job_id: str) -> str | None:
-        with self._lock:
-            row = self._conn.execute("SELECT lease_token FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return None if row is None else row[0]
+        with self.db.read() as conn:
+            token: str | None = conn.execute(
+                text("SELECT lease_token FROM jobs WHERE id = :id"), {"id": job_id}
+            ).scalar_one_or_none()
+        return token
+
+    def _select(self, sql: str, **params: Any) -> list[Job]:
+        with self.db.read() as conn:
+            rows = conn.execute(text(sql), params).mappings().all()
+        return [job_from_row(row) for row in rows]
 
     # -- worker side ----------------------------------------------------------------------------
 
     def lease_next(self, token: str, now: float, expires_at: float) -> Job | None:
-        """Atomically move the oldest queued job to IN_PROGRESS under a new lease."""
-        with self._lock:
-            row = self._conn.execute(
-                "UPDATE jobs SET status = 'IN_PROGRESS', lease_token = ?, lease_expires_at = ?,"
-                " attempts = attempts + 1, started_at = ?, progress_step = NULL, progress_total = NULL WHERE seq = ("
-                " SELECT seq FROM jobs WHERE status = 'IN_QUEUE' ORDER BY seq LIMIT 1) RETURNING *",
-                (token, expires_at, now),
-            ).fetchone()
-        return None if row is None else _row_to_job(row)
+        """Atomically move the oldest queued job (that no other node is leasing) to IN_PROGRESS."""
+        return self._lease(
+            f"UPDATE jobs SET {_LEASED} WHERE status = 'IN_QUEUE' AND seq = (SELECT seq FROM jobs"
+            f" WHERE status = 'IN_QUEUE' ORDER BY seq LIMIT 1{self.db.skip_locked}) RETURNING *",
+            token=token,
+            now=now,
+            expires=expires_at,
+        )
 
     def queued(self, endpoint: str, limit: int) -> list[Job]:
         """The oldest queued jobs of one endpoint, in queue order (batching candidates)."""
-        with self._lock:
-            rows = self._conn.execute(
-                "SELECT * FROM jobs WHERE status = 'IN_QUEUE' AND endpoint = ? ORDER BY seq LIMIT ?",
-                (endpoint, limit),
-            ).fetchall()
-        return [_row_to_job(row) for row in rows]
+        return self._select(
+            "SELECT * FROM jobs WHERE status = 'IN_QUEUE' AND endpoint = :endpoint ORDER BY seq LIMIT :limit",
+            endpoint=endpoint,
+            limit=limit,
+        )
 
     def lease_job(self, job_id: str, token: str, now: float, expires_at: float, *, holder: str) -> Job | None:
         """Lease one named job: from IN_QUEUE, or take over a lease `holder` itself held before."""
         prefix = holder + ":"
-        with self._lock:
-            row = self._conn.execute(
-                "UPDATE jobs SET status = 'IN_PROGRESS', lease_token = ?, lease_expires_at = ?,"
-                " attempts = attempts + 1, started_at = ?, progress_step = NULL, progress_total = NULL"
-                " WHERE id = ? AND (status = 'IN_QUEUE'"
-                " OR (status = 'IN_PROGRESS' AND substr(lease_token, 1, ?) = ?)) RETURNING *",
-                (token, expires_at, now, job_id, len(prefix), prefix),
-            ).fetchone()
-        return None if row is None else _row_to_job(row)
+        return self._lease(
+            f"UPDATE jobs SET {_LEASED} WHERE id = :id AND (status = 'IN_QUEUE'"
+            " OR (status = 'IN_PROGRESS' AND substr(lease_token, 1, :n) = :prefix)) RETURNING *",
+            token=token,
+            now=now,
+            expires=expires_at,
+            id=job_id,
+            n=len(prefix),
+            prefix=prefix,
+        )
+
+    def _lease(self, sql: str, **params: Any) -> Job | None:
+        with self.db.write() as conn:
+            row = conn.execute(text(sql), params).mappings().first()
+            if row is not None:
+                self.db.notify(conn, Notice.CHANGED, row["id"])
+                self.db.notify(conn, Notice.MOVED)
+        return None if row is None else job_from_row(row)
 
     def renew_lease(self, job_id: str, token: str, expires_at: float) -> tuple[bool, bool]:
         """Extend a lease. Returns (still ours, cancel requested)."""
-        with self._lock:
-            row = self._conn.execute(
-                "UPDATE jobs SET lease_expires_at = ? WHERE id = ? AND lease_token = ?"
-                " AND status = 'IN_PROGRESS' RETURNING cancel_requested",
-                (expires_at, job_id, token),
-            ).fetchone()
-        return (False, False) if row is None else (True, bool(row[0]))
+        with self.db.write() as conn:
+            cancel = conn.execute(
+                text(
+                    "UPDATE jobs SET lease_expires_at = :expires WHERE id = :id AND lease_token = :token"
+                    " AND status = 'IN_PROGRESS' RETURNING cancel_requested"
+                ),
+                {"expires": expires_at, "id": job_id, "token": token},
+            ).scalar_one_or_none()
+        return (False, False) if cancel is None else (True, bool(cancel))
 
     def lease_state(self, job_id: str, token: str) -> tuple[bool, bool]:
         """Read-only: (still leased by this token, cancel requested)."""
-        with self._lock:
-            row = self._conn.execute(
-                "SELECT cancel_requested FROM jobs WHERE id = ? AND lease_token = ? AND status = 'IN_PROGRESS'",
-                (job_id, token),
-            ).fetchone()
-        return (False, False) if row is None else (True, bool(row[0]))
+        with self.db.read() as conn:
+            cancel = conn.execute(
+                text(
+                    "SELECT cancel_requested FROM jobs WHERE id = :id AND lease_token = :token"
+                    " AND status = 'IN_PROGRESS'"
+                ),
+                {"id": job_id, "token": token},
+            ).scalar_one_or_none()
+        return (False, False) if cancel is None else (True, bool(cancel))
 
     def append_logs(
         self, job_id: str, lines: Iterable[LogLine], progress: Progress | None = None, *, token: str | None = None
     ) -> None:
-        with self._lock, self._conn:
-            self._conn.execute("BEGIN")
-            self._insert_logs(job_id, lines)
+        with self.db.write() as conn:
+            _insert_logs(conn, job_id, lines)
             if progress is not None and token is not None:
-                self._conn.execute(
-                    "UPDATE jobs SET progress_step = ?, progress_total = ? WHERE id = ? AND lease_token = ?",
-                    (progress.step, progress.total, job_id, token),
+                conn.execute(
+                    text(
+                        "UPDATE jobs SET progress_step = :step, progress_total = :total"
+                        " WHERE id = :id AND lease_token = :token"
+                    ),
+                    {"step": progress.step, "total": progress.total, "id": job_id, "token": token},
                 )
-
-    def _insert_logs(self, job_id: str, lines: Iterable[LogLine]) -> None:
-        self._conn.executemany(
-            "INSERT INTO job_logs (job_id, timestamp, level, message) VALUES (?, ?, ?, ?)",
-            [(job_id, line.timestamp, line.level, line.message) for line in lines],
-        )
+            self.db.notify(conn, Notice.CHANGED, job_id)
 
     def requeue(self, job_id: str, token: str) -> bool:
         """Give an IN_PROGRESS job back to the queue (its worker is gone), keeping its queue place."""
-        with self._lock:
-            row = self._conn.execute(
-                "UPDATE jobs SET status = 'IN_QUEUE', lease_token = NULL, lease_expires_at = NULL,"
-                " progress_step = NULL, progress_total = NULL"
-                " WHERE id = ? AND lease_token = ? AND status = 'IN_PROGRESS' RETURNING id",
-                (job_id, token),
-            ).fetchone()
+        with self.db.write() as conn:
+            row = conn.execute(
+                text(
+                    "UPDATE jobs SET status = 'IN_QUEUE', lease_token = NULL, lease_expires_at = NULL,"
+                    " progress_step = NULL, progress_total = NULL"
+                    " WHERE id = :id AND lease_token = :token AND status = 'IN_PROGRESS' RETURNING id"
+                ),
+                {"id": job_id, "token": token},
+            ).first()
+            if row is not None:
+                self.db.notify(conn, Notice.QUEUED)
+                self.db.notify(conn, Notice.CHANGED, job_id)
+                self.db.notify(conn, Notice.MOVED)
         return row is not None
 
     def request_cancel(self, job_id: str) -> bool:
-        with self._lock:
-            row = self._conn.execute(
-                "UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND status = 'IN_PROGRESS' RETURNING id",
-                (job_id,),
-            ).fetchone()
+        with self.db.write() as conn:
+            row = conn.execute(
+                text("UPDATE jobs SET cancel_requested = 1 WHERE id = :id AND status = 'IN_PROGRESS' RETURNING id"),
+                {"id": job_id},
+            ).first()
+            if row is not None:
+                self.db.notify(conn, Notice.CHANGED, job_id)
         return row is not None
+
+    # -- retention ------------------------------------------------------------------------------
+
+    def expire_files(self, completed_before: float, now: float, limit: int) -> list[str]:
+        """Mark up to `limit` jobs that ended before `completed_before` as having lost their files;
+        returns their ids (whose files the caller removes)."""
+        with self.db.write() as conn:
+            rows = conn.execute(
+                text(
+                    "UPDATE jobs SET files_expired_at = :now WHERE seq IN (SELECT seq FROM jobs"
+                    " WHERE completed_at < :before AND files_expired_at IS NULL ORDER BY completed_at"
+                    f" LIMIT :limit{self.db.skip_locked}) RETURNING id"
+                ),
+                {"now": now, "before": completed_before, "limit": limit},
+            ).all()
+        return [row[0] for row in rows]
 
     # -- the one way a job ends -----------------------------------------------------------------
 
@@ -341,35 +309,46 @@ class SqliteJobStore:
         leased by it); otherwise they are not written and False is returned. `logs` are appended
         in the same transaction either way.
         """
-        placeholders = ",".join("?" for _ in expected)
-        token_clause = " AND lease_token = ?" if token is not None else ""
-        params: list[Any] = [
-            job.status.value,
-            job.completed_at,
-            None if job.result is None else json.dumps(job.result, separators=(",", ":")),
-            job.error,
-            None if job.error_type is None else job.error_type.value,
-            None if job.error_detail is None else json.dumps(job.error_detail),
-            job.inference_time,
-            None if job.progress is None else job.progress.step,
-            None if job.progress is None else job.progress.total,
-            job.id,
-            *[status.value for status in expected],
-        ]
-        if token is not None:
-            params.append(token)
-        with self._lock, self._conn:
-            self._conn.execute("BEGIN IMMEDIATE")
-            self._insert_logs(job.id, logs)
-            row = self._conn.execute(
-                "UPDATE jobs SET status = ?, completed_at = ?, result = ?, error = ?, error_type = ?,"
-                " error_detail = ?, inference_time = ?, progress_step = COALESCE(?, progress_step),"
-                " progress_total = COALESCE(?, progress_total), lease_token = NULL, lease_expires_at = NULL"
-                f" WHERE id = ? AND status IN ({placeholders}){token_clause} RETURNING id",
-                params,
-            ).fetchone()
-            if row is None:
+        token_clause = " AND lease_token = :token" if token is not None else ""
+        statement = text(
+            "UPDATE jobs SET status = :status, completed_at = :completed_at, doc = :doc,"
+            " progress_step = COALESCE(:step, progress_step), progress_total = COALESCE(:total, progress_total),"
+            f" lease_token = NULL, lease_expires_at = NULL WHERE id = :id AND status IN :expected{token_clause}"
+            " RETURNING id"
+        ).bindparams(bindparam("expected", expanding=True))
+        params: dict[str, Any] = {
+            "status": job.status.value,
+            "completed_at": job.completed_at,
+            "doc": document(dataclasses.replace(job, logs=[])),
+            "step": None if job.progress is None else job.progress.step,
+            "total": None if job.progress is None else job.progress.total,
+            "id": job.id,
+            "expected": [status.value for status in expected],
+            "token": token,
+        }
+        with self.db.write() as conn:
+            _insert_logs(conn, job.id, logs)
+            if conn.execute(statement, params).first() is None:
                 return False
             if message is not None:
-                outbox.enqueue(self._conn, message, due_at=deliver_at)
+                outbox.enqueue(conn, message, due_at=deliver_at)
+            self.db.notify(conn, Notice.CHANGED, job.id)
+            if JobStatus.IN_QUEUE in expected:
+                self.db.notify(conn, Notice.MOVED)
         return True
+
+
+def _logs(conn: Connection, job_id: str) -> list[LogLine]:
+    rows = conn.execute(
+        text("SELECT timestamp, level, message FROM job_logs WHERE job_id = :id ORDER BY seq"), {"id": job_id}
+    ).all()
+    return [LogLine(row[0], row[1], row[2]) for row in rows]
+
+
+def _insert_logs(conn: Connection, job_id: str, lines: Iterable[LogLine]) -> None:
+    values = [{"job": job_id, "t": line.timestamp, "level": line.level, "message": line.message} for line in lines]
+    if values:
+        conn.execute(
+            text("INSERT INTO job_logs (job_id, timestamp, level, message) VALUES (:job, :t, :level, :message)"),
+            values,
+        )

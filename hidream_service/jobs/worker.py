@@ -29,7 +29,7 @@ from hidream_service.config import Settings
 from hidream_service.jobs.model import ErrorType, Job, Lease, LogLine, Progress
 from hidream_service.jobs.protocols import JobEndings
 from hidream_service.jobs.service import JobService, build_service
-from hidream_service.jobs.store import SqliteJobStore
+from hidream_service.jobs.store import open_store
 from hidream_service.models.base import BatchRunner, ImageFile, InputError, JobCancelled, Runner
 from hidream_service.models.family import Endpoint
 from hidream_service.models.registry import Registry
@@ -262,7 +262,7 @@ class Worker:
         self.service = service
         self.runners = runners
         self.wake = wake
-        self.storage = storage or LocalOutputStorage(settings.outputs_dir)
+        self.storage = storage or LocalOutputStorage(settings.outputs_path)
         self.safety = SafetyChecker(settings.nsfw_threshold)
         self.heartbeat = Heartbeat(service, settings)
 
@@ -427,7 +427,7 @@ def worker_main(
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker {name} %(levelname)s %(message)s")
-    store = SqliteJobStore(settings.database_path, synchronous=settings.sqlite_synchronous)
+    store = open_store(settings)
 
     def changed(job_id: str) -> None:
         changes.put(job_id)

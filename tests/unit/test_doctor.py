@@ -24,10 +24,10 @@ from hidream_service.config import Settings
 from hidream_service.dialects.registry import DialectEndings
 from hidream_service.jobs.model import JobRequest
 from hidream_service.jobs.service import JobService
-from hidream_service.jobs.store import SqliteJobStore
+from tests.sql_stores import sql_outbox, sql_store
 from hidream_service.models.registry import DEFAULT_REGISTRY
 from hidream_service.signing_keys import KEYS_FILE, SigningKeys
-from webhooks.outbox import AttemptRecord, DeliveryState, SqliteOutbox
+from webhooks.outbox import AttemptRecord, DeliveryState
 
 TEST_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
@@ -83,8 +83,8 @@ def test_a_damaged_database_fails_with_what_to_do(tmp_path: Path) -> None:
 
 def test_failed_webhooks_are_a_warning_pointing_at_replay(tmp_path: Path) -> None:
     config = settings(tmp_path)
-    store = SqliteJobStore(config.database_path)
-    outbox = SqliteOutbox(config.database_path)
+    store = sql_store(config.sql_url)
+    outbox = sql_outbox(config.sql_url)
     service = JobService(store, endings=DialectEndings(DEFAULT_REGISTRY))
     job, _ = service.submit(JobRequest("hidream/noop", {}, webhook_url="http://127.0.0.1:9/hook"))
     lease = service.lease_next("w")

@@ -14,7 +14,7 @@ from hidream_service.config import Settings
 from hidream_service.jobs import worker as worker_module
 from hidream_service.jobs.model import JobRequest, Lease, Progress
 from hidream_service.jobs.service import JobService
-from hidream_service.jobs.store import SqliteJobStore
+from tests.sql_stores import sql_store
 from hidream_service.jobs.worker import Heartbeat, WorkerRunContext
 from hidream_service.models.registry import DEFAULT_REGISTRY
 from hidream_service.runtime import job_service
@@ -31,7 +31,7 @@ def settings(tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def service(settings: Settings) -> JobService:
-    store = SqliteJobStore(settings.database_path)
+    store = sql_store(settings.sql_url)
     return job_service(settings, store, DEFAULT_REGISTRY, on_submitted=lambda job: None, on_changed=lambda job_id: None)
 
 
@@ -39,7 +39,7 @@ def running_job(service: JobService, settings: Settings) -> tuple[Lease, WorkerR
     job, _ = service.submit(JobRequest(endpoint="hidream/noop", input={}, base_url="http://testserver"))
     lease = service.lease_next("w")
     assert lease is not None and lease.job.id == job.id
-    ctx = WorkerRunContext(job.id, "http://testserver", LocalOutputStorage(settings.outputs_dir), SafetyChecker(1.0))
+    ctx = WorkerRunContext(job.id, "http://testserver", LocalOutputStorage(settings.outputs_path), SafetyChecker(1.0))
     return lease, ctx
 
 

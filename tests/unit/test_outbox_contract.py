@@ -1,8 +1,8 @@
-"""The outbox's delivery side, run against both outboxes: SQLite and modal.Dict (on a stand-in)."""
+"""The outbox's delivery side, run against every outbox: SQL on SQLite and Postgres, and modal.Dict (on a
+stand-in)."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,8 +11,9 @@ import pytest
 
 from hidream_service.modal_backend.outbox import DictOutbox
 from tests.modal_stand_ins import InProcessDict
-from webhooks import outbox as sqlite_outbox
-from webhooks.outbox import AttemptRecord, DeliveryState, Outbox, OutboxMessage, SqliteOutbox
+from tests.sql_stores import migrated
+from webhooks import outbox as sql_outbox
+from webhooks.outbox import AttemptRecord, DeliveryState, Outbox, OutboxMessage, SqlOutbox
 
 NOW = 1_000_000.0
 
@@ -23,18 +24,18 @@ class Subject:
     enqueue: Callable[[OutboxMessage, float], None]
 
 
-@pytest.fixture(params=["sqlite", "modal-dict"])
+@pytest.fixture(params=["sqlite", "postgres", "modal-dict"])
 def subject(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Subject]:
-    if request.param == "sqlite":
-        path = tmp_path / "outbox.sqlite3"
-        box = SqliteOutbox(path)
-        conn = sqlite3.connect(path, isolation_level=None)
+    if request.param != "modal-dict":
+        url = request.getfixturevalue("postgres_url") if request.param == "postgres" else f"sqlite:///{tmp_path}/o.db"
+        db = migrated(url)
+        box = SqlOutbox(db)
 
         def enqueue(message: OutboxMessage, due_at: float) -> None:
-            sqlite_outbox.enqueue(conn, message, due_at)
+            with db.write() as conn:
+                sql_outbox.enqueue(conn, message, due_at)
 
         yield Subject(box, enqueue)
-        conn.close()
         box.close()
     else:
         dict_outbox = DictOutbox(InProcessDict(), InProcessDict())
