@@ -113,7 +113,7 @@ def test_the_previous_release_data_dir_upgrades_in_place(tmp_path: Path) -> None
                 wait_until(lambda job_id=job_id: http.get(f"/v1/requests/{job_id}").json()["status"] == "COMPLETED")
             queued = http.get("/v1/predictions/queued").json()  # the Replicate view reads the moved fields
             assert queued["status"] == "succeeded"
-            listed = [request["id"] for request in http.get("/v1/requests").json()["requests"]]
+            listed = [request["request_id"] for request in http.get("/v1/requests").json()["requests"]]
             assert listed == ["orphan", "queued", "done"]
 
     with sqlite3.connect(data_dir / "hidream.sqlite3") as conn:
