@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from hidream_service.config import Settings
-from hidream_service.jobs.model import JobRequest
 from hidream_service.db.schema import migrate
+from hidream_service.jobs.model import JobRequest
 from hidream_service.jobs.store import open_store
 from hidream_service.jobs.worker import Runners, Worker
 from hidream_service.models.registry import DEFAULT_REGISTRY

@@ -47,8 +47,8 @@ class Settings(BaseSettings):
     )
     database_url: str | None = Field(
         default=None,
-        description="Where jobs, logs and webhooks are kept. Unset: SQLite in the data dir. postgresql://user:pass@host/db: "
-        "Postgres, which several nodes (each with its own data dir) share as one service.",
+        description="Where jobs, logs and webhooks are kept. Unset: SQLite in the data dir. postgresql://user:pass@"
+        "host/db: Postgres, which several nodes (each with its own data dir) share as one service.",
     )
     outputs_dir: Path | None = Field(
         default=None,

@@ -33,7 +33,7 @@ from hidream_service.jobs.model import Job
 from hidream_service.jobs.pool import LocalExecutor, WorkerPool
 from hidream_service.jobs.protocols import JobStore
 from hidream_service.jobs.service import JobService, build_service
-from hidream_service.jobs.store import SqlJobStore, open_store
+from hidream_service.jobs.store import open_store
 from hidream_service.models.registry import Registry
 from hidream_service.retention import RetentionSweep
 from hidream_service.signing_keys import SigningKeys

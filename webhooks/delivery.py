@@ -169,19 +169,23 @@ class Deliverer:
     async def run_forever(self) -> None:
         while True:
             self._wakeup.clear()
-            self._start_due()
-            await self._sleep_until_next()
+            try:
+                await self._start_due()
+                await self._sleep_until_next()
+            except Exception:  # the database is unreachable for now: nothing is lost, try again
+                log.exception("webhook delivery loop failed; retrying in %.0f s", self._idle_poll)
+                await asyncio.sleep(self._idle_poll)
 
     async def run_until_idle(self, linger: float) -> int:
         """Send what is due, and keep going while the next attempt is due within `linger` seconds
         (short retries wait here; later ones are left to the next run). Returns attempts started."""
         started = 0
         while True:
-            started += self._start_due()
+            started += await self._start_due()
             if self._in_flight:
                 await asyncio.wait(set(self._in_flight))
                 continue
-            next_due = self._outbox.next_due_at()
+            next_due = await asyncio.to_thread(self._outbox.next_due_at)
             if next_due is None or next_due - time.time() > linger:
                 return started
             await asyncio.sleep(max(next_due - time.time(), 0.0))
@@ -192,12 +196,13 @@ class Deliverer:
             task.cancel()
         await asyncio.gather(*self._in_flight, return_exceptions=True)
 
-    def _start_due(self) -> int:
+    async def _start_due(self) -> int:
         free = self._max_concurrency - len(self._in_flight)
         if free <= 0:
             return 0
         # The claim outlives the attempt's timeout, so a crash mid-attempt only delays a retry.
-        due = self._outbox.claim_due(time.time(), claim_seconds=self._timeout + 30, limit=free)
+        # Outbox calls are database calls: made off the event loop, which serves the API too.
+        due = await asyncio.to_thread(self._outbox.claim_due, time.time(), claim_seconds=self._timeout + 30, limit=free)
         for delivery in due:
             task = asyncio.create_task(self._deliver(delivery))
             self._in_flight.add(task)
@@ -211,7 +216,7 @@ class Deliverer:
         self._wakeup.set()
 
     async def _sleep_until_next(self) -> None:
-        next_due = self._outbox.next_due_at()
+        next_due = await asyncio.to_thread(self._outbox.next_due_at)
         wait = self._idle_poll if next_due is None else min(max(next_due - time.time(), 0.0), self._idle_poll)
         if wait <= 0 and len(self._in_flight) < self._max_concurrency:
             return
@@ -222,12 +227,16 @@ class Deliverer:
         signer = self._signers.get(delivery.signer)
         if signer is None:
             record = AttemptRecord(time.time(), 0.0, error=f"no signer named {delivery.signer!r}")
-            self._outbox.record_attempt(delivery.id, record, state=DeliveryState.FAILED, next_attempt_at=None)
+            await asyncio.to_thread(
+                self._outbox.record_attempt, delivery.id, record, state=DeliveryState.FAILED, next_attempt_at=None
+            )
             return
         outcome = await attempt(self._client, delivery, signer, timeout=self._timeout)
         attempts_made = delivery.attempts + 1
         state, next_at = self._next_step(outcome, attempts_made, retry=not delivery.single_attempt)
-        self._outbox.record_attempt(delivery.id, outcome.record, state=state, next_attempt_at=next_at)
+        await asyncio.to_thread(
+            self._outbox.record_attempt, delivery.id, outcome.record, state=state, next_attempt_at=next_at
+        )
         log.info(
             "webhook %s attempt %d to %s: %s",
             delivery.id,
@@ -256,5 +265,5 @@ class Deliverer:
         The retry schedule is left alone; a success marks the delivery delivered."""
         signer = self._signers[delivery.signer]
         outcome = await attempt(self._client, delivery, signer, timeout=self._timeout, replay=True)
-        self._outbox.record_replay(delivery.id, outcome.record, delivered=outcome.delivered)
+        await asyncio.to_thread(self._outbox.record_replay, delivery.id, outcome.record, delivered=outcome.delivered)
         return outcome

@@ -131,7 +131,7 @@ def enqueue(conn: Connection, message: OutboxMessage, due_at: float) -> None:
     )
 
 
-def delivery_from_record(record: Mapping[str, Any]) -> Delivery:
+def delivery_from_record(record: Mapping[Any, Any]) -> Delivery:
     """A Delivery from its stored columns: a SQL row here, a record in any other outbox."""
     return Delivery(
         id=record["id"],

@@ -11,6 +11,7 @@ import mimetypes
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse, Response
 
+from hidream_service.api.blocking import off_loop
 from hidream_service.api.state import app_state
 from hidream_service.storage import CONTENT_TYPES, EXTENSIONS
 
@@ -20,7 +21,7 @@ _MEDIA_TYPES = {extension: CONTENT_TYPES[fmt] for fmt, extension in EXTENSIONS.i
 
 @router.get("/files/{request_id}/{name}")
 async def get_file(request: Request, request_id: str, name: str) -> Response:
-    stored = app_state(request).storage.lookup(f"{request_id}/{name}")
+    stored = await off_loop(app_state(request).storage.lookup, f"{request_id}/{name}")
     if stored is None:
         raise HTTPException(404, "file not found")
     extension = name.rsplit(".", 1)[-1] if "." in name else ""

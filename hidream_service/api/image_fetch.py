@@ -50,8 +50,9 @@ class ImageInputs:
         decoded = decode_image(data, max_pixels=self.max_pixels)
         png = encode_png(decoded.image)
         key = f"input-{hashlib.sha256(png).hexdigest()[:40]}/{INPUT_FILE_NAME}"
-        if self.storage.lookup(key) is None:  # content-addressed: the same image is stored once
-            self.storage.put(key, png)
+        # Content-addressed: the same image keeps one file. Stored again even when present, so that
+        # the retention sweep counts its age from its latest use.
+        self.storage.put(key, png)
         return PreparedImage(key, decoded.width, decoded.height)
 
     async def _read(self, url: str, own_hosts: set[str]) -> bytes:

@@ -21,6 +21,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
 
+from hidream_service.api.blocking import off_loop
 from hidream_service.api.rendering import iso, queue_urls
 from hidream_service.api.state import app_state
 from hidream_service.api.submission import one_error, watched_job
@@ -105,13 +106,13 @@ async def list_requests(
     owner = state.api_keys.owner(request)
     before_seq = None
     if before is not None:
-        cursor = state.service.get(before, owner)
+        cursor = await off_loop(state.service.get, before, owner)
         if cursor is None:
             raise HTTPException(422, one_error(["query", "before"], f"no request {before} to list from", "cursor"))
         before_seq = cursor.seq
-    jobs = state.service.store.page(owner, None, before_seq=before_seq, limit=limit + 1)
+    jobs = await off_loop(state.service.store.page, owner, None, before_seq=before_seq, limit=limit + 1)
     page, more = jobs[:limit], len(jobs) > limit
-    deliveries = state.outbox.final_for_subjects([job.id for job in page])
+    deliveries = await off_loop(state.outbox.final_for_subjects, [job.id for job in page])
     return {
         "requests": [request_summary(job, deliveries.get(job.id)) for job in page],
         "next": page[-1].id if more else None,
@@ -121,10 +122,10 @@ async def list_requests(
 @router.get("/v1/requests/{request_id}", summary="One request: its state, input, result and logs")
 async def get_request(request: Request, request_id: str) -> dict[str, Any]:
     state = app_state(request)
-    job = state.service.get(request_id, state.api_keys.owner(request), with_logs=True)
+    job = await off_loop(state.service.get, request_id, state.api_keys.owner(request), with_logs=True)
     if job is None:
         raise HTTPException(404, f"request {request_id} not found")
-    delivery = state.outbox.final_for_subjects([job.id]).get(job.id)
+    delivery = (await off_loop(state.outbox.final_for_subjects, [job.id])).get(job.id)
     return {
         **request_summary(job, delivery),
         "input": job.input,
@@ -141,7 +142,7 @@ async def stream_request(request: Request, request_id: str) -> StreamingResponse
     carries `result` and `error_detail` too. Wakes only when this request changes."""
     state = app_state(request)
     owner = state.api_keys.owner(request)
-    if state.service.get(request_id, owner) is None:
+    if await off_loop(state.service.get, request_id, owner) is None:
         raise HTTPException(404, f"request {request_id} not found")
 
     async def events() -> AsyncIterator[str]:
@@ -155,7 +156,7 @@ async def stream_request(request: Request, request_id: str) -> StreamingResponse
                     yield ": keep-alive\n\n"
                     continue
                 ended = job.status.is_terminal()
-                delivery = state.outbox.final_for_subjects([job.id]).get(job.id) if ended else None
+                delivery = (await off_loop(state.outbox.final_for_subjects, [job.id])).get(job.id) if ended else None
                 summary = request_summary(job, delivery)
                 new_lines = job.logs[sent_lines:]
                 if summary != last_summary or new_lines:

@@ -14,6 +14,7 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
 
+from hidream_service.api.blocking import off_loop
 from hidream_service.api.rendering import iso_offset
 from hidream_service.api.state import AppState, app_state
 from webhooks.outbox import AttemptRecord, Delivery
@@ -49,6 +50,7 @@ def _attempt_json(number: int, attempt: AttemptRecord) -> dict[str, Any]:
 
 
 def _delivery_json(state: AppState, delivery: Delivery) -> dict[str, Any]:
+    """Reads the delivery's attempts: call it off the event loop."""
     return {
         "id": delivery.id,
         "request_id": delivery.subject,
@@ -71,19 +73,21 @@ async def jwks_document(request: Request) -> dict[str, Any]:
 @router.get("/v1/requests/{request_id}/webhooks")
 async def deliveries_of_request(request: Request, request_id: str) -> dict[str, Any]:
     state = app_state(request)
-    if state.service.get(request_id, state.api_keys.owner(request)) is None:
+    if await off_loop(state.service.get, request_id, state.api_keys.owner(request)) is None:
         raise HTTPException(404, f"request {request_id} not found")
-    return {"deliveries": [_delivery_json(state, d) for d in state.outbox.for_subject(request_id)]}
+    return {
+        "deliveries": await off_loop(lambda: [_delivery_json(state, d) for d in state.outbox.for_subject(request_id)])
+    }
 
 
 @router.post("/v1/webhooks/deliveries/{delivery_id}/replay")
 async def replay(request: Request, delivery_id: str) -> dict[str, Any]:
     state = app_state(request)
     owner = state.api_keys.owner(request)
-    delivery = state.outbox.get(delivery_id)
-    if delivery is None or state.service.get(delivery.subject, owner) is None:
+    delivery = await off_loop(state.outbox.get, delivery_id)
+    if delivery is None or await off_loop(state.service.get, delivery.subject, owner) is None:
         raise HTTPException(404, f"webhook delivery {delivery_id} not found")
     outcome = await state.deliverer.replay(delivery)
-    refreshed = state.outbox.get(delivery_id)
+    refreshed = await off_loop(state.outbox.get, delivery_id)
     assert refreshed is not None
-    return {"delivered": outcome.delivered, "delivery": _delivery_json(state, refreshed)}
+    return {"delivered": outcome.delivered, "delivery": await off_loop(_delivery_json, state, refreshed)}

@@ -46,7 +46,7 @@ def document(job: Job) -> str:
 
 
 def job_from_row(
-    row: Mapping[str, Any], *, queue_position: int | None = None, logs: list[LogLine] | None = None
+    row: Mapping[Any, Any], *, queue_position: int | None = None, logs: list[LogLine] | None = None
 ) -> Job:
     values: dict[str, Any] = json.loads(row["doc"])
     values.update({name: row[name] for name in COLUMN_FIELDS})

@@ -30,9 +30,7 @@ _LEASED = (
 
 def open_store(settings: Settings) -> SqlJobStore:
     """This process's store on the configured database (each process opens its own)."""
-    return SqlJobStore(
-        Database(settings.sql_url, node=settings.node_id or "", synchronous=settings.sqlite_synchronous)
-    )
+    return SqlJobStore(Database(settings.sql_url, node=settings.node_id or "", synchronous=settings.sqlite_synchronous))
 
 
 class DuplicateIdempotencyKey(Exception):

@@ -24,9 +24,9 @@ from hidream_service.config import Settings
 from hidream_service.dialects.registry import DialectEndings
 from hidream_service.jobs.model import JobRequest
 from hidream_service.jobs.service import JobService
-from tests.sql_stores import sql_outbox, sql_store
 from hidream_service.models.registry import DEFAULT_REGISTRY
 from hidream_service.signing_keys import KEYS_FILE, SigningKeys
+from tests.sql_stores import sql_outbox, sql_store
 from webhooks.outbox import AttemptRecord, DeliveryState
 
 TEST_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"

@@ -14,12 +14,12 @@ from hidream_service.config import Settings
 from hidream_service.jobs import worker as worker_module
 from hidream_service.jobs.model import JobRequest, Lease, Progress
 from hidream_service.jobs.service import JobService
-from tests.sql_stores import sql_store
 from hidream_service.jobs.worker import Heartbeat, WorkerRunContext
 from hidream_service.models.registry import DEFAULT_REGISTRY
 from hidream_service.runtime import job_service
 from hidream_service.safety import SafetyChecker
 from hidream_service.storage import LocalOutputStorage
+from tests.sql_stores import sql_store
 
 LEASE = 0.6
 

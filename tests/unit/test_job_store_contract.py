@@ -44,7 +44,9 @@ class Backend:
 @pytest.fixture(params=["sqlite", "postgres", "modal-dict"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     if request.param != "modal-dict":
-        url = request.getfixturevalue("postgres_url") if request.param == "postgres" else f"sqlite:///{tmp_path}/jobs.db"
+        url = (
+            request.getfixturevalue("postgres_url") if request.param == "postgres" else f"sqlite:///{tmp_path}/jobs.db"
+        )
         opened = [sql_store(url)]
 
         def reopen() -> JobStore:

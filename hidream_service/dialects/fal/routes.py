@@ -11,6 +11,7 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from hidream_service.api import submission
+from hidream_service.api.blocking import off_loop
 from hidream_service.api.errors import shaped_route
 from hidream_service.api.openapi import json_body
 from hidream_service.api.rendering import app_of
@@ -67,9 +68,9 @@ def _parse_flag(value: str | None, name: str) -> bool:
     raise HTTPException(422, one_error(["query", name], "must be one of 1, 0, true, false", "bool_parsing"))
 
 
-def _owned_job(state: AppState, request: Request, owner: str, app: str, request_id: str, logs: bool) -> Job:
+async def _owned_job(state: AppState, request: Request, owner: str, app: str, request_id: str, logs: bool) -> Job:
     caller = state.api_keys.owner(request)
-    job = state.service.get(request_id, caller, with_logs=logs)
+    job = await off_loop(state.service.get, request_id, caller, with_logs=logs)
     if job is None or app_of(job.endpoint) != f"{owner}/{app}":
         raise HTTPException(404, f"request {request_id} not found")
     return job
@@ -79,7 +80,7 @@ def _owned_job(state: AppState, request: Request, owner: str, app: str, request_
 async def status(request: Request, owner: str, app: str, request_id: str, logs: str | None = Query(None)) -> Any:
     state = app_state(request)
     with_logs = _parse_flag(logs, "logs")
-    job = _owned_job(state, request, owner, app, request_id, with_logs)
+    job = await _owned_job(state, request, owner, app, request_id, with_logs)
     body = render_status(job, with_logs=with_logs)
     return _json(body, 200 if job.status.is_terminal() else 202, job.id)
 
@@ -90,7 +91,7 @@ async def status_stream(
 ) -> StreamingResponse:
     state = app_state(request)
     with_logs = _parse_flag(logs, "logs")
-    _owned_job(state, request, owner, app, request_id, with_logs)  # 404 before the stream starts
+    await _owned_job(state, request, owner, app, request_id, with_logs)  # 404 before the stream starts
     caller = state.api_keys.owner(request)
 
     async def events() -> AsyncIterator[str]:
@@ -117,7 +118,7 @@ async def status_stream(
 @_requests.get("/{owner}/{app}/requests/{request_id}")
 async def result(request: Request, owner: str, app: str, request_id: str) -> Any:
     state = app_state(request)
-    job = _owned_job(state, request, owner, app, request_id, False)
+    job = await _owned_job(state, request, owner, app, request_id, False)
     if not job.status.is_terminal():
         return _json({"detail": "Request is still in progress"}, 400, job.id)
     return _result_response(job)
@@ -126,8 +127,8 @@ async def result(request: Request, owner: str, app: str, request_id: str) -> Any
 @_requests.put("/{owner}/{app}/requests/{request_id}/cancel")
 async def cancel(request: Request, owner: str, app: str, request_id: str) -> Any:
     state = app_state(request)
-    job = _owned_job(state, request, owner, app, request_id, False)
-    outcome = state.service.cancel(job.id, job.owner)
+    job = await _owned_job(state, request, owner, app, request_id, False)
+    outcome = await off_loop(state.service.cancel, job.id, job.owner)
     if outcome is CancelOutcome.ALREADY_COMPLETED:
         return _json({"status": "ALREADY_COMPLETED", "detail": "Request already completed"}, 400, job.id)
     if outcome is CancelOutcome.NOT_FOUND:

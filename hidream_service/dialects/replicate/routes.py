@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from pydantic import Field
 
 from hidream_service.api import submission
+from hidream_service.api.blocking import off_loop
 from hidream_service.api.errors import add_fallbacks, shaped_route
 from hidream_service.api.openapi import json_body
 from hidream_service.api.rendering import iso, iso_offset
@@ -103,8 +104,8 @@ async def create(request: Request) -> JSONResponse:
     return await _create(request, model, body)
 
 
-def _owned(state: AppState, request: Request, prediction_id: str) -> Job:
-    job = state.service.get(prediction_id, state.api_keys.owner(request), with_logs=True)
+async def _owned(state: AppState, request: Request, prediction_id: str) -> Job:
+    job = await off_loop(state.service.get, prediction_id, state.api_keys.owner(request), with_logs=True)
     if job is None or job.dialect != REPLICATE.id:
         raise HTTPException(404, f"prediction {prediction_id} not found")
     return job
@@ -113,15 +114,15 @@ def _owned(state: AppState, request: Request, prediction_id: str) -> Job:
 @router.get("/predictions/{prediction_id}")
 async def get_prediction(request: Request, prediction_id: str) -> JSONResponse:
     state = app_state(request)
-    return _prediction(state, _owned(state, request, prediction_id))
+    return _prediction(state, await _owned(state, request, prediction_id))
 
 
 @router.post("/predictions/{prediction_id}/cancel")
 async def cancel_prediction(request: Request, prediction_id: str) -> JSONResponse:
     state = app_state(request)
-    job = _owned(state, request, prediction_id)
-    state.service.cancel(job.id, job.owner)
-    return _prediction(state, _owned(state, request, prediction_id))
+    job = await _owned(state, request, prediction_id)
+    await off_loop(state.service.cancel, job.id, job.owner)
+    return _prediction(state, await _owned(state, request, prediction_id))
 
 
 @router.get("/predictions")
@@ -130,7 +131,9 @@ async def list_predictions(request: Request, cursor: str | None = None) -> dict[
     owner = state.api_keys.owner(request)
     if cursor is not None and not re.fullmatch(f"[0-9]{{1,{MAX_CURSOR_DIGITS}}}", cursor):  # not isdigit(): "²"
         raise HTTPException(400, "cursor is not valid")
-    jobs = state.service.store.page(owner, REPLICATE.id, before_seq=int(cursor) if cursor else None, limit=PAGE_SIZE)
+    jobs = await off_loop(
+        state.service.store.page, owner, REPLICATE.id, before_seq=int(cursor) if cursor else None, limit=PAGE_SIZE
+    )
     following = None
     if len(jobs) == PAGE_SIZE:
         following = f"{submission.base_url(state, request)}/v1/predictions?cursor={jobs[-1].seq}"
@@ -198,7 +201,7 @@ async def rotate_secret(request: Request) -> dict[str, Any]:
     state = app_state(request)
     state.api_keys.owner(request)
     try:
-        secret, previous_until = state.keys.rotate()
+        secret, previous_until = await off_loop(state.keys.rotate)
     except SecretPinned as exc:
         raise HTTPException(400, str(exc)) from None
     return {"key": secret, "previous_key_valid_until": iso_offset(previous_until)}
