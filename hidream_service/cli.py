@@ -58,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve_parser.add_argument("--port", type=int, help="port (default 8000)")
     serve_parser.add_argument("--weights", help="'tiny' or a directory of HiDream weights")
     serve_parser.add_argument("--data-dir", type=Path, help="database and outputs (HIDREAM_DATA_DIR)")
+    serve_parser.add_argument(
+        "--database-url", help="postgresql://... to share jobs with other nodes (HIDREAM_DATABASE_URL; default SQLite)"
+    )
+    serve_parser.add_argument(
+        "--outputs-dir", type=Path, help="outputs and uploads, shared by all nodes (HIDREAM_OUTPUTS_DIR)"
+    )
     serve_parser.add_argument("--workers", type=int, help="worker processes (default 1)")
     serve_parser.set_defaults(handler=serve)
 

@@ -80,6 +80,7 @@ def request_summary(job: Job, delivery: Delivery | None) -> dict[str, Any]:
         "created_at": iso(job.created_at),
         "started_at": iso(job.started_at),
         "completed_at": iso(job.completed_at),
+        "files_expired_at": iso(job.files_expired_at),  # its outputs were removed (HIDREAM_OUTPUT_TTL_HOURS)
         "queue_seconds": _seconds(job.created_at, job.started_at),
         "total_seconds": _seconds(job.created_at, job.completed_at),
         "inference_seconds": job.inference_time,

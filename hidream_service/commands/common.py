@@ -10,7 +10,7 @@ from hidream_service.config import Settings
 
 SERVER_VARIABLE = "HIDREAM_SERVER_URL"  # the server the client commands talk to
 KEY_VARIABLE = "HIDREAM_KEY"  # the API key they send (the playground's snippets read it too)
-SETTINGS_FLAGS = ("host", "port", "weights", "data_dir", "workers")
+SETTINGS_FLAGS = ("host", "port", "weights", "data_dir", "workers", "database_url", "outputs_dir")
 
 
 class UsageError(Exception):

@@ -76,7 +76,10 @@ class ServerProcess:
             if name.startswith("HIDREAM_") and name not in self.env:
                 del env[name]  # only what this test says
         with open(self.log_path, "ab") as log:  # the child keeps its own copy of the descriptor
-            self.process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+            # Its own process group: kill_group() takes the server and its workers down together.
+            self.process = subprocess.Popen(
+                command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         wait_until(self._healthy, timeout=60)
         return self
 
@@ -113,6 +116,12 @@ class ServerProcess:
         """kill -9, as a crash would."""
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+
+    def kill_group(self) -> None:
+        """kill -9 of the server and every worker at once, as a machine dying would."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(10)
 
     def stop(self) -> None:
