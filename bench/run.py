@@ -4,7 +4,9 @@
 
 1. overhead   hidream/noop submit -> signed webhook received, against cog's production server
               (PyPI cog + coglet, a no-op predictor, async prediction with a webhook); then 32
-              concurrent submitters: jobs/s, and p99 of GET status under that load.
+              concurrent submitters: jobs/s, and p99 of GET status under that load. The service
+              runs twice, on SQLite (the default) and on Postgres (a throwaway local server with
+              its durable defaults, started from Debian's binaries; skipped where there are none).
 2. inference  a tiny-weights HiDream-I1 job through the whole service against the same pipeline
               called directly in this process, same size and steps.
 3. batching   8 tiny I1 jobs in flight, batching off against on: jobs/s and the ratio.
@@ -35,7 +37,10 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # the throwaway Postgres of the tests
 from common import Process, Receiver, free_port, summary, wait_ready
+
+from tests.postgres import PostgresCluster, PostgresUnavailable
 
 ROOT = Path(__file__).resolve().parents[1]
 COG_VENV = ROOT / "bench" / ".cog-venv"
@@ -60,7 +65,17 @@ TERMINAL = {"succeeded", "failed", "canceled"}
 class Hidream:
     name = "hidream"
 
-    def __init__(self, data_dir: Path, weights: str | None = None, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        weights: str | None = None,
+        env: dict[str, str] | None = None,
+        *,
+        database_url: str | None = None,
+    ) -> None:
+        if database_url:
+            self.name = "hidream-postgres"
+            env = {**(env or {}), "HIDREAM_DATABASE_URL": database_url}
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         command = [
@@ -219,8 +234,16 @@ def concurrent(server: Any, jobs: int, submitters: int, poll_status: bool) -> di
 def overhead(quick: bool, workdir: Path) -> dict[str, Any]:
     jobs, warmup, blocks, load_jobs = (20, 5, 2, 64) if quick else (400, 30, 8, 400)
     with contextlib.ExitStack() as running:
+        makers: list[Any] = [lambda: Hidream(workdir / "overhead-data"), lambda: Coglet(workdir)]
+        try:
+            cluster = running.enter_context(PostgresCluster(durable=True))
+        except PostgresUnavailable as exc:
+            print(f"overhead: Postgres figures skipped ({exc})", file=sys.stderr)
+        else:
+            url = cluster.create_database("bench")
+            makers.append(lambda: Hidream(workdir / "overhead-pg", database_url=url))
         servers: list[Hidream | Coglet] = []
-        for make in (lambda: Hidream(workdir / "overhead-data"), lambda: Coglet(workdir)):
+        for make in makers:
             servers.append(make())
             running.callback(servers[-1].close)
         for server in servers:
@@ -229,7 +252,7 @@ def overhead(quick: bool, workdir: Path) -> dict[str, Any]:
         return {
             server.name: {
                 "sequential": alone[server.name],
-                "32_submitters": concurrent(server, load_jobs, 32, poll_status=server.name == "hidream"),
+                "32_submitters": concurrent(server, load_jobs, 32, poll_status=server.name.startswith("hidream")),
             }
             for server in servers
         }
@@ -456,6 +479,16 @@ def print_table(results: dict[str, Any]) -> None:
         status = ours["32_submitters"].get("status_ms_under_load")
         if status:
             rows.append(("GET status p99 under load (ms)", f"{status['p99']}", "-", "-"))
+        postgres = results["overhead"].get("hidream-postgres")
+        if postgres:
+            for label, path in (
+                ("on Postgres: noop p50 (ms)", ("sequential", "latency_ms", "p50")),
+                ("on Postgres: noop p99 (ms)", ("sequential", "latency_ms", "p99")),
+                ("on Postgres: jobs/s, 32 submitters", ("32_submitters", "jobs_per_s")),
+                ("on Postgres: GET status p99 under load (ms)", ("32_submitters", "status_ms_under_load", "p99")),
+            ):
+                a, b = dig(postgres, path), dig(ours, path)
+                rows.append((label, f"{a}", f"{b} (SQLite)", f"{a / b:.2f}"))
     if "inference" in results:
         inf = results["inference"]
         rows.append(

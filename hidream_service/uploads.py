@@ -6,6 +6,7 @@ an output's, and can be passed to any endpoint input that takes an image URL.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 import time
@@ -13,7 +14,6 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from hidream_service.api.blocking import off_loop
 from hidream_service.storage import OutputStorage
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -63,7 +63,7 @@ async def store_upload(
             raise UploadTooLarge(f"uploads are limited to {max_bytes} bytes")
     upload_id = upload_id or new_upload_id()
     file_name = clean_name(name)
-    await off_loop(storage.put, f"{upload_id}/{file_name}", bytes(data))
+    await asyncio.to_thread(storage.put, f"{upload_id}/{file_name}", bytes(data))
     return Upload(
         id=upload_id,
         name=file_name,

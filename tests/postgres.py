@@ -31,13 +31,9 @@ START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 30.0
 # A Unix socket's path must fit in sun_path (108 bytes with the terminating NUL).
 MAX_SOCKET_PATH = 107
-SERVER_SETTINGS = {
-    "listen_addresses": "127.0.0.1",
-    "fsync": "off",
-    "synchronous_commit": "off",
-    "full_page_writes": "off",
-    "max_connections": "200",
-}
+SERVER_SETTINGS = {"listen_addresses": "127.0.0.1", "max_connections": "200"}
+#: For tests: commits not forced to disk. A benchmark keeps Postgres's durable defaults instead.
+FAST_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
 
 
 class PostgresUnavailable(RuntimeError):
@@ -89,8 +85,9 @@ class PostgresCluster:
     e.g. when the test process is killed: create the cluster in a thread that outlives its use.
     """
 
-    def __init__(self, bindir: Path | None = None) -> None:
+    def __init__(self, bindir: Path | None = None, *, durable: bool = False) -> None:
         self.bindir = bindir or find_bindir()
+        self._settings = SERVER_SETTINGS if durable else {**SERVER_SETTINGS, **FAST_SETTINGS}
         self._proc: subprocess.Popen[bytes] | None = None
         self._stopped = False
         self.port = 0
@@ -197,7 +194,7 @@ class PostgresCluster:
         if len(socket_dir) + len(f"/.s.PGSQL.{port}") > MAX_SOCKET_PATH:
             socket_dir = ""  # no Unix socket: tests connect over TCP
         command = [str(self.bindir / "postgres"), "-D", str(self.root / "data"), "-p", str(port), "-k", socket_dir]
-        for name, value in SERVER_SETTINGS.items():
+        for name, value in self._settings.items():
             command += ["-c", f"{name}={value}"]
         if shutil.which("setpriv"):
             # Ties the server's life to this process: atexit does not run when pytest is killed.

@@ -10,6 +10,7 @@ The returned URLs can be passed to any input that takes an image URL.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import time
@@ -19,7 +20,6 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
 
 from hidream_service.api import submission
-from hidream_service.api.blocking import off_loop
 from hidream_service.api.rendering import iso
 from hidream_service.api.state import AppState, app_state
 from hidream_service.uploads import Upload, UploadTooLarge, clean_name, new_upload_id, store_upload
@@ -129,7 +129,7 @@ async def put_upload(request: Request, ticket: str, name: str) -> JSONResponse:
         and hmac.compare_digest(_mac(state, f"upload.{upload_id}.{expires}.{name}"), mac)
     )
     # One time only: a URL whose file is already there has been used.
-    if not valid or await off_loop(state.storage.lookup, f"{upload_id}/{name}") is not None:
+    if not valid or await asyncio.to_thread(state.storage.lookup, f"{upload_id}/{name}") is not None:
         raise HTTPException(404, "no such upload; ask /storage/upload/initiate for a new one")
     await _store(state, request, name, upload_id=upload_id)
     return JSONResponse({}, status_code=200)

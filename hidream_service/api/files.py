@@ -6,12 +6,12 @@ them without an API key, as with fal's media URLs.
 
 from __future__ import annotations
 
+import asyncio
 import mimetypes
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse, Response
 
-from hidream_service.api.blocking import off_loop
 from hidream_service.api.state import AppState, app_state
 from hidream_service.storage import CONTENT_TYPES, EXTENSIONS
 
@@ -31,9 +31,9 @@ def _why_missing(state: AppState, request_id: str) -> str:
 @router.get("/files/{request_id}/{name}")
 async def get_file(request: Request, request_id: str, name: str) -> Response:
     state = app_state(request)
-    stored = await off_loop(state.storage.lookup, f"{request_id}/{name}")
+    stored = await asyncio.to_thread(state.storage.lookup, f"{request_id}/{name}")
     if stored is None:
-        raise HTTPException(404, await off_loop(_why_missing, state, request_id))
+        raise HTTPException(404, await asyncio.to_thread(_why_missing, state, request_id))
     extension = name.rsplit(".", 1)[-1] if "." in name else ""
     media_type = _MEDIA_TYPES.get(extension) or mimetypes.guess_type(name)[0] or "application/octet-stream"
     headers = {"Cache-Control": "public, max-age=31536000, immutable"}

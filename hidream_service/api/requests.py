@@ -13,6 +13,7 @@ cancelling goes through the fal `cancel_url` each summary carries. A running req
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
@@ -21,7 +22,6 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
 
-from hidream_service.api.blocking import off_loop
 from hidream_service.api.rendering import iso, queue_urls
 from hidream_service.api.state import app_state
 from hidream_service.api.submission import one_error, watched_job
@@ -107,13 +107,13 @@ async def list_requests(
     owner = state.api_keys.owner(request)
     before_seq = None
     if before is not None:
-        cursor = await off_loop(state.service.get, before, owner)
+        cursor = await asyncio.to_thread(state.service.get, before, owner)
         if cursor is None:
             raise HTTPException(422, one_error(["query", "before"], f"no request {before} to list from", "cursor"))
         before_seq = cursor.seq
-    jobs = await off_loop(state.service.store.page, owner, None, before_seq=before_seq, limit=limit + 1)
+    jobs = await asyncio.to_thread(state.service.store.page, owner, None, before_seq=before_seq, limit=limit + 1)
     page, more = jobs[:limit], len(jobs) > limit
-    deliveries = await off_loop(state.outbox.final_for_subjects, [job.id for job in page])
+    deliveries = await asyncio.to_thread(state.outbox.final_for_subjects, [job.id for job in page])
     return {
         "requests": [request_summary(job, deliveries.get(job.id)) for job in page],
         "next": page[-1].id if more else None,
@@ -123,10 +123,10 @@ async def list_requests(
 @router.get("/v1/requests/{request_id}", summary="One request: its state, input, result and logs")
 async def get_request(request: Request, request_id: str) -> dict[str, Any]:
     state = app_state(request)
-    job = await off_loop(state.service.get, request_id, state.api_keys.owner(request), with_logs=True)
+    job = await asyncio.to_thread(state.service.get, request_id, state.api_keys.owner(request), with_logs=True)
     if job is None:
         raise HTTPException(404, f"request {request_id} not found")
-    delivery = (await off_loop(state.outbox.final_for_subjects, [job.id])).get(job.id)
+    delivery = (await asyncio.to_thread(state.outbox.final_for_subjects, [job.id])).get(job.id)
     return {
         **request_summary(job, delivery),
         "input": job.input,
@@ -143,7 +143,7 @@ async def stream_request(request: Request, request_id: str) -> StreamingResponse
     carries `result` and `error_detail` too. Wakes only when this request changes."""
     state = app_state(request)
     owner = state.api_keys.owner(request)
-    if await off_loop(state.service.get, request_id, owner) is None:
+    if await asyncio.to_thread(state.service.get, request_id, owner) is None:
         raise HTTPException(404, f"request {request_id} not found")
 
     async def events() -> AsyncIterator[str]:
@@ -157,7 +157,9 @@ async def stream_request(request: Request, request_id: str) -> StreamingResponse
                     yield ": keep-alive\n\n"
                     continue
                 ended = job.status.is_terminal()
-                delivery = (await off_loop(state.outbox.final_for_subjects, [job.id])).get(job.id) if ended else None
+                delivery = (
+                    (await asyncio.to_thread(state.outbox.final_for_subjects, [job.id])).get(job.id) if ended else None
+                )
                 summary = request_summary(job, delivery)
                 new_lines = job.logs[sent_lines:]
                 if summary != last_summary or new_lines:

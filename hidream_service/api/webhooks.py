@@ -10,11 +10,11 @@ The signing secret is served where each dialect's clients look for it: Replicate
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
 
-from hidream_service.api.blocking import off_loop
 from hidream_service.api.rendering import iso_offset
 from hidream_service.api.state import AppState, app_state
 from webhooks.outbox import AttemptRecord, Delivery
@@ -73,10 +73,12 @@ async def jwks_document(request: Request) -> dict[str, Any]:
 @router.get("/v1/requests/{request_id}/webhooks")
 async def deliveries_of_request(request: Request, request_id: str) -> dict[str, Any]:
     state = app_state(request)
-    if await off_loop(state.service.get, request_id, state.api_keys.owner(request)) is None:
+    if await asyncio.to_thread(state.service.get, request_id, state.api_keys.owner(request)) is None:
         raise HTTPException(404, f"request {request_id} not found")
     return {
-        "deliveries": await off_loop(lambda: [_delivery_json(state, d) for d in state.outbox.for_subject(request_id)])
+        "deliveries": await asyncio.to_thread(
+            lambda: [_delivery_json(state, d) for d in state.outbox.for_subject(request_id)]
+        )
     }
 
 
@@ -84,10 +86,10 @@ async def deliveries_of_request(request: Request, request_id: str) -> dict[str, 
 async def replay(request: Request, delivery_id: str) -> dict[str, Any]:
     state = app_state(request)
     owner = state.api_keys.owner(request)
-    delivery = await off_loop(state.outbox.get, delivery_id)
-    if delivery is None or await off_loop(state.service.get, delivery.subject, owner) is None:
+    delivery = await asyncio.to_thread(state.outbox.get, delivery_id)
+    if delivery is None or await asyncio.to_thread(state.service.get, delivery.subject, owner) is None:
         raise HTTPException(404, f"webhook delivery {delivery_id} not found")
     outcome = await state.deliverer.replay(delivery)
-    refreshed = await off_loop(state.outbox.get, delivery_id)
+    refreshed = await asyncio.to_thread(state.outbox.get, delivery_id)
     assert refreshed is not None
-    return {"delivered": outcome.delivered, "delivery": await off_loop(_delivery_json, state, refreshed)}
+    return {"delivered": outcome.delivered, "delivery": await asyncio.to_thread(_delivery_json, state, refreshed)}

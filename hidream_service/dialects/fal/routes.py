@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Mapping
@@ -11,7 +12,6 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from hidream_service.api import submission
-from hidream_service.api.blocking import off_loop
 from hidream_service.api.errors import shaped_route
 from hidream_service.api.openapi import json_body
 from hidream_service.api.rendering import app_of
@@ -70,7 +70,7 @@ def _parse_flag(value: str | None, name: str) -> bool:
 
 async def _owned_job(state: AppState, request: Request, owner: str, app: str, request_id: str, logs: bool) -> Job:
     caller = state.api_keys.owner(request)
-    job = await off_loop(state.service.get, request_id, caller, with_logs=logs)
+    job = await asyncio.to_thread(state.service.get, request_id, caller, with_logs=logs)
     if job is None or app_of(job.endpoint) != f"{owner}/{app}":
         raise HTTPException(404, f"request {request_id} not found")
     return job
@@ -128,7 +128,7 @@ async def result(request: Request, owner: str, app: str, request_id: str) -> Any
 async def cancel(request: Request, owner: str, app: str, request_id: str) -> Any:
     state = app_state(request)
     job = await _owned_job(state, request, owner, app, request_id, False)
-    outcome = await off_loop(state.service.cancel, job.id, job.owner)
+    outcome = await asyncio.to_thread(state.service.cancel, job.id, job.owner)
     if outcome is CancelOutcome.ALREADY_COMPLETED:
         return _json({"status": "ALREADY_COMPLETED", "detail": "Request already completed"}, 400, job.id)
     if outcome is CancelOutcome.NOT_FOUND:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 
 from hidream_service.api import fal_storage, submission
-from hidream_service.api.blocking import off_loop
 from hidream_service.api.errors import add_fallbacks, shaped_route
 from hidream_service.api.openapi import json_body
 from hidream_service.api.state import AppState, app_state
@@ -52,7 +52,7 @@ async def task(request: Request, task_id: str) -> JSONResponse:
 
 async def _get(request: Request, task_id: str) -> JSONResponse:
     state = app_state(request)
-    job = await off_loop(state.service.get, task_id, state.api_keys.owner(request))
+    job = await asyncio.to_thread(state.service.get, task_id, state.api_keys.owner(request))
     if job is None or job.dialect != WAVESPEED.id:
         raise HTTPException(404, f"task {task_id} not found")
     return _answer(state, job)
