@@ -12,8 +12,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import text
-
 from hidream_service.db.engine import Database
 from hidream_service.jobs.store import SqlJobStore
 
@@ -31,15 +29,13 @@ class Swept:
 
 def claim_chore(db: Database, name: str, holder: str, now: float, hold_seconds: float) -> bool:
     """Whether `holder` may do the chore now: nobody holds it, the holder's hold ran out, or it is its own."""
-    with db.write() as conn:
-        row = conn.execute(
-            text(
-                "INSERT INTO chores (name, holder, until) VALUES (:name, :holder, :until) ON CONFLICT (name)"
-                " DO UPDATE SET holder = excluded.holder, until = excluded.until"
-                " WHERE chores.until < :now OR chores.holder = :holder RETURNING name"
-            ),
+    with db.write() as tx:
+        row = tx.row(
+            "INSERT INTO chores (name, holder, until) VALUES (:name, :holder, :until) ON CONFLICT (name)"
+            " DO UPDATE SET holder = excluded.holder, until = excluded.until"
+            " WHERE chores.until < :now OR chores.holder = :holder RETURNING name",
             {"name": name, "holder": holder, "until": now + hold_seconds, "now": now},
-        ).first()
+        )
     return row is not None
 
 

@@ -85,6 +85,7 @@ def job_service(
     on_changed: Callable[[str], None],
     on_queue_moved: Callable[[], None] = lambda: None,
     on_cancel_requested: Callable[[Job], None] = lambda job: None,
+    on_delivery_due: Callable[[], None] = lambda: None,
 ) -> JobService:
     """The JobService of one process, its jobs' webhooks rendered by their dialects."""
     return build_service(
@@ -95,6 +96,7 @@ def job_service(
         on_changed=on_changed,
         on_queue_moved=on_queue_moved,
         on_cancel_requested=on_cancel_requested,
+        on_delivery_due=on_delivery_due,
     )
 
 
@@ -138,7 +140,7 @@ async def embedded_runtime(
         outbox = SqlOutbox(store.db if shared else Database(settings.sql_url, synchronous="NORMAL"), holder=node)
         client = webhook_client(settings)
         deliverer = build_deliverer(settings, outbox, keys, client)
-        events = JobEvents(asyncio.get_running_loop(), on_change=deliverer.wake)
+        events = JobEvents(asyncio.get_running_loop(), on_delivery_due=deliverer.wake)
         executor = LocalExecutor()
         service = job_service(
             settings,
@@ -147,6 +149,7 @@ async def embedded_runtime(
             on_submitted=executor.submitted,
             on_changed=events.notify_threadsafe,
             on_queue_moved=events.queue_moved_threadsafe,
+            on_delivery_due=events.delivery_due_threadsafe,
         )
         listener = _listen_to_other_nodes(settings, executor, events, keys) if shared else None
         released = outbox.release_claims(time.time())
@@ -163,6 +166,7 @@ async def embedded_runtime(
                 service,
                 on_job_changed=events.notify_threadsafe,
                 on_queue_moved=events.queue_moved_threadsafe,
+                on_delivery_due=events.delivery_due_threadsafe,
                 registry=registry,
                 endings=DialectEndings(registry),
             )
@@ -212,6 +216,7 @@ def _listen_to_other_nodes(
         queued=executor.wake,
         changed=events.notify_threadsafe,
         moved=events.queue_moved_threadsafe,
+        delivery_due=events.delivery_due_threadsafe,
         keys=keys.reload,
         resync=resync,
     )

@@ -21,7 +21,6 @@ from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
-from sqlalchemy import text
 
 from hidream_service.config import Settings
 from hidream_service.db.engine import Database, Notice
@@ -75,24 +74,22 @@ class SqlKeyState:
         self._db = db
 
     def load_or_create(self, fresh: dict[str, Any]) -> dict[str, Any]:
-        with self._db.write() as conn:
-            conn.execute(
-                text("INSERT INTO shared_state (name, value) VALUES (:name, :value) ON CONFLICT (name) DO NOTHING"),
+        with self._db.write() as tx:
+            tx.run(
+                "INSERT INTO shared_state (name, value) VALUES (:name, :value) ON CONFLICT (name) DO NOTHING",
                 {"name": self.NAME, "value": json.dumps(fresh)},
             )
-            stored = conn.execute(
-                text("SELECT value FROM shared_state WHERE name = :name"), {"name": self.NAME}
-            ).scalar_one()
+            stored = tx.scalar("SELECT value FROM shared_state WHERE name = :name", {"name": self.NAME})
         state: dict[str, Any] = json.loads(stored)
         return state
 
     def save(self, state: dict[str, Any]) -> None:
-        with self._db.write() as conn:
-            conn.execute(
-                text("UPDATE shared_state SET value = :value WHERE name = :name"),
+        with self._db.write() as tx:
+            tx.run(
+                "UPDATE shared_state SET value = :value WHERE name = :name",
                 {"name": self.NAME, "value": json.dumps(state)},
             )
-            self._db.notify(conn, Notice.KEYS)
+            self._db.notify(tx, Notice.KEYS)
 
 
 class SigningKeys:

@@ -161,7 +161,7 @@ class Deliverer:
         self._max_concurrency = max_concurrency
         self._idle_poll = idle_poll_seconds
         self._wakeup = asyncio.Event()
-        self._in_flight: set[asyncio.Task[None]] = set()
+        self._in_flight: set[asyncio.Task[bool]] = set()
 
     def wake(self) -> None:
         self._wakeup.set()
@@ -170,8 +170,8 @@ class Deliverer:
         while True:
             self._wakeup.clear()
             try:
-                await self._start_due()
-                await self._sleep_until_next()
+                _, next_due = await self._start_due()
+                await self._sleep_until(next_due)
             except Exception:  # the database is unreachable for now: nothing is lost, try again
                 log.exception("webhook delivery loop failed; retrying in %.0f s", self._idle_poll)
                 await asyncio.sleep(self._idle_poll)
@@ -181,11 +181,11 @@ class Deliverer:
         (short retries wait here; later ones are left to the next run). Returns attempts started."""
         started = 0
         while True:
-            started += await self._start_due()
+            count, next_due = await self._start_due()
+            started += count
             if self._in_flight:
                 await asyncio.wait(set(self._in_flight))
                 continue
-            next_due = await asyncio.to_thread(self._outbox.next_due_at)
             if next_due is None or next_due - time.time() > linger:
                 return started
             await asyncio.sleep(max(next_due - time.time(), 0.0))
@@ -196,41 +196,51 @@ class Deliverer:
             task.cancel()
         await asyncio.gather(*self._in_flight, return_exceptions=True)
 
-    async def _start_due(self) -> int:
-        free = self._max_concurrency - len(self._in_flight)
-        if free <= 0:
-            return 0
-        # The claim outlives the attempt's timeout, so a crash mid-attempt only delays a retry.
-        # Outbox calls are database calls: made off the event loop, which serves the API too.
-        due = await asyncio.to_thread(self._outbox.claim_due, time.time(), claim_seconds=self._timeout + 30, limit=free)
+    async def _start_due(self) -> tuple[int, float | None]:
+        """Start the due deliveries there is room for; returns how many, and when the next is due.
+        Outbox calls are database calls: made off the event loop (which serves the API too), in one
+        thread hop per wake-up."""
+        due, next_due = await asyncio.to_thread(self._claim, self._max_concurrency - len(self._in_flight))
         for delivery in due:
             task = asyncio.create_task(self._deliver(delivery))
             self._in_flight.add(task)
             task.add_done_callback(self._finished)
-        return len(due)
+        return len(due), next_due
 
-    def _finished(self, task: asyncio.Task[None]) -> None:
+    def _claim(self, free: int) -> tuple[list[Delivery], float | None]:
+        # The claim outlives the attempt's timeout, so a crash mid-attempt only delays a retry.
+        due = self._outbox.claim_due(time.time(), claim_seconds=self._timeout + 30, limit=free) if free > 0 else []
+        return due, self._outbox.next_due_at()
+
+    def _finished(self, task: asyncio.Task[bool]) -> None:
+        was_full = len(self._in_flight) >= self._max_concurrency
         self._in_flight.discard(task)
-        if not task.cancelled() and task.exception() is not None:
+        if task.cancelled():
+            return
+        if task.exception() is not None:
             log.error("webhook delivery task failed", exc_info=task.exception())
-        self._wakeup.set()
+            self._wakeup.set()
+        elif was_full or task.result():
+            # Look again only when this attempt made room for a delivery left waiting, or scheduled a
+            # retry: the loop's next sleep must end by then. Otherwise nothing new can be due.
+            self._wakeup.set()
 
-    async def _sleep_until_next(self) -> None:
-        next_due = await asyncio.to_thread(self._outbox.next_due_at)
+    async def _sleep_until(self, next_due: float | None) -> None:
         wait = self._idle_poll if next_due is None else min(max(next_due - time.time(), 0.0), self._idle_poll)
         if wait <= 0 and len(self._in_flight) < self._max_concurrency:
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wakeup.wait(), timeout=max(wait, 0.01))
 
-    async def _deliver(self, delivery: Delivery) -> None:
+    async def _deliver(self, delivery: Delivery) -> bool:
+        """One attempt, recorded; True when it scheduled a retry."""
         signer = self._signers.get(delivery.signer)
         if signer is None:
             record = AttemptRecord(time.time(), 0.0, error=f"no signer named {delivery.signer!r}")
             await asyncio.to_thread(
                 self._outbox.record_attempt, delivery.id, record, state=DeliveryState.FAILED, next_attempt_at=None
             )
-            return
+            return False
         outcome = await attempt(self._client, delivery, signer, timeout=self._timeout)
         attempts_made = delivery.attempts + 1
         state, next_at = self._next_step(outcome, attempts_made, retry=not delivery.single_attempt)
@@ -244,6 +254,7 @@ class Deliverer:
             delivery.url,
             outcome.record.status_code or outcome.record.error,
         )
+        return state is DeliveryState.PENDING
 
     def _next_step(
         self, outcome: AttemptOutcome, attempts_made: int, *, retry: bool

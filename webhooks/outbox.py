@@ -17,8 +17,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, bindparam, text
-
 RESPONSE_HEAD_BYTES = 2048
 
 
@@ -96,28 +94,38 @@ class Outbox(Protocol):
         """Each subject's newest retried delivery (the event that ends it), by subject."""
 
 
+class SqlTransaction(Protocol):
+    """Statements on one connection, `:name` parameters (hidream_service/db/engine.py's `Tx`)."""
+
+    def run(self, sql: str, params: Mapping[str, Any] | None = None) -> int: ...
+
+    def rows(self, sql: str, params: Mapping[str, Any] | None = None) -> list[Any]: ...
+
+    def row(self, sql: str, params: Mapping[str, Any] | None = None) -> Any | None: ...
+
+    def scalar(self, sql: str, params: Mapping[str, Any] | None = None) -> Any: ...
+
+
 class SqlDatabase(Protocol):
     """What the outbox needs of the service's database handle (hidream_service/db/engine.py)."""
 
     skip_locked: str  # " FOR UPDATE SKIP LOCKED" where rows can be locked, else ""
     lock_row: str
 
-    def read(self) -> contextlib.AbstractContextManager[Connection]: ...
+    def read(self) -> contextlib.AbstractContextManager[SqlTransaction]: ...
 
-    def write(self) -> contextlib.AbstractContextManager[Connection]: ...
+    def write(self) -> contextlib.AbstractContextManager[SqlTransaction]: ...
 
     def close(self) -> None: ...
 
 
-def enqueue(conn: Connection, message: OutboxMessage, due_at: float) -> None:
+def enqueue(tx: SqlTransaction, message: OutboxMessage, due_at: float) -> None:
     """Record a delivery inside the caller's transaction. Enqueuing the same id twice is a no-op,
     so a job that runs twice still sends one event, with the body first written."""
-    conn.execute(
-        text(
-            "INSERT INTO webhook_deliveries (id, url, body, signer, context, subject, single_attempt,"
-            " next_attempt_at, created_at) VALUES (:id, :url, :body, :signer, :context, :subject, :single,"
-            " :due, :due) ON CONFLICT (id) DO NOTHING"
-        ),
+    tx.run(
+        "INSERT INTO webhook_deliveries (id, url, body, signer, context, subject, single_attempt,"
+        " next_attempt_at, created_at) VALUES (:id, :url, :body, :signer, :context, :subject, :single,"
+        " :due, :due) ON CONFLICT (id) DO NOTHING",
         {
             "id": message.id,
             "url": message.url,
@@ -172,48 +180,40 @@ class SqlOutbox:
         crashed sender's claim simply runs out and the delivery is tried again."""
         # The sender is woken by every job change, and most find nothing due: asking first with a
         # read keeps those wake-ups from taking the write lock a worker may be holding.
-        with self._db.read() as conn:
-            due = list(
-                conn.execute(
-                    text(
-                        "SELECT id FROM webhook_deliveries WHERE state = 'pending' AND next_attempt_at <= :now"
-                        " ORDER BY next_attempt_at LIMIT :limit"
-                    ),
+        with self._db.read() as tx:
+            due = [
+                row["id"]
+                for row in tx.rows(
+                    "SELECT id FROM webhook_deliveries WHERE state = 'pending' AND next_attempt_at <= :now"
+                    " ORDER BY next_attempt_at LIMIT :limit",
                     {"now": now, "limit": limit},
-                ).scalars()
-            )
+                )
+            ]
         if not due:
             return []
-        claim = text(
-            "UPDATE webhook_deliveries SET next_attempt_at = :until, claimed_by = :holder WHERE id IN ("
-            "SELECT id FROM webhook_deliveries WHERE id IN :ids AND state = 'pending' AND next_attempt_at <= :now"
-            f"{self._db.skip_locked}) RETURNING *"
-        ).bindparams(bindparam("ids", expanding=True))
-        with self._db.write() as conn:
-            rows = conn.execute(
-                claim, {"until": now + claim_seconds, "holder": self._holder, "ids": due, "now": now}
-            ).mappings()
-            claimed = {row["id"]: delivery_from_record(row) for row in rows}
+        with self._db.write() as tx:
+            rows = tx.rows(
+                "UPDATE webhook_deliveries SET next_attempt_at = :until, claimed_by = :holder WHERE id IN ("
+                "SELECT id FROM webhook_deliveries WHERE id IN :ids AND state = 'pending' AND next_attempt_at <= :now"
+                f"{self._db.skip_locked}) RETURNING *",
+                {"until": now + claim_seconds, "holder": self._holder, "ids": due, "now": now},
+            )
+        claimed = {row["id"]: delivery_from_record(row) for row in rows}
         return [claimed[delivery_id] for delivery_id in due if delivery_id in claimed]
 
     def release_claims(self, now: float) -> int:
         """Make deliveries this node had in flight when it died due at once (call before sending
         starts). Other nodes' claims are theirs: a dead node's run out on their own."""
-        with self._db.write() as conn:
-            result = conn.execute(
-                text(
-                    "UPDATE webhook_deliveries SET claimed_by = NULL, next_attempt_at = :now"
-                    " WHERE claimed_by = :holder AND state = 'pending'"
-                ),
+        with self._db.write() as tx:
+            return tx.run(
+                "UPDATE webhook_deliveries SET claimed_by = NULL, next_attempt_at = :now"
+                " WHERE claimed_by = :holder AND state = 'pending'",
                 {"now": now, "holder": self._holder},
             )
-            return result.rowcount
 
     def next_due_at(self) -> float | None:
-        with self._db.read() as conn:
-            due = conn.execute(
-                text("SELECT MIN(next_attempt_at) FROM webhook_deliveries WHERE state = 'pending'")
-            ).scalar_one()
+        with self._db.read() as tx:
+            due = tx.scalar("SELECT MIN(next_attempt_at) FROM webhook_deliveries WHERE state = 'pending'")
         return None if due is None else float(due)
 
     def record_attempt(
@@ -226,12 +226,10 @@ class SqlOutbox:
     ) -> None:
         """Store one attempt and the delivery's new state in one transaction."""
         finished_at = None if state is DeliveryState.PENDING else attempt.started_at + attempt.latency_ms / 1000
-        with self._db.write() as conn:
-            conn.execute(
-                text(
-                    "UPDATE webhook_deliveries SET attempts = attempts + 1, state = :state, next_attempt_at = :next,"
-                    " finished_at = :finished, last_error = :error, claimed_by = NULL WHERE id = :id"
-                ),
+        with self._db.write() as tx:
+            tx.run(
+                "UPDATE webhook_deliveries SET attempts = attempts + 1, state = :state, next_attempt_at = :next,"
+                " finished_at = :finished, last_error = :error, claimed_by = NULL WHERE id = :id",
                 {
                     "state": state.value,
                     "next": next_attempt_at,
@@ -240,43 +238,30 @@ class SqlOutbox:
                     "id": delivery_id,
                 },
             )
-            _insert_attempt(conn, delivery_id, attempt)
+            _insert_attempt(tx, delivery_id, attempt)
 
     def record_replay(self, delivery_id: str, attempt: AttemptRecord, *, delivered: bool) -> None:
         """Store a hand-triggered attempt. It leaves the retry schedule alone; success marks delivered."""
-        with self._db.write() as conn:
+        with self._db.write() as tx:
             # The delivery's row lock numbers its attempts one at a time, whichever node records them.
-            conn.execute(
-                text(f"SELECT id FROM webhook_deliveries WHERE id = :id{self._db.lock_row}"), {"id": delivery_id}
-            )
-            _insert_attempt(conn, delivery_id, attempt)
+            tx.run(f"SELECT id FROM webhook_deliveries WHERE id = :id{self._db.lock_row}", {"id": delivery_id})
+            _insert_attempt(tx, delivery_id, attempt)
             if delivered:
-                conn.execute(
-                    text(
-                        "UPDATE webhook_deliveries SET state = 'delivered', next_attempt_at = NULL,"
-                        " finished_at = :finished, last_error = NULL WHERE id = :id"
-                    ),
+                tx.run(
+                    "UPDATE webhook_deliveries SET state = 'delivered', next_attempt_at = NULL,"
+                    " finished_at = :finished, last_error = NULL WHERE id = :id",
                     {"finished": attempt.started_at + attempt.latency_ms / 1000, "id": delivery_id},
                 )
 
     def get(self, delivery_id: str) -> Delivery | None:
-        with self._db.read() as conn:
-            row = (
-                conn.execute(text("SELECT * FROM webhook_deliveries WHERE id = :id"), {"id": delivery_id})
-                .mappings()
-                .first()
-            )
+        with self._db.read() as tx:
+            row = tx.row("SELECT * FROM webhook_deliveries WHERE id = :id", {"id": delivery_id})
         return None if row is None else delivery_from_record(row)
 
     def attempts(self, delivery_id: str) -> list[AttemptRecord]:
-        with self._db.read() as conn:
-            rows = (
-                conn.execute(
-                    text("SELECT * FROM webhook_attempts WHERE delivery_id = :id ORDER BY attempt"),
-                    {"id": delivery_id},
-                )
-                .mappings()
-                .all()
+        with self._db.read() as tx:
+            rows = tx.rows(
+                "SELECT * FROM webhook_attempts WHERE delivery_id = :id ORDER BY attempt", {"id": delivery_id}
             )
         return [
             AttemptRecord(
@@ -295,36 +280,30 @@ class SqlOutbox:
         sent once and never retried, are left out."""
         if not subjects:
             return {}
-        statement = text(
-            "SELECT * FROM webhook_deliveries WHERE single_attempt = 0 AND subject IN :subjects ORDER BY created_at"
-        ).bindparams(bindparam("subjects", expanding=True))
-        with self._db.read() as conn:
-            rows = conn.execute(statement, {"subjects": list(subjects)}).mappings().all()
+        with self._db.read() as tx:
+            rows = tx.rows(
+                "SELECT * FROM webhook_deliveries WHERE single_attempt = 0 AND subject IN :subjects"
+                " ORDER BY created_at",
+                {"subjects": list(subjects)},
+            )
         return {row["subject"]: delivery_from_record(row) for row in rows}
 
     def for_subject(self, subject: str) -> list[Delivery]:
-        with self._db.read() as conn:
-            rows = (
-                conn.execute(
-                    text("SELECT * FROM webhook_deliveries WHERE subject = :subject ORDER BY created_at"),
-                    {"subject": subject},
-                )
-                .mappings()
-                .all()
+        with self._db.read() as tx:
+            rows = tx.rows(
+                "SELECT * FROM webhook_deliveries WHERE subject = :subject ORDER BY created_at", {"subject": subject}
             )
         return [delivery_from_record(row) for row in rows]
 
 
-def _insert_attempt(conn: Connection, delivery_id: str, attempt: AttemptRecord) -> None:
+def _insert_attempt(tx: SqlTransaction, delivery_id: str, attempt: AttemptRecord) -> None:
     """Append an attempt, numbered after every earlier one (scheduled or replayed)."""
-    number = conn.execute(
-        text("SELECT COALESCE(MAX(attempt), 0) + 1 FROM webhook_attempts WHERE delivery_id = :id"), {"id": delivery_id}
-    ).scalar_one()
-    conn.execute(
-        text(
-            "INSERT INTO webhook_attempts (delivery_id, attempt, started_at, status_code, latency_ms, error,"
-            " response_head, replay) VALUES (:id, :n, :started, :status, :latency, :error, :head, :replay)"
-        ),
+    number = tx.scalar(
+        "SELECT COALESCE(MAX(attempt), 0) + 1 FROM webhook_attempts WHERE delivery_id = :id", {"id": delivery_id}
+    )
+    tx.run(
+        "INSERT INTO webhook_attempts (delivery_id, attempt, started_at, status_code, latency_ms, error,"
+        " response_head, replay) VALUES (:id, :n, :started, :status, :latency, :error, :head, :replay)",
         {
             "id": delivery_id,
             "n": number,

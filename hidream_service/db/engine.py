@@ -1,8 +1,14 @@
 """One database handle for both engines.
 
-The stores write their SQL once; SQLAlchemy Core pools the connections, translates the parameter
-style and renders each engine's column types. What still differs sits here:
+The stores write their SQL once, with `:name` parameters. SQLAlchemy parses the URL, pools the
+Postgres connections, renders the schema's column types per engine (db/schema.py) and renders each
+statement once into its driver's parameter style; the statements then run on the driver's own
+connection (`Tx`). SQLAlchemy's per-execution machinery costs about 0.1 ms a statement here, more
+than the statement itself, and a noop job makes about fifteen of them (docs/performance.md). SQLite
+connections are one per thread, kept for the thread's life: opening one is cheap, a pool's checkout
+and reset cost as much as the statement, and a thread's own connection keeps its cache warm.
 
+What still differs between the engines sits here:
 - row locks, so that workers on several nodes lease different jobs (FOR UPDATE SKIP LOCKED; SQLite
   has one writer at a time and needs none);
 - wake-ups for the other nodes (NOTIFY, sent in the transaction that makes the change; SQLite has
@@ -14,15 +20,22 @@ style and renders each engine's column types. What still differs sits here:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import re
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import psycopg
+from psycopg.rows import dict_row
 from sqlalchemy import Connection, create_engine, event, text
 from sqlalchemy.engine import Engine, make_url
 
 #: The Postgres channel every node listens on for the others' changes (see db/listener.py).
 CHANNEL = "hidream"
+#: A unique key or primary key already held (an Idempotency-Key, say), from either driver.
+IntegrityError = (sqlite3.IntegrityError, psycopg.IntegrityError)
 
 
 class Notice:
@@ -31,11 +44,8 @@ class Notice:
     QUEUED = "queued"  # a job wants running: wake an idle worker
     CHANGED = "changed"  # a job changed (its id follows): its watchers read it again
     MOVED = "moved"  # the queue moved: queued jobs' places changed
+    DELIVERY_DUE = "delivery"  # a webhook delivery was enqueued: a sender claims it
     KEYS = "keys"  # the webhook signing keys were rotated
-
-
-def sqlite_url(path: Path) -> str:
-    return f"sqlite:///{path}"
 
 
 def driver_url(url: str) -> str:
@@ -53,6 +63,64 @@ def libpq_url(url: str) -> str:
     return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
+class Tx:
+    """Statements on one driver connection: inside one transaction for a write, each on its own for
+    a read. Rows read by name (`row["status"]`)."""
+
+    def __init__(self, db: Database, connection: Any) -> None:
+        self._db = db
+        self._connection = connection
+
+    def run(self, sql: str, params: Mapping[str, Any] | None = None) -> int:
+        """Execute; the number of rows changed."""
+        cursor = self._execute(sql, params)
+        count: int = cursor.rowcount
+        cursor.close()
+        return count
+
+    def rows(self, sql: str, params: Mapping[str, Any] | None = None) -> list[Any]:
+        cursor = self._execute(sql, params)
+        rows: list[Any] = cursor.fetchall()
+        cursor.close()
+        return rows
+
+    def row(self, sql: str, params: Mapping[str, Any] | None = None) -> Any | None:
+        cursor = self._execute(sql, params)
+        row = cursor.fetchone()
+        cursor.close()
+        return row
+
+    def scalar(self, sql: str, params: Mapping[str, Any] | None = None) -> Any:
+        """The first column of the first row, or None when there is no row."""
+        row = self.row(sql, params)
+        return None if row is None else next(iter(row.values())) if isinstance(row, dict) else row[0]
+
+    def run_many(self, sql: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        if not rows:
+            return
+        statement, names = self._db.rendered(sql, rows[0])
+        cursor = self._cursor()
+        cursor.executemany(statement, [_bound(names, row) for row in rows])
+        cursor.close()
+
+    def _execute(self, sql: str, params: Mapping[str, Any] | None) -> Any:
+        values = dict(params or {})
+        lists = {name: value for name, value in values.items() if isinstance(value, list | tuple)}
+        if lists:
+            sql, values = _expanded(sql, values, lists)
+        statement, names = self._db.rendered(sql, values)
+        cursor = self._cursor()
+        cursor.execute(statement, _bound(names, values))
+        return cursor
+
+    def _cursor(self) -> Any:
+        if self._db.is_postgres:
+            return self._connection.cursor(row_factory=dict_row)
+        cursor = self._connection.cursor()
+        cursor.row_factory = sqlite3.Row
+        return cursor
+
+
 class Database:
     """An engine and the few engine differences. Each process makes its own (connections do not
     survive a fork), all of them on the same database."""
@@ -67,48 +135,137 @@ class Database:
                 driver_url(url),
                 pool_size=pool_size,
                 max_overflow=2 * pool_size,
-                pool_pre_ping=True,  # a restarted Postgres leaves dead connections in the pool
                 pool_timeout=30,
+                pool_recycle=3600,
+                pool_use_lifo=True,  # the connection used last is reused: its caches are warm
+                pool_reset_on_return=None,  # every write commits or rolls back; reads run in autocommit
                 connect_args={"connect_timeout": 10},
             )
         else:
             self.is_postgres = False
             self.engine = _sqlite_engine(url, synchronous, pool_size)
+            self._sqlite_path = make_url(url).database or ":memory:"
+            self._synchronous = synchronous
+            self._local = threading.local()
+            self._opened: list[sqlite3.Connection] = []
         # Row locks: Postgres workers skip rows another node is leasing; SQLite writes one at a time.
         self.skip_locked = " FOR UPDATE SKIP LOCKED" if self.is_postgres else ""
         self.lock_row = " FOR UPDATE" if self.is_postgres else ""
+        # SQLite takes one writer at a time, and a second one waits in its busy handler, which
+        # sleeps 1 ms, then 2, 5, 10...: this process's own writers queue here instead, handed on at
+        # once. (Other processes' writers still meet the busy handler; Postgres locks rows.)
+        self._writing: contextlib.AbstractContextManager[Any] = (
+            contextlib.nullcontext() if self.is_postgres else threading.Lock()
+        )
+        self._rendered: dict[str, tuple[str, list[str] | None]] = {}
+        self._lock = threading.Lock()  # guards the statement cache and the list of open connections
 
     def close(self) -> None:
+        if not self.is_postgres:
+            with self._lock:
+                opened, self._opened = self._opened, []
+            for connection in opened:
+                connection.close()
         self.engine.dispose()
 
     @contextlib.contextmanager
-    def read(self) -> Iterator[Connection]:
+    def read(self) -> Iterator[Tx]:
         """Reads, each statement on its own (no BEGIN and COMMIT around them: two round trips fewer
         on Postgres, and SQLite readers never wait). A read of several statements may see a write
         land between them; every caller's reads tolerate that."""
-        with self.engine.connect() as conn:
+        with self._connection() as connection:
             if self.is_postgres:
-                conn.execution_options(isolation_level="AUTOCOMMIT")
+                connection.autocommit = True
+                try:
+                    yield Tx(self, connection)
+                finally:
+                    connection.autocommit = False
             else:
-                conn.execution_options(hidream_read=True)
-            with conn.begin():
-                yield conn
+                yield Tx(self, connection)
 
     @contextlib.contextmanager
-    def write(self) -> Iterator[Connection]:
+    def write(self) -> Iterator[Tx]:
         """One transaction, committed when the block ends (rolled back if it raises)."""
+        with self._writing, self._connection() as connection:
+            if not self.is_postgres:
+                connection.execute("BEGIN IMMEDIATE")
+            try:
+                yield Tx(self, connection)
+            except BaseException:
+                connection.rollback() if self.is_postgres else connection.execute("ROLLBACK")
+                raise
+            connection.commit() if self.is_postgres else connection.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def schema(self) -> Iterator[Connection]:
+        """A SQLAlchemy connection in one write transaction, for the migrations' DDL."""
         with self.engine.connect() as conn:
             conn.execution_options(hidream_write=True)
             with conn.begin():
                 yield conn
 
-    def notify(self, conn: Connection, notice: str, job_id: str = "") -> None:
+    def notify(self, tx: Tx, notice: str, job_id: str = "") -> None:
         """Tell the other nodes, when this transaction commits (Postgres delivers NOTIFY on commit)."""
         if self.is_postgres:
-            conn.execute(
-                text("SELECT pg_notify(:channel, :payload)"),
+            tx.run(
+                "SELECT pg_notify(:channel, :payload)",
                 {"channel": CHANNEL, "payload": f"{self.node} {notice} {job_id}".rstrip()},
             )
+
+    def rendered(self, sql: str, params: Mapping[str, Any]) -> tuple[str, list[str] | None]:
+        """The statement in the driver's parameter style (SQLAlchemy renders it, once per statement),
+        and for a positional style the order of the parameter names."""
+        found = self._rendered.get(sql)
+        if found is None:
+            compiled = text(sql).compile(dialect=self.engine.dialect)
+            names = list(compiled.positiontup) if compiled.positiontup is not None else None
+            found = (compiled.string, names)
+            with self._lock:
+                self._rendered[sql] = found
+        return found
+
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[Any]:
+        """SQLite: this thread's connection. Postgres: one from the pool; one that broke (Postgres
+        restarted) is thrown away."""
+        if not self.is_postgres:
+            yield self._thread_connection()
+            return
+        fairy = self.engine.raw_connection()
+        try:
+            yield fairy.driver_connection
+        except psycopg.OperationalError:
+            fairy.invalidate()
+            raise
+        finally:
+            fairy.close()
+
+    def _thread_connection(self) -> sqlite3.Connection:
+        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
+        if connection is None:
+            # Transactions are begun explicitly (isolation_level=None): the driver's own implicit
+            # BEGIN would defer the write lock to the first write and let two writers deadlock.
+            connection = sqlite3.connect(self._sqlite_path, timeout=30, isolation_level=None, check_same_thread=False)
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute(f"PRAGMA synchronous={self._synchronous}")
+            self._local.connection = connection
+            with self._lock:
+                self._opened.append(connection)
+        return connection
+
+
+def _bound(names: list[str] | None, values: Mapping[str, Any]) -> Any:
+    return values if names is None else [values[name] for name in names]
+
+
+def _expanded(sql: str, values: dict[str, Any], lists: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """`IN :ids` with a list becomes `IN (:ids_0, :ids_1, ...)`."""
+    for name, items in lists.items():
+        del values[name]
+        names = [f"{name}_{index}" for index in range(len(items))]
+        values.update(zip(names, items, strict=True))
+        sql = re.sub(rf"(?<![:\w]):{name}\b", "(" + ", ".join(f":{n}" for n in names) + ")", sql)
+    return sql, values
 
 
 def _sqlite_engine(url: str, synchronous: str, pool_size: int) -> Engine:
@@ -116,23 +273,23 @@ def _sqlite_engine(url: str, synchronous: str, pool_size: int) -> Engine:
     if path and path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(
-        url, pool_size=pool_size, max_overflow=2 * pool_size, connect_args={"timeout": 30, "check_same_thread": False}
+        url,
+        pool_size=pool_size,
+        max_overflow=2 * pool_size,
+        pool_use_lifo=True,  # the connection used last is reused: its page and schema caches are warm
+        connect_args={"timeout": 30, "check_same_thread": False},
     )
 
     @event.listens_for(engine, "connect")
     def _configure(dbapi_connection: Any, _record: Any) -> None:
-        # Transactions are begun explicitly below; the driver's own implicit BEGIN would defer the
-        # write lock to the first write and let two writers deadlock.
+        # Transactions are begun explicitly; the driver's own implicit BEGIN would defer the write
+        # lock to the first write and let two writers deadlock.
         dbapi_connection.isolation_level = None
         dbapi_connection.execute("PRAGMA journal_mode=WAL")
         dbapi_connection.execute(f"PRAGMA synchronous={synchronous}")
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Connection) -> None:
-        options = conn.get_execution_options()
-        if options.get("hidream_write"):
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-        elif not options.get("hidream_read"):
-            conn.exec_driver_sql("BEGIN")
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("hidream_write") else "BEGIN")
 
     return engine

@@ -27,6 +27,7 @@ class NoticeHandlers:
     queued: Callable[[], None]
     changed: Callable[[str], None]
     moved: Callable[[], None]
+    delivery_due: Callable[[], None]
     keys: Callable[[], None]
     resync: Callable[[], None]
 
@@ -82,6 +83,8 @@ class ClusterListener:
                 self._handlers.queued()
             elif notice == Notice.MOVED:
                 self._handlers.moved()
+            elif notice == Notice.DELIVERY_DUE:
+                self._handlers.delivery_due()
             elif notice == Notice.KEYS:
                 self._handlers.keys()
         except Exception:

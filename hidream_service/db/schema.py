@@ -215,7 +215,7 @@ def applied_versions(conn: Connection) -> set[int]:
 def migrate(db: Database) -> list[int]:
     """Bring the database to the latest schema; returns the versions applied now."""
     applied_now: list[int] = []
-    with db.write() as conn:
+    with db.schema() as conn:
         if db.is_postgres:
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         conn.execute(

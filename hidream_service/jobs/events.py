@@ -11,7 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+
+@dataclass
+class _Pending:
+    changed: set[str] = field(default_factory=set)
+    moved: bool = False
+    delivery_due: bool = False
+    everything: bool = False
 
 
 class _Watched:
@@ -59,10 +69,16 @@ class JobWatch:
 
 
 class JobEvents:
-    def __init__(self, loop: asyncio.AbstractEventLoop, on_change: Callable[[], None] = lambda: None) -> None:
+    """Notifications from other threads are gathered and handed to the loop in one call: waking
+    the loop is a write to its self-pipe, and a job's end alone brings several (it changed, the
+    queue moved, a webhook is due)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, on_delivery_due: Callable[[], None] = lambda: None) -> None:
         self._loop = loop
-        self._on_change = on_change  # any job changed: the webhook deliverer looks for new work
+        self._on_delivery_due = on_delivery_due  # the webhook sender looks for new work
         self._watched: dict[str, _Watched] = {}
+        self._lock = threading.Lock()
+        self._pending: _Pending | None = None  # gathered since the loop last took them
 
     @contextlib.contextmanager
     def watching(self, job_id: str) -> Iterator[JobWatch]:
@@ -79,34 +95,55 @@ class JobEvents:
                 del self._watched[job_id]
 
     def notify_threadsafe(self, job_id: str) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop is closing
-            self._loop.call_soon_threadsafe(self._changed, job_id)
+        with self._gathering() as pending:
+            pending.changed.add(job_id)
 
     def queue_moved_threadsafe(self) -> None:
         """A job left the queue (or came back to it): the places of queued jobs changed."""
-        with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(self._queue_moved)
+        with self._gathering() as pending:
+            pending.moved = True
+
+    def delivery_due_threadsafe(self) -> None:
+        """A webhook delivery was enqueued: the sender claims it (and only then: most job changes,
+        such as a lease or a log flush, enqueue none)."""
+        with self._gathering() as pending:
+            pending.delivery_due = True
 
     def notify_all_threadsafe(self) -> None:
         """Every watched job may have changed (where changes are only seen by polling the store)."""
-        with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(self._all_changed)
+        with self._gathering() as pending:
+            pending.everything = True
 
-    def _changed(self, job_id: str) -> None:
-        watched = self._watched.get(job_id)
-        if watched is not None:
-            watched.bump()
-        self._on_change()
+    @contextlib.contextmanager
+    def _gathering(self) -> Iterator[_Pending]:
+        with self._lock:
+            first = self._pending is None
+            if self._pending is None:
+                self._pending = _Pending()
+            yield self._pending
+        if first:
+            with contextlib.suppress(RuntimeError):  # the loop is closing
+                self._loop.call_soon_threadsafe(self._take)
 
-    def _queue_moved(self) -> None:
-        for watched in self._watched.values():
-            if watched.queued:
+    def _take(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        if pending.everything:
+            for watched in self._watched.values():
                 watched.bump()
-
-    def _all_changed(self) -> None:
-        for watched in self._watched.values():
-            watched.bump()
-        self._on_change()
+        else:
+            for job_id in pending.changed:
+                changed = self._watched.get(job_id)
+                if changed is not None:
+                    changed.bump()
+            if pending.moved:
+                for watched in self._watched.values():
+                    if watched.queued:
+                        watched.bump()
+        if pending.delivery_due or pending.everything:
+            self._on_delivery_due()
 
     @property
     def watched(self) -> int:

@@ -19,7 +19,7 @@ from hidream_service.config import Settings
 from hidream_service.jobs.model import Job
 from hidream_service.jobs.protocols import JobEndings
 from hidream_service.jobs.service import JobService
-from hidream_service.jobs.worker import QUEUE_MOVED, worker_main
+from hidream_service.jobs.worker import DELIVERY_DUE, QUEUE_MOVED, worker_main
 from hidream_service.models.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,7 @@ class WorkerPool:
         on_job_changed: Callable[[str], None],
         *,
         on_queue_moved: Callable[[], None],
+        on_delivery_due: Callable[[], None],
         registry: Registry,
         endings: JobEndings,
     ) -> None:
@@ -63,6 +64,7 @@ class WorkerPool:
         self.service = service
         self.on_job_changed = on_job_changed
         self.on_queue_moved = on_queue_moved
+        self.on_delivery_due = on_delivery_due
         self.registry = registry
         self.endings = endings
         self._ctx = multiprocessing.get_context("spawn")
@@ -137,5 +139,7 @@ class WorkerPool:
                 return
             if job_id == QUEUE_MOVED:
                 self.on_queue_moved()
+            elif job_id == DELIVERY_DUE:
+                self.on_delivery_due()
             else:
                 self.on_job_changed(job_id)

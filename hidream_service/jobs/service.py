@@ -72,6 +72,7 @@ class JobService:
         on_changed: Callable[[str], None] = lambda job_id: None,
         on_queue_moved: Callable[[], None] = lambda: None,
         on_cancel_requested: Callable[[Job], None] = lambda job: None,
+        on_delivery_due: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -83,6 +84,7 @@ class JobService:
         self._on_changed = on_changed
         self._on_queue_moved = on_queue_moved  # a job left the queue, or came back: places changed
         self._on_cancel_requested = on_cancel_requested
+        self._on_delivery_due = on_delivery_due  # a webhook delivery was enqueued: wake the sender
         self._clock = clock
         self._logs_events: dict[str, tuple[float, int]] = {}  # job id -> (last logs event, events sent)
 
@@ -189,6 +191,7 @@ class JobService:
         started = self._endings.progress(job, "start", 0)
         if started is not None:
             self.store.enqueue_webhook(started, now)
+            self._on_delivery_due()
         self._on_changed(job.id)
         self._on_queue_moved()
         return Lease(job, token)
@@ -222,6 +225,7 @@ class JobService:
         if message is not None:
             self.store.enqueue_webhook(message, now)
             self._logs_events[job.id] = (now, count + 1)
+            self._on_delivery_due()
 
     # A run's last log lines are written with its ending, in the same transaction: one commit fewer
     # on every job, and the ending's webhook carries them.
@@ -361,6 +365,8 @@ class JobService:
         )
         if written:
             self._on_changed(job.id)
+            if message is not None:
+                self._on_delivery_due()
             if JobStatus.IN_QUEUE in expected:
                 self._on_queue_moved()
         return written
@@ -375,6 +381,7 @@ def build_service(
     on_changed: Callable[[str], None],
     on_queue_moved: Callable[[], None] = lambda: None,
     on_cancel_requested: Callable[[Job], None] = lambda job: None,
+    on_delivery_due: Callable[[], None] = lambda: None,
 ) -> JobService:
     """The JobService every process of one deployment builds, from the one Settings object."""
     first_delay = settings.webhook_retry_schedule[0]
@@ -388,6 +395,7 @@ def build_service(
         on_changed=on_changed,
         on_queue_moved=on_queue_moved,
         on_cancel_requested=on_cancel_requested,
+        on_delivery_due=on_delivery_due,
     )
 
 

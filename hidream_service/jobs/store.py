@@ -13,11 +13,8 @@ import dataclasses
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, text
-from sqlalchemy.exc import IntegrityError
-
 from hidream_service.config import Settings
-from hidream_service.db.engine import Database, Notice
+from hidream_service.db.engine import Database, IntegrityError, Notice, Tx
 from hidream_service.jobs.model import Job, JobRequest, JobStatus, LogLine, Progress
 from hidream_service.jobs.record import document, job_from_row
 from webhooks import outbox
@@ -64,13 +61,10 @@ class SqlJobStore:
             webhook_events=request.webhook_events,
         )
         try:
-            with self.db.write() as conn:
-                conn.execute(
-                    text(
-                        "INSERT INTO jobs (id, endpoint, owner, dialect, status, idempotency_key, request_hash,"
-                        " created_at, doc) VALUES (:id, :endpoint, :owner, :dialect, 'IN_QUEUE', :key, :hash,"
-                        " :now, :doc)"
-                    ),
+            with self.db.write() as tx:
+                tx.run(
+                    "INSERT INTO jobs (id, endpoint, owner, dialect, status, idempotency_key, request_hash,"
+                    " created_at, doc) VALUES (:id, :endpoint, :owner, :dialect, 'IN_QUEUE', :key, :hash, :now, :doc)",
                     {
                         "id": job_id,
                         "endpoint": job.endpoint,
@@ -82,70 +76,58 @@ class SqlJobStore:
                         "doc": document(job),
                     },
                 )
-                self.db.notify(conn, Notice.QUEUED)
+                self.db.notify(tx, Notice.QUEUED)
         except IntegrityError as exc:
-            if request.idempotency_key is not None and "idempotency" in str(exc.orig):
+            if request.idempotency_key is not None and "idempotency" in str(exc):
                 raise DuplicateIdempotencyKey(request.idempotency_key) from exc
             raise
 
     def find_by_idempotency_key(self, owner: str, key: str) -> tuple[Job, str] | None:
-        with self.db.read() as conn:
-            row = (
-                conn.execute(
-                    text("SELECT * FROM jobs WHERE owner = :owner AND idempotency_key = :key"),
-                    {"owner": owner, "key": key},
-                )
-                .mappings()
-                .first()
+        with self.db.read() as tx:
+            row = tx.row(
+                "SELECT * FROM jobs WHERE owner = :owner AND idempotency_key = :key", {"owner": owner, "key": key}
             )
         return None if row is None else (job_from_row(row), row["request_hash"])
 
     # -- reads ----------------------------------------------------------------------------------
 
     def get(self, job_id: str, *, with_logs: bool = False) -> Job | None:
-        with self.db.read() as conn:
-            row = conn.execute(text("SELECT * FROM jobs WHERE id = :id"), {"id": job_id}).mappings().first()
+        with self.db.read() as tx:
+            row = tx.row("SELECT * FROM jobs WHERE id = :id", {"id": job_id})
             if row is None:
                 return None
             position = None
             if row["status"] == JobStatus.IN_QUEUE.value:
-                position = conn.execute(
-                    text("SELECT COUNT(*) FROM jobs WHERE status = 'IN_QUEUE' AND seq < :seq"), {"seq": row["seq"]}
-                ).scalar_one()
-            logs = _logs(conn, job_id) if with_logs else None
+                position = tx.scalar(
+                    "SELECT COUNT(*) FROM jobs WHERE status = 'IN_QUEUE' AND seq < :seq", {"seq": row["seq"]}
+                )
+            logs = _logs(tx, job_id) if with_logs else None
         return job_from_row(row, queue_position=position, logs=logs)
 
     def logs(self, job_id: str) -> list[LogLine]:
-        with self.db.read() as conn:
-            return _logs(conn, job_id)
+        with self.db.read() as tx:
+            return _logs(tx, job_id)
 
     def page(self, owner: str, dialect: str | None, *, before_seq: int | None, limit: int) -> list[Job]:
         """Newest first: up to `limit` jobs of this owner (and dialect, None: any) submitted before `before_seq`."""
         dialect_clause = "" if dialect is None else " AND dialect = :dialect"
-        with self.db.read() as conn:
-            rows = (
-                conn.execute(
-                    text(
-                        f"SELECT * FROM jobs WHERE owner = :owner{dialect_clause} AND seq < :before"
-                        " ORDER BY seq DESC LIMIT :limit"
-                    ),
-                    {
-                        "owner": owner,
-                        "dialect": dialect,
-                        "before": before_seq if before_seq is not None else 2**62,
-                        "limit": limit,
-                    },
-                )
-                .mappings()
-                .all()
-            )
-        return [job_from_row(row) for row in rows]
+        params: dict[str, Any] = {
+            "owner": owner,
+            "before": before_seq if before_seq is not None else 2**62,
+            "limit": limit,
+        }
+        if dialect is not None:
+            params["dialect"] = dialect
+        return self._select(
+            f"SELECT * FROM jobs WHERE owner = :owner{dialect_clause} AND seq < :before ORDER BY seq DESC LIMIT :limit",
+            **params,
+        )
 
     def enqueue_webhook(self, message: outbox.OutboxMessage, due_at: float) -> None:
         """A progress event's delivery, outside any state change."""
-        with self.db.write() as conn:
-            outbox.enqueue(conn, message, due_at=due_at)
-            self.db.notify(conn, Notice.CHANGED, message.subject)
+        with self.db.write() as tx:
+            outbox.enqueue(tx, message, due_at=due_at)
+            self.db.notify(tx, Notice.DELIVERY_DUE)
 
     def expired_leases(self, now: float) -> list[Job]:
         return self._select("SELECT * FROM jobs WHERE status = 'IN_PROGRESS' AND lease_expires_at < :now", now=now)
@@ -154,15 +136,13 @@ class SqlJobStore:
         return self._select("SELECT * FROM jobs WHERE status = 'IN_PROGRESS'")
 
     def lease_token(self, job_id: str) -> str | None:
-        with self.db.read() as conn:
-            token: str | None = conn.execute(
-                text("SELECT lease_token FROM jobs WHERE id = :id"), {"id": job_id}
-            ).scalar_one_or_none()
+        with self.db.read() as tx:
+            token: str | None = tx.scalar("SELECT lease_token FROM jobs WHERE id = :id", {"id": job_id})
         return token
 
     def _select(self, sql: str, **params: Any) -> list[Job]:
-        with self.db.read() as conn:
-            rows = conn.execute(text(sql), params).mappings().all()
+        with self.db.read() as tx:
+            rows = tx.rows(sql, params)
         return [job_from_row(row) for row in rows]
 
     # -- worker side ----------------------------------------------------------------------------
@@ -200,94 +180,82 @@ class SqlJobStore:
         )
 
     def _lease(self, sql: str, **params: Any) -> Job | None:
-        with self.db.write() as conn:
-            row = conn.execute(text(sql), params).mappings().first()
+        with self.db.write() as tx:
+            row = tx.row(sql, params)
             if row is not None:
-                self.db.notify(conn, Notice.CHANGED, row["id"])
-                self.db.notify(conn, Notice.MOVED)
+                self.db.notify(tx, Notice.CHANGED, row["id"])
+                self.db.notify(tx, Notice.MOVED)
         return None if row is None else job_from_row(row)
 
     def renew_lease(self, job_id: str, token: str, expires_at: float) -> tuple[bool, bool]:
         """Extend a lease. Returns (still ours, cancel requested)."""
-        with self.db.write() as conn:
-            cancel = conn.execute(
-                text(
-                    "UPDATE jobs SET lease_expires_at = :expires WHERE id = :id AND lease_token = :token"
-                    " AND status = 'IN_PROGRESS' RETURNING cancel_requested"
-                ),
+        with self.db.write() as tx:
+            cancel = tx.scalar(
+                "UPDATE jobs SET lease_expires_at = :expires WHERE id = :id AND lease_token = :token"
+                " AND status = 'IN_PROGRESS' RETURNING cancel_requested",
                 {"expires": expires_at, "id": job_id, "token": token},
-            ).scalar_one_or_none()
+            )
         return (False, False) if cancel is None else (True, bool(cancel))
 
     def lease_state(self, job_id: str, token: str) -> tuple[bool, bool]:
         """Read-only: (still leased by this token, cancel requested)."""
-        with self.db.read() as conn:
-            cancel = conn.execute(
-                text(
-                    "SELECT cancel_requested FROM jobs WHERE id = :id AND lease_token = :token"
-                    " AND status = 'IN_PROGRESS'"
-                ),
+        with self.db.read() as tx:
+            cancel = tx.scalar(
+                "SELECT cancel_requested FROM jobs WHERE id = :id AND lease_token = :token AND status = 'IN_PROGRESS'",
                 {"id": job_id, "token": token},
-            ).scalar_one_or_none()
+            )
         return (False, False) if cancel is None else (True, bool(cancel))
 
     def append_logs(
         self, job_id: str, lines: Iterable[LogLine], progress: Progress | None = None, *, token: str | None = None
     ) -> None:
-        with self.db.write() as conn:
-            _insert_logs(conn, job_id, lines)
+        with self.db.write() as tx:
+            _insert_logs(tx, job_id, lines)
             if progress is not None and token is not None:
-                conn.execute(
-                    text(
-                        "UPDATE jobs SET progress_step = :step, progress_total = :total"
-                        " WHERE id = :id AND lease_token = :token"
-                    ),
+                tx.run(
+                    "UPDATE jobs SET progress_step = :step, progress_total = :total"
+                    " WHERE id = :id AND lease_token = :token",
                     {"step": progress.step, "total": progress.total, "id": job_id, "token": token},
                 )
-            self.db.notify(conn, Notice.CHANGED, job_id)
+            self.db.notify(tx, Notice.CHANGED, job_id)
 
     def requeue(self, job_id: str, token: str) -> bool:
         """Give an IN_PROGRESS job back to the queue (its worker is gone), keeping its queue place."""
-        with self.db.write() as conn:
-            row = conn.execute(
-                text(
-                    "UPDATE jobs SET status = 'IN_QUEUE', lease_token = NULL, lease_expires_at = NULL,"
-                    " progress_step = NULL, progress_total = NULL"
-                    " WHERE id = :id AND lease_token = :token AND status = 'IN_PROGRESS' RETURNING id"
-                ),
+        with self.db.write() as tx:
+            requeued = tx.run(
+                "UPDATE jobs SET status = 'IN_QUEUE', lease_token = NULL, lease_expires_at = NULL,"
+                " progress_step = NULL, progress_total = NULL"
+                " WHERE id = :id AND lease_token = :token AND status = 'IN_PROGRESS'",
                 {"id": job_id, "token": token},
-            ).first()
-            if row is not None:
-                self.db.notify(conn, Notice.QUEUED)
-                self.db.notify(conn, Notice.CHANGED, job_id)
-                self.db.notify(conn, Notice.MOVED)
-        return row is not None
+            )
+            if requeued:
+                self.db.notify(tx, Notice.QUEUED)
+                self.db.notify(tx, Notice.CHANGED, job_id)
+                self.db.notify(tx, Notice.MOVED)
+        return requeued > 0
 
     def request_cancel(self, job_id: str) -> bool:
-        with self.db.write() as conn:
-            row = conn.execute(
-                text("UPDATE jobs SET cancel_requested = 1 WHERE id = :id AND status = 'IN_PROGRESS' RETURNING id"),
-                {"id": job_id},
-            ).first()
-            if row is not None:
-                self.db.notify(conn, Notice.CHANGED, job_id)
-        return row is not None
+        with self.db.write() as tx:
+            flagged = tx.run(
+                "UPDATE jobs SET cancel_requested = 1 WHERE id = :id AND status = 'IN_PROGRESS'", {"id": job_id}
+            )
+            if flagged:
+                self.db.notify(tx, Notice.CHANGED, job_id)
+        return flagged > 0
 
     # -- retention ------------------------------------------------------------------------------
 
     def expire_files(self, completed_before: float, now: float, limit: int) -> list[str]:
         """Mark up to `limit` jobs that ended before `completed_before` as having lost their files;
         returns their ids (whose files the caller removes)."""
-        with self.db.write() as conn:
-            rows = conn.execute(
-                text(
-                    "UPDATE jobs SET files_expired_at = :now WHERE seq IN (SELECT seq FROM jobs"
-                    " WHERE completed_at < :before AND files_expired_at IS NULL ORDER BY completed_at"
-                    f" LIMIT :limit{self.db.skip_locked}) RETURNING id"
-                ),
+        with self.db.write() as tx:
+            rows = tx.rows(
+                "UPDATE jobs SET files_expired_at = :now WHERE seq IN (SELECT seq FROM jobs"
+                " WHERE completed_at < :before AND files_expired_at IS NULL ORDER BY completed_at"
+                f" LIMIT :limit{self.db.skip_locked}) RETURNING id",
                 {"now": now, "before": completed_before, "limit": limit},
-            ).all()
-        return [row[0] for row in rows]
+            )
+        return [row["id"] for row in rows]
 
     # -- the one way a job ends -----------------------------------------------------------------
 
@@ -308,12 +276,6 @@ class SqlJobStore:
         in the same transaction either way.
         """
         token_clause = " AND lease_token = :token" if token is not None else ""
-        statement = text(
-            "UPDATE jobs SET status = :status, completed_at = :completed_at, doc = :doc,"
-            " progress_step = COALESCE(:step, progress_step), progress_total = COALESCE(:total, progress_total),"
-            f" lease_token = NULL, lease_expires_at = NULL WHERE id = :id AND status IN :expected{token_clause}"
-            " RETURNING id"
-        ).bindparams(bindparam("expected", expanding=True))
         params: dict[str, Any] = {
             "status": job.status.value,
             "completed_at": job.completed_at,
@@ -322,31 +284,35 @@ class SqlJobStore:
             "total": None if job.progress is None else job.progress.total,
             "id": job.id,
             "expected": [status.value for status in expected],
-            "token": token,
         }
-        with self.db.write() as conn:
-            _insert_logs(conn, job.id, logs)
-            if conn.execute(statement, params).first() is None:
+        if token is not None:
+            params["token"] = token
+        with self.db.write() as tx:
+            _insert_logs(tx, job.id, logs)
+            ended = tx.run(
+                "UPDATE jobs SET status = :status, completed_at = :completed_at, doc = :doc,"
+                " progress_step = COALESCE(:step, progress_step), progress_total = COALESCE(:total, progress_total),"
+                f" lease_token = NULL, lease_expires_at = NULL WHERE id = :id AND status IN :expected{token_clause}",
+                params,
+            )
+            if not ended:
                 return False
             if message is not None:
-                outbox.enqueue(conn, message, due_at=deliver_at)
-            self.db.notify(conn, Notice.CHANGED, job.id)
+                outbox.enqueue(tx, message, due_at=deliver_at)
+                self.db.notify(tx, Notice.DELIVERY_DUE)
+            self.db.notify(tx, Notice.CHANGED, job.id)
             if JobStatus.IN_QUEUE in expected:
-                self.db.notify(conn, Notice.MOVED)
+                self.db.notify(tx, Notice.MOVED)
         return True
 
 
-def _logs(conn: Connection, job_id: str) -> list[LogLine]:
-    rows = conn.execute(
-        text("SELECT timestamp, level, message FROM job_logs WHERE job_id = :id ORDER BY seq"), {"id": job_id}
-    ).all()
-    return [LogLine(row[0], row[1], row[2]) for row in rows]
+def _logs(tx: Tx, job_id: str) -> list[LogLine]:
+    rows = tx.rows("SELECT timestamp, level, message FROM job_logs WHERE job_id = :id ORDER BY seq", {"id": job_id})
+    return [LogLine(row["timestamp"], row["level"], row["message"]) for row in rows]
 
 
-def _insert_logs(conn: Connection, job_id: str, lines: Iterable[LogLine]) -> None:
-    values = [{"job": job_id, "t": line.timestamp, "level": line.level, "message": line.message} for line in lines]
-    if values:
-        conn.execute(
-            text("INSERT INTO job_logs (job_id, timestamp, level, message) VALUES (:job, :t, :level, :message)"),
-            values,
-        )
+def _insert_logs(tx: Tx, job_id: str, lines: Iterable[LogLine]) -> None:
+    tx.run_many(
+        "INSERT INTO job_logs (job_id, timestamp, level, message) VALUES (:job, :t, :level, :message)",
+        [{"job": job_id, "t": line.timestamp, "level": line.level, "message": line.message} for line in lines],
+    )

@@ -44,8 +44,10 @@ log = logging.getLogger(__name__)
 LOG_FLUSH_SECONDS = 0.5  # progress lines reach status readers at most this late (less with a faster heartbeat)
 IDLE_POLL_SECONDS = 1.0  # fallback when a wake-up is missed; new jobs normally wake the worker at once
 HEARTBEAT_IDLE_SECONDS = 5.0  # the heartbeat thread ends after this long with no run to serve
-#: Told to the server on the changes queue besides job ids: the queue moved (a job left it).
+#: Told to the server on the changes queue besides job ids: the queue moved (a job left it), and a
+#: webhook delivery was enqueued.
 QUEUE_MOVED = ""
+DELIVERY_DUE = "delivery-due"
 
 
 @dataclass
@@ -435,6 +437,9 @@ def worker_main(
     def queue_moved() -> None:
         changes.put(QUEUE_MOVED)
 
+    def delivery_due() -> None:
+        changes.put(DELIVERY_DUE)
+
     service = build_service(
         settings,
         store,
@@ -442,6 +447,7 @@ def worker_main(
         on_submitted=lambda job: wake.set(),
         on_changed=changed,
         on_queue_moved=queue_moved,
+        on_delivery_due=delivery_due,
     )
     runners = Runners(settings, registry)
     for endpoint_id in settings.preload:

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import text
 
 from hidream_service.config import Settings
 from hidream_service.jobs.model import JobRequest
@@ -46,8 +45,8 @@ def test_old_files_go_recent_ones_stay_and_one_node_sweeps_at_a_time(
         leased = store.lease_job(job_id, "w:1", 1.0, now + HOUR, holder="w")
         assert leased is not None
         store.finish(leased, expected=[leased.status], token="w:1", message=None)
-        with store.db.write() as conn:  # the end times this test needs
-            conn.execute(text("UPDATE jobs SET completed_at = :t WHERE id = :id"), {"t": completed_at, "id": job_id})
+        with store.db.write() as tx:  # the end times this test needs
+            tx.run("UPDATE jobs SET completed_at = :t WHERE id = :id", {"t": completed_at, "id": job_id})
     old_dirs = [backdated(root / old_job, 2 * HOUR), backdated(root / "upload-old", 3 * HOUR)]
     kept_dirs = [backdated(root / new_job, 0.5 * HOUR), backdated(root / "input-recent", 0.1 * HOUR)]
 
