@@ -92,6 +92,9 @@ SERVICE_PACKAGES = [
     "numpy==2.4.6",
     "cryptography==50.0.2",
     "python-multipart==0.0.34",
+    "sqlalchemy==2.1.9",
+    "psycopg[binary]==3.3.9",
+    "uvloop==0.23.0",
 ]
 INFERENCE_PACKAGES = [
     "torch==2.13.0",

@@ -97,6 +97,8 @@ def _server_running(data_dir: Path) -> bool:
 
 
 def check_database(settings: Settings) -> Check:
+    if settings.shared_database:
+        return _check_postgres(settings)
     path = settings.database_path
     if not path.exists():
         return Check("database", Level.OK, f"{path.name} not created yet; the first `hidream serve` makes it")
@@ -104,7 +106,7 @@ def check_database(settings: Settings) -> Check:
         with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)) as conn:
             (integrity,) = conn.execute("PRAGMA quick_check").fetchone()
             tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            counts = dict(conn.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall())
+            counts: dict[str, int] = dict(conn.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall())
             failed_webhooks = 0
             if "webhook_deliveries" in tables:
                 (failed_webhooks,) = conn.execute(
@@ -133,6 +135,49 @@ def check_database(settings: Settings) -> Check:
             "database",
             Level.WARN,
             f"{summary}; {failed_webhooks} webhook(s) failed every attempt",
+            "see them with `hidream jobs list`, send one again with `hidream jobs replay-webhook REQUEST_ID`",
+        )
+    return Check("database", Level.OK, summary)
+
+
+def _check_postgres(settings: Settings) -> Check:
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    from hidream_service.db.engine import libpq_url
+    from hidream_service.db.schema import LATEST
+
+    assert settings.database_url is not None
+    shown = make_url(settings.database_url).render_as_string(hide_password=True)
+    try:
+        with psycopg.connect(libpq_url(settings.database_url), connect_timeout=5, autocommit=True) as conn:
+            tables = {
+                row[0] for row in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")
+            }
+            if "schema_migrations" not in tables:
+                return Check("database", Level.OK, f"{shown}: reachable and empty; the first `hidream serve` fills it")
+            version = conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone()
+            counts: dict[str, int] = dict(conn.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall())
+            failed = conn.execute("SELECT COUNT(*) FROM webhook_deliveries WHERE state = 'failed'").fetchone()
+    except psycopg.Error as exc:
+        return Check(
+            "database",
+            Level.FAIL,
+            f"cannot use {shown}: {str(exc).strip()}",
+            "check HIDREAM_DATABASE_URL (host, port, user, password, database) and that Postgres accepts this machine",
+        )
+    at = version[0] if version else 0
+    summary = (
+        f"{shown}: schema {at}, {sum(counts.values())} jobs ({counts.get('IN_QUEUE', 0)} queued,"
+        f" {counts.get('IN_PROGRESS', 0)} running)"
+    )
+    if at > LATEST:
+        return Check("database", Level.FAIL, f"{summary}; made by a newer release", "run the newer release")
+    if failed and failed[0]:
+        return Check(
+            "database",
+            Level.WARN,
+            f"{summary}; {failed[0]} webhook(s) failed every attempt",
             "see them with `hidream jobs list`, send one again with `hidream jobs replay-webhook REQUEST_ID`",
         )
     return Check("database", Level.OK, summary)
@@ -206,6 +251,8 @@ def check_webhook_secret(settings: Settings) -> Check:
                 f"use at least {MIN_SECRET_BYTES} random bytes (24 or 32 are usual)",
             )
         return Check("webhook secret", Level.OK, "pinned by HIDREAM_WEBHOOK_SECRET")
+    if settings.shared_database:
+        return Check("webhook secret", Level.OK, "kept in the database, shared by every node")
     keys_file = settings.data_dir / KEYS_FILE
     if not keys_file.exists():
         return Check("webhook secret", Level.OK, "none yet; the first `hidream serve` generates one")

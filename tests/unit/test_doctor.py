@@ -6,6 +6,8 @@ import json
 import os
 from pathlib import Path
 
+import pytest
+
 from hidream_service.commands.doctor import (
     GIB,
     Level,
@@ -26,7 +28,8 @@ from hidream_service.jobs.model import JobRequest
 from hidream_service.jobs.service import JobService
 from hidream_service.models.registry import DEFAULT_REGISTRY
 from hidream_service.signing_keys import KEYS_FILE, SigningKeys
-from tests.sql_stores import sql_outbox, sql_store
+from tests.integration.harness import free_port
+from tests.sql_stores import ENGINES, sql_outbox, sql_store
 from webhooks.outbox import AttemptRecord, DeliveryState
 
 TEST_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -81,8 +84,12 @@ def test_a_damaged_database_fails_with_what_to_do(tmp_path: Path) -> None:
     assert check.level is Level.FAIL and check.fix and "move hidream.sqlite3 aside" in check.fix
 
 
-def test_failed_webhooks_are_a_warning_pointing_at_replay(tmp_path: Path) -> None:
-    config = settings(tmp_path)
+@pytest.mark.parametrize("engine", ENGINES)
+def test_failed_webhooks_are_a_warning_pointing_at_replay(
+    engine: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    shared = {"database_url": request.getfixturevalue("postgres_url")} if engine == "postgres" else {}
+    config = settings(tmp_path, **shared)
     store = sql_store(config.sql_url)
     outbox = sql_outbox(config.sql_url)
     service = JobService(store, endings=DialectEndings(DEFAULT_REGISTRY))
@@ -101,6 +108,15 @@ def test_failed_webhooks_are_a_warning_pointing_at_replay(tmp_path: Path) -> Non
 
     assert check.level is Level.WARN and "1 webhook(s) failed" in check.message
     assert check.fix and "hidream jobs replay-webhook" in check.fix
+
+
+def test_a_postgres_it_cannot_reach_fails_without_showing_the_password(tmp_path: Path) -> None:
+    config = settings(tmp_path, database_url=f"postgresql://hidream:s3cret@127.0.0.1:{free_port()}/hidream")
+
+    check = check_database(config)
+
+    assert check.level is Level.FAIL and "s3cret" not in check.message and "***" in check.message
+    assert check.fix and "HIDREAM_DATABASE_URL" in check.fix
 
 
 def test_no_weights_is_a_warning_and_a_missing_directory_a_failure(tmp_path: Path) -> None:
