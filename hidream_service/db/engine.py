@@ -70,6 +70,7 @@ class Tx:
     def __init__(self, db: Database, connection: Any) -> None:
         self._db = db
         self._connection = connection
+        self.notices: list[str] = []  # told to the other nodes together, just before the commit
 
     def run(self, sql: str, params: Mapping[str, Any] | None = None) -> int:
         """Execute; the number of rows changed."""
@@ -189,8 +190,12 @@ class Database:
         with self._writing, self._connection() as connection:
             if not self.is_postgres:
                 connection.execute("BEGIN IMMEDIATE")
+            tx = Tx(self, connection)
             try:
-                yield Tx(self, connection)
+                yield tx
+                if tx.notices:  # one round trip for all of them
+                    payloads = {f"p{index}": notice for index, notice in enumerate(tx.notices)}
+                    tx.run("SELECT " + ", ".join(f"pg_notify('{CHANNEL}', :{name})" for name in payloads), payloads)
             except BaseException:
                 connection.rollback() if self.is_postgres else connection.execute("ROLLBACK")
                 raise
@@ -207,10 +212,7 @@ class Database:
     def notify(self, tx: Tx, notice: str, job_id: str = "") -> None:
         """Tell the other nodes, when this transaction commits (Postgres delivers NOTIFY on commit)."""
         if self.is_postgres:
-            tx.run(
-                "SELECT pg_notify(:channel, :payload)",
-                {"channel": CHANNEL, "payload": f"{self.node} {notice} {job_id}".rstrip()},
-            )
+            tx.notices.append(f"{self.node} {notice} {job_id}".rstrip())
 
     def rendered(self, sql: str, params: Mapping[str, Any]) -> tuple[str, list[str] | None]:
         """The statement in the driver's parameter style (SQLAlchemy renders it, once per statement),

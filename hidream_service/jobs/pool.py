@@ -139,7 +139,8 @@ class WorkerPool:
                 return
             if job_id == QUEUE_MOVED:
                 self.on_queue_moved()
-            elif job_id == DELIVERY_DUE:
+            elif job_id.endswith(DELIVERY_DUE):
                 self.on_delivery_due()
+                self.on_job_changed(job_id.removesuffix(DELIVERY_DUE))
             else:
                 self.on_job_changed(job_id)

@@ -84,7 +84,9 @@ class JobService:
         self._on_changed = on_changed
         self._on_queue_moved = on_queue_moved  # a job left the queue, or came back: places changed
         self._on_cancel_requested = on_cancel_requested
-        self._on_delivery_due = on_delivery_due  # a webhook delivery was enqueued: wake the sender
+        # A webhook delivery was enqueued: wake the sender. Always told just before the job's own
+        # change, so that a worker can send both as one message.
+        self._on_delivery_due = on_delivery_due
         self._clock = clock
         self._logs_events: dict[str, tuple[float, int]] = {}  # job id -> (last logs event, events sent)
 
@@ -364,9 +366,9 @@ class JobService:
             logs=logs,
         )
         if written:
-            self._on_changed(job.id)
             if message is not None:
                 self._on_delivery_due()
+            self._on_changed(job.id)
             if JobStatus.IN_QUEUE in expected:
                 self._on_queue_moved()
         return written

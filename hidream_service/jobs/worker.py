@@ -44,10 +44,10 @@ log = logging.getLogger(__name__)
 LOG_FLUSH_SECONDS = 0.5  # progress lines reach status readers at most this late (less with a faster heartbeat)
 IDLE_POLL_SECONDS = 1.0  # fallback when a wake-up is missed; new jobs normally wake the worker at once
 HEARTBEAT_IDLE_SECONDS = 5.0  # the heartbeat thread ends after this long with no run to serve
-#: Told to the server on the changes queue besides job ids: the queue moved (a job left it), and a
-#: webhook delivery was enqueued.
+#: Told to the server on the changes queue besides job ids: the queue moved (a job left it). A job id
+#: with DELIVERY_DUE after it: the job changed and a webhook delivery was enqueued.
 QUEUE_MOVED = ""
-DELIVERY_DUE = "delivery-due"
+DELIVERY_DUE = "+delivery"
 
 
 @dataclass
@@ -431,14 +431,18 @@ def worker_main(
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker {name} %(levelname)s %(message)s")
     store = open_store(settings)
 
+    delivery_due = threading.Event()  # set just before the change of the job whose delivery it is
+
     def changed(job_id: str) -> None:
-        changes.put(job_id)
+        if delivery_due.is_set():
+            delivery_due.clear()
+            changes.put(job_id + DELIVERY_DUE)
+        else:
+            changes.put(job_id)
 
     def queue_moved() -> None:
         changes.put(QUEUE_MOVED)
 
-    def delivery_due() -> None:
-        changes.put(DELIVERY_DUE)
 
     service = build_service(
         settings,
@@ -447,7 +451,7 @@ def worker_main(
         on_submitted=lambda job: wake.set(),
         on_changed=changed,
         on_queue_moved=queue_moved,
-        on_delivery_due=delivery_due,
+        on_delivery_due=delivery_due.set,
     )
     runners = Runners(settings, registry)
     for endpoint_id in settings.preload:
