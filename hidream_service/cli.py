@@ -27,7 +27,7 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from hidream_service.inference.weights import WeightsError
-    from hidream_service.runtime import DataDirInUse, data_dir_lock
+    from hidream_service.runtime import DataDirInUse, data_dir_lock, database_problem
     from hidream_service.server import create_app
 
     settings = settings_from(args)
@@ -36,6 +36,10 @@ def serve(args: argparse.Namespace) -> int:
             pass  # fail here with a clear message rather than in the middle of start-up
     except DataDirInUse as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    problem = database_problem(settings)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
         return 1
     try:
         app = create_app(settings)

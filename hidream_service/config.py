@@ -187,6 +187,17 @@ class Settings(BaseSettings):
     def _parse_lists(cls, value: object) -> object:
         return _split_commas(value)
 
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if value.startswith("postgres://"):  # the short form many hosts hand out
+            value = "postgresql://" + value.removeprefix("postgres://")
+        if not value.startswith(("postgresql://", "postgresql+psycopg://", "sqlite:///")):
+            raise ValueError("must be a postgresql://user:password@host/database URL (or sqlite:///path)")
+        return value
+
     @field_validator("webhook_retry_schedule", mode="before")
     @classmethod
     def _parse_schedule(cls, value: object) -> object:

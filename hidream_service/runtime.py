@@ -64,6 +64,25 @@ def data_dir_lock(settings: Settings) -> Iterator[None]:
 NODE_FILE = "node_id"
 
 
+def database_problem(settings: Settings) -> str | None:
+    """Why the shared database cannot be used, asked before start-up so that the answer is one
+    clear line rather than a failed start; None when it can (or when it is SQLite in the data dir)."""
+    if not settings.shared_database:
+        return None
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    from hidream_service.db.engine import libpq_url
+
+    assert settings.database_url is not None
+    try:
+        with psycopg.connect(libpq_url(settings.database_url), connect_timeout=10):
+            return None
+    except psycopg.Error as exc:
+        shown = make_url(settings.database_url).render_as_string(hide_password=True)
+        return f"cannot reach the database {shown}: {str(exc).strip()} (HIDREAM_DATABASE_URL)"
+
+
 def node_settings(settings: Settings) -> Settings:
     """Settings with this node's name filled in: HIDREAM_NODE_ID, or a name made once and kept in
     the data dir (a restarted node knows its own leases and claims by it)."""

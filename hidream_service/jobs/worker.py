@@ -443,7 +443,6 @@ def worker_main(
     def queue_moved() -> None:
         changes.put(QUEUE_MOVED)
 
-
     service = build_service(
         settings,
         store,

@@ -18,7 +18,7 @@ from hidream_service.client import ServiceClient
 from hidream_service.commands.common import UsageError
 from hidream_service.commands.run import image_arguments
 from hidream_service.models.image_fields import image_fields
-from tests.integration.harness import Reply, ServerProcess, WebhookReceiver, wait_until
+from tests.integration.harness import Reply, ServerProcess, WebhookReceiver, free_port, wait_until
 
 
 def command_env(**extra: str) -> dict[str, str]:
@@ -83,6 +83,16 @@ def test_second_server_on_the_same_data_dir_refuses_to_start(server: ServerProce
 
     assert done.returncode != 0
     assert "another hidream server" in done.stderr
+
+
+def test_serve_with_a_database_it_cannot_use_says_so_in_one_line(tmp_path: Path) -> None:
+    unreachable = f"postgresql://hidream:s3cret@127.0.0.1:{free_port()}/hidream"
+    refused = hidream("serve", "--database-url", unreachable, "--data-dir", str(tmp_path), cwd=tmp_path)
+    unknown = hidream("serve", "--database-url", "mysql://db/hidream", "--data-dir", str(tmp_path), cwd=tmp_path)
+
+    assert refused.returncode == 1 and "cannot reach the database" in refused.stderr
+    assert "s3cret" not in refused.stderr and "Traceback" not in refused.stderr
+    assert unknown.returncode == 2 and "postgresql://" in unknown.stderr and "Traceback" not in unknown.stderr
 
 
 def test_serve_with_a_missing_weights_directory_says_so(tmp_path: Path) -> None:
