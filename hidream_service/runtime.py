@@ -154,7 +154,7 @@ async def embedded_runtime(
         if applied:
             log.info("database schema upgraded (migrations %s)", ", ".join(map(str, applied)))
         shared = settings.shared_database
-        keys = SigningKeys.for_settings(settings, store.db if shared else None)
+        keys = await asyncio.to_thread(SigningKeys.for_settings, settings, store.db if shared else None)
         # On SQLite the outbox commits through connections of its own that do not force the disk.
         outbox = SqlOutbox(store.db if shared else Database(settings.sql_url, synchronous="NORMAL"), holder=node)
         client = webhook_client(settings)
@@ -170,13 +170,18 @@ async def embedded_runtime(
             on_queue_moved=events.queue_moved_threadsafe,
             on_delivery_due=events.delivery_due_threadsafe,
         )
-        listener = _listen_to_other_nodes(settings, executor, events, keys) if shared else None
-        released = outbox.release_claims(time.time())
+        listener = await asyncio.to_thread(_listen_to_other_nodes, settings, executor, events, keys) if shared else None
+        released = await asyncio.to_thread(outbox.release_claims, time.time())
         if released:
             log.warning("%d webhook attempt(s) were in flight when this node last stopped; resending", released)
-        # SQLite: this is the only node, so every running job is an orphan. Postgres: only this node's
-        # are; other nodes' jobs are theirs, and a dead node's leases run out and are recovered by all.
-        recovered = service.recover_holder(node) if shared else service.recover_all_in_progress()
+
+        def recover_orphans() -> int:
+            # SQLite: this is the only node, so every running job is an orphan. Postgres: only this
+            # node's are; other nodes' jobs are theirs, and a dead node's leases run out and are
+            # recovered by whichever node sees that first.
+            return service.recover_holder(node) if shared else service.recover_all_in_progress()
+
+        recovered = await asyncio.to_thread(recover_orphans)
         if recovered:
             log.warning("recovered %d job(s) left running when this node last stopped", recovered)
         if start_workers:

@@ -124,7 +124,15 @@ def test_ctrl_c_cancels_the_job(server: ServerProcess, tmp_path: Path) -> None:
         sys.executable, "-m", "hidream_service", "run", "slow", "--server", server.url, "--endpoint", "hidream/noop",
         "--set", "num_steps=300", "--set", "step_seconds=0.1", "--out", str(tmp_path / "never.png"),
     ]  # fmt: skip
-    running = subprocess.Popen(command, env=command_env(), stderr=subprocess.PIPE, text=True)
+    # Ctrl-C as a terminal sends it, whatever this test run inherited (a shell's background job
+    # starts with SIGINT ignored, and a child keeps an ignored signal ignored).
+    running = subprocess.Popen(
+        command,
+        env=command_env(),
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
 
     def started() -> str | None:
         latest = httpx.get(f"{server.url}/v1/requests", params={"limit": 1}).json()["requests"]
