@@ -15,14 +15,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import ParamSpec, TypeVar
 
 import httpx
 
-from hidream_service.api.state import Runtime
+from hidream_service.api.state import Runtime, StoreCall
 from hidream_service.config import Settings
 from hidream_service.db.engine import Database
 from hidream_service.db.listener import ClusterListener, NoticeHandlers
@@ -43,6 +46,8 @@ from webhooks.outbox import Outbox, SqlOutbox
 from webhooks.ssrf import GuardedTransport
 
 log = logging.getLogger("hidream_service")
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 class DataDirInUse(Exception):
@@ -128,7 +133,13 @@ def webhook_client(settings: Settings) -> httpx.AsyncClient:
     )
 
 
-def build_deliverer(settings: Settings, outbox: Outbox, keys: SigningKeys, client: httpx.AsyncClient) -> Deliverer:
+def build_deliverer(
+    settings: Settings,
+    outbox: Outbox,
+    keys: SigningKeys,
+    client: httpx.AsyncClient,
+    store_call: StoreCall = asyncio.to_thread,
+) -> Deliverer:
     return Deliverer(
         outbox,
         webhook_signers(keys),
@@ -137,6 +148,7 @@ def build_deliverer(settings: Settings, outbox: Outbox, keys: SigningKeys, clien
         timeout=settings.webhook_timeout_seconds,
         throttle_seconds=settings.webhook_throttle_seconds,
         max_concurrency=settings.webhook_max_concurrency,
+        blocking=store_call,
     )
 
 
@@ -150,6 +162,8 @@ async def embedded_runtime(
         settings = node_settings(settings)
         node = settings.node_id or ""
         store = open_store(settings)
+        store_thread = ThreadPoolExecutor(store_threads(settings), thread_name_prefix="store")
+        store_call = _runner(asyncio.get_running_loop(), store_thread)
         applied = await asyncio.to_thread(migrate, store.db)
         if applied:
             log.info("database schema upgraded (migrations %s)", ", ".join(map(str, applied)))
@@ -158,7 +172,7 @@ async def embedded_runtime(
         # On SQLite the outbox commits through connections of its own that do not force the disk.
         outbox = SqlOutbox(store.db if shared else Database(settings.sql_url, synchronous="NORMAL"), holder=node)
         client = webhook_client(settings)
-        deliverer = build_deliverer(settings, outbox, keys, client)
+        deliverer = build_deliverer(settings, outbox, keys, client, store_call)
         events = JobEvents(asyncio.get_running_loop(), on_delivery_due=deliverer.wake)
         executor = LocalExecutor()
         service = job_service(
@@ -209,6 +223,7 @@ async def embedded_runtime(
                 keys=keys,
                 outbox=outbox,
                 deliverer=deliverer,
+                store_call=store_call,
             )
         finally:
             for task in tasks:
@@ -222,8 +237,23 @@ async def embedded_runtime(
             if executor.pool is not None:
                 await asyncio.to_thread(executor.pool.stop)
             await client.aclose()
+            store_thread.shutdown(wait=True)
             outbox.close()
             store.close()
+
+
+def store_threads(settings: Settings) -> int:
+    """Threads for the API's store calls, apart from file and image work (an image decode never
+    delays a status read). SQLite: two; its writes go one at a time anyway, and a read can go on
+    while a commit waits for the disk. Postgres: calls wait on the network, so several run at once."""
+    return 8 if settings.shared_database else 2
+
+
+def _runner(loop: asyncio.AbstractEventLoop, threads: ThreadPoolExecutor) -> StoreCall:
+    async def store_call(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return await loop.run_in_executor(threads, functools.partial(fn, *args, **kwargs))
+
+    return store_call
 
 
 def _listen_to_other_nodes(

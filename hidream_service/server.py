@@ -64,6 +64,7 @@ def create_app(
                 keys=opened.keys,
                 outbox=opened.outbox,
                 deliverer=opened.deliverer,
+                store_call=opened.store_call,
                 image_inputs=ImageInputs(
                     image_client,  # image URLs go through the same address guard as webhooks
                     opened.storage,

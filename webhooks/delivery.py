@@ -12,8 +12,9 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 
@@ -151,6 +152,7 @@ class Deliverer:
         throttle_seconds: float = 60.0,
         max_concurrency: int = 16,
         idle_poll_seconds: float = 1.0,
+        blocking: Callable[..., Awaitable[Any]] = asyncio.to_thread,
     ) -> None:
         self._outbox = outbox
         self._signers = signers
@@ -160,6 +162,7 @@ class Deliverer:
         self._throttle = throttle_seconds
         self._max_concurrency = max_concurrency
         self._idle_poll = idle_poll_seconds
+        self._blocking = blocking  # runs an outbox call off the event loop: a database call
         self._wakeup = asyncio.Event()
         self._in_flight: set[asyncio.Task[bool]] = set()
 
@@ -200,7 +203,7 @@ class Deliverer:
         """Start the due deliveries there is room for; returns how many, and when the next is due.
         Outbox calls are database calls: made off the event loop (which serves the API too), in one
         thread hop per wake-up."""
-        due, next_due = await asyncio.to_thread(self._claim, self._max_concurrency - len(self._in_flight))
+        due, next_due = await self._blocking(self._claim, self._max_concurrency - len(self._in_flight))
         for delivery in due:
             task = asyncio.create_task(self._deliver(delivery))
             self._in_flight.add(task)
@@ -237,14 +240,14 @@ class Deliverer:
         signer = self._signers.get(delivery.signer)
         if signer is None:
             record = AttemptRecord(time.time(), 0.0, error=f"no signer named {delivery.signer!r}")
-            await asyncio.to_thread(
+            await self._blocking(
                 self._outbox.record_attempt, delivery.id, record, state=DeliveryState.FAILED, next_attempt_at=None
             )
             return False
         outcome = await attempt(self._client, delivery, signer, timeout=self._timeout)
         attempts_made = delivery.attempts + 1
         state, next_at = self._next_step(outcome, attempts_made, retry=not delivery.single_attempt)
-        await asyncio.to_thread(
+        await self._blocking(
             self._outbox.record_attempt, delivery.id, outcome.record, state=state, next_attempt_at=next_at
         )
         log.info(
@@ -276,5 +279,5 @@ class Deliverer:
         The retry schedule is left alone; a success marks the delivery delivered."""
         signer = self._signers[delivery.signer]
         outcome = await attempt(self._client, delivery, signer, timeout=self._timeout, replay=True)
-        await asyncio.to_thread(self._outbox.record_replay, delivery.id, outcome.record, delivered=outcome.delivered)
+        await self._blocking(self._outbox.record_replay, delivery.id, outcome.record, delivered=outcome.delivered)
         return outcome

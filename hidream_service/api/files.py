@@ -33,7 +33,7 @@ async def get_file(request: Request, request_id: str, name: str) -> Response:
     state = app_state(request)
     stored = await asyncio.to_thread(state.storage.lookup, f"{request_id}/{name}")
     if stored is None:
-        raise HTTPException(404, await asyncio.to_thread(_why_missing, state, request_id))
+        raise HTTPException(404, await state.store_call(_why_missing, state, request_id))
     extension = name.rsplit(".", 1)[-1] if "." in name else ""
     media_type = _MEDIA_TYPES.get(extension) or mimetypes.guess_type(name)[0] or "application/octet-stream"
     headers = {"Cache-Control": "public, max-age=31536000, immutable"}

@@ -13,7 +13,6 @@ cancelling goes through the fal `cancel_url` each summary carries. A running req
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
@@ -107,13 +106,13 @@ async def list_requests(
     owner = state.api_keys.owner(request)
     before_seq = None
     if before is not None:
-        cursor = await asyncio.to_thread(state.service.get, before, owner)
+        cursor = await state.store_call(state.service.get, before, owner)
         if cursor is None:
             raise HTTPException(422, one_error(["query", "before"], f"no request {before} to list from", "cursor"))
         before_seq = cursor.seq
-    jobs = await asyncio.to_thread(state.service.store.page, owner, None, before_seq=before_seq, limit=limit + 1)
+    jobs = await state.store_call(state.service.store.page, owner, None, before_seq=before_seq, limit=limit + 1)
     page, more = jobs[:limit], len(jobs) > limit
-    deliveries = await asyncio.to_thread(state.outbox.final_for_subjects, [job.id for job in page])
+    deliveries = await state.store_call(state.outbox.final_for_subjects, [job.id for job in page])
     return {
         "requests": [request_summary(job, deliveries.get(job.id)) for job in page],
         "next": page[-1].id if more else None,
@@ -123,10 +122,10 @@ async def list_requests(
 @router.get("/v1/requests/{request_id}", summary="One request: its state, input, result and logs")
 async def get_request(request: Request, request_id: str) -> dict[str, Any]:
     state = app_state(request)
-    job = await asyncio.to_thread(state.service.get, request_id, state.api_keys.owner(request), with_logs=True)
+    job = await state.store_call(state.service.get, request_id, state.api_keys.owner(request), with_logs=True)
     if job is None:
         raise HTTPException(404, f"request {request_id} not found")
-    delivery = (await asyncio.to_thread(state.outbox.final_for_subjects, [job.id])).get(job.id)
+    delivery = (await state.store_call(state.outbox.final_for_subjects, [job.id])).get(job.id)
     return {
         **request_summary(job, delivery),
         "input": job.input,
@@ -143,7 +142,7 @@ async def stream_request(request: Request, request_id: str) -> StreamingResponse
     carries `result` and `error_detail` too. Wakes only when this request changes."""
     state = app_state(request)
     owner = state.api_keys.owner(request)
-    if await asyncio.to_thread(state.service.get, request_id, owner) is None:
+    if await state.store_call(state.service.get, request_id, owner) is None:
         raise HTTPException(404, f"request {request_id} not found")
 
     async def events() -> AsyncIterator[str]:
@@ -158,7 +157,7 @@ async def stream_request(request: Request, request_id: str) -> StreamingResponse
                     continue
                 ended = job.status.is_terminal()
                 delivery = (
-                    (await asyncio.to_thread(state.outbox.final_for_subjects, [job.id])).get(job.id) if ended else None
+                    (await state.store_call(state.outbox.final_for_subjects, [job.id])).get(job.id) if ended else None
                 )
                 summary = request_summary(job, delivery)
                 new_lines = job.logs[sent_lines:]

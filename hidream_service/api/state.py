@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import ParamSpec, Protocol, TypeVar
 
 from fastapi import Request
 
@@ -29,6 +31,17 @@ class NamingDialect(Protocol):
     def name_of(self, endpoint: Endpoint) -> str | None: ...
 
 
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class StoreCall(Protocol):
+    """Runs a blocking store call (the job store, the outbox, the signing keys' state) off the event
+    loop: `await store_call(fn, *args, **kwargs)`."""
+
+    def __call__(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Awaitable[T]: ...
+
+
 @dataclass(frozen=True)
 class Runtime:
     """What a runtime opens for the app: the same pieces, backed locally or by Modal."""
@@ -40,6 +53,7 @@ class Runtime:
     keys: SigningKeys
     outbox: Outbox
     deliverer: Deliverer  # replays by hand; the embedded runtime also runs its delivery loop
+    store_call: StoreCall = field(default=asyncio.to_thread)
 
 
 @dataclass
@@ -57,6 +71,7 @@ class AppState:
     outbox: Outbox
     deliverer: Deliverer
     image_inputs: ImageInputs
+    store_call: StoreCall = field(default=asyncio.to_thread)
 
 
 def app_state(request: Request) -> AppState:

@@ -127,14 +127,14 @@ async def submit(
     )
     try:
         # A repeat is answered before its images are fetched again (their URLs may have expired).
-        repeat = await asyncio.to_thread(state.service.repeat_of, job_request)
+        repeat = await state.store_call(state.service.repeat_of, job_request)
         if repeat is not None:
             return repeat
         job_input = await prepare_images(state, request, endpoint, dict(as_submitted))
         echoed = (
             None if client_input is None else _inline_images_replaced(client_input, endpoint, as_submitted, job_input)
         )
-        job, _created = await asyncio.to_thread(
+        job, _created = await state.store_call(
             state.service.submit, dataclasses.replace(job_request, input=job_input, client_input=echoed)
         )
     except IdempotencyKeyReused:
@@ -210,7 +210,7 @@ async def until_terminal(state: AppState, job_id: str, owner: str, timeout: floa
     with state.events.watching(job_id) as watch:
         while True:
             version = watch.version
-            job = await asyncio.to_thread(state.service.get, job_id, owner, with_logs=with_logs)
+            job = await state.store_call(state.service.get, job_id, owner, with_logs=with_logs)
             assert job is not None
             watch.read(queued=job.status is JobStatus.IN_QUEUE)
             remaining = deadline - loop.time()
@@ -227,7 +227,7 @@ async def watched_job(
     with state.events.watching(job_id) as watch:
         while True:
             version = watch.version
-            job = await asyncio.to_thread(state.service.get, job_id, owner, with_logs=with_logs)
+            job = await state.store_call(state.service.get, job_id, owner, with_logs=with_logs)
             if job is None:
                 return
             watch.read(queued=job.status is JobStatus.IN_QUEUE)

@@ -10,7 +10,6 @@ The signing secret is served where each dialect's clients look for it: Replicate
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
@@ -73,10 +72,10 @@ async def jwks_document(request: Request) -> dict[str, Any]:
 @router.get("/v1/requests/{request_id}/webhooks")
 async def deliveries_of_request(request: Request, request_id: str) -> dict[str, Any]:
     state = app_state(request)
-    if await asyncio.to_thread(state.service.get, request_id, state.api_keys.owner(request)) is None:
+    if await state.store_call(state.service.get, request_id, state.api_keys.owner(request)) is None:
         raise HTTPException(404, f"request {request_id} not found")
     return {
-        "deliveries": await asyncio.to_thread(
+        "deliveries": await state.store_call(
             lambda: [_delivery_json(state, d) for d in state.outbox.for_subject(request_id)]
         )
     }
@@ -86,10 +85,10 @@ async def deliveries_of_request(request: Request, request_id: str) -> dict[str, 
 async def replay(request: Request, delivery_id: str) -> dict[str, Any]:
     state = app_state(request)
     owner = state.api_keys.owner(request)
-    delivery = await asyncio.to_thread(state.outbox.get, delivery_id)
-    if delivery is None or await asyncio.to_thread(state.service.get, delivery.subject, owner) is None:
+    delivery = await state.store_call(state.outbox.get, delivery_id)
+    if delivery is None or await state.store_call(state.service.get, delivery.subject, owner) is None:
         raise HTTPException(404, f"webhook delivery {delivery_id} not found")
     outcome = await state.deliverer.replay(delivery)
-    refreshed = await asyncio.to_thread(state.outbox.get, delivery_id)
+    refreshed = await state.store_call(state.outbox.get, delivery_id)
     assert refreshed is not None
-    return {"delivered": outcome.delivered, "delivery": await asyncio.to_thread(_delivery_json, state, refreshed)}
+    return {"delivered": outcome.delivered, "delivery": await state.store_call(_delivery_json, state, refreshed)}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Mapping
@@ -70,7 +69,7 @@ def _parse_flag(value: str | None, name: str) -> bool:
 
 async def _owned_job(state: AppState, request: Request, owner: str, app: str, request_id: str, logs: bool) -> Job:
     caller = state.api_keys.owner(request)
-    job = await asyncio.to_thread(state.service.get, request_id, caller, with_logs=logs)
+    job = await state.store_call(state.service.get, request_id, caller, with_logs=logs)
     if job is None or app_of(job.endpoint) != f"{owner}/{app}":
         raise HTTPException(404, f"request {request_id} not found")
     return job
@@ -128,7 +127,7 @@ async def result(request: Request, owner: str, app: str, request_id: str) -> Any
 async def cancel(request: Request, owner: str, app: str, request_id: str) -> Any:
     state = app_state(request)
     job = await _owned_job(state, request, owner, app, request_id, False)
-    outcome = await asyncio.to_thread(state.service.cancel, job.id, job.owner)
+    outcome = await state.store_call(state.service.cancel, job.id, job.owner)
     if outcome is CancelOutcome.ALREADY_COMPLETED:
         return _json({"status": "ALREADY_COMPLETED", "detail": "Request already completed"}, 400, job.id)
     if outcome is CancelOutcome.NOT_FOUND:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 from typing import Any, Literal
@@ -105,7 +104,7 @@ async def create(request: Request) -> JSONResponse:
 
 
 async def _owned(state: AppState, request: Request, prediction_id: str) -> Job:
-    job = await asyncio.to_thread(state.service.get, prediction_id, state.api_keys.owner(request), with_logs=True)
+    job = await state.store_call(state.service.get, prediction_id, state.api_keys.owner(request), with_logs=True)
     if job is None or job.dialect != REPLICATE.id:
         raise HTTPException(404, f"prediction {prediction_id} not found")
     return job
@@ -121,7 +120,7 @@ async def get_prediction(request: Request, prediction_id: str) -> JSONResponse:
 async def cancel_prediction(request: Request, prediction_id: str) -> JSONResponse:
     state = app_state(request)
     job = await _owned(state, request, prediction_id)
-    await asyncio.to_thread(state.service.cancel, job.id, job.owner)
+    await state.store_call(state.service.cancel, job.id, job.owner)
     return _prediction(state, await _owned(state, request, prediction_id))
 
 
@@ -131,7 +130,7 @@ async def list_predictions(request: Request, cursor: str | None = None) -> dict[
     owner = state.api_keys.owner(request)
     if cursor is not None and not re.fullmatch(f"[0-9]{{1,{MAX_CURSOR_DIGITS}}}", cursor):  # not isdigit(): "²"
         raise HTTPException(400, "cursor is not valid")
-    jobs = await asyncio.to_thread(
+    jobs = await state.store_call(
         state.service.store.page, owner, REPLICATE.id, before_seq=int(cursor) if cursor else None, limit=PAGE_SIZE
     )
     following = None
@@ -201,7 +200,7 @@ async def rotate_secret(request: Request) -> dict[str, Any]:
     state = app_state(request)
     state.api_keys.owner(request)
     try:
-        secret, previous_until = await asyncio.to_thread(state.keys.rotate)
+        secret, previous_until = await state.store_call(state.keys.rotate)
     except SecretPinned as exc:
         raise HTTPException(400, str(exc)) from None
     return {"key": secret, "previous_key_valid_until": iso_offset(previous_until)}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
@@ -52,7 +51,7 @@ async def task(request: Request, task_id: str) -> JSONResponse:
 
 async def _get(request: Request, task_id: str) -> JSONResponse:
     state = app_state(request)
-    job = await asyncio.to_thread(state.service.get, task_id, state.api_keys.owner(request))
+    job = await state.store_call(state.service.get, task_id, state.api_keys.owner(request))
     if job is None or job.dialect != WAVESPEED.id:
         raise HTTPException(404, f"task {task_id} not found")
     return _answer(state, job)
