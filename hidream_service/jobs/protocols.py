@@ -1,6 +1,6 @@
 """The seams between the job pipeline and what surrounds it.
 
-    JobService ──► JobStore     SqliteJobStore (one machine)  | DictJobStore (Modal, modal.Dict)
+    JobService ──► JobStore     SqlJobStore (SQLite, or Postgres for nodes) | DictJobStore (Modal, modal.Dict)
         │
         ├──hooks──► Executor    WorkerPool wake-ups (one machine) | SpawnExecutor (Modal, Function.spawn)
         │

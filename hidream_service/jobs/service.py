@@ -9,7 +9,8 @@
 Every terminal transition writes the job's webhook delivery in the same atomic step; what that
 webhook says is the job's dialect's business (`JobEndings`, given by whoever builds the service).
 Every process (the API and each worker; on Modal, each web, GPU and CPU container) builds its own
-JobService over the one shared store: SQLite on one machine, modal.Dict on Modal.
+JobService over the one shared store: SQLite on one machine, Postgres for several nodes, modal.Dict
+on Modal.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The job store in modal.Dicts: the same contract as jobs.store.SqliteJobStore.
+"""The job store in modal.Dicts: the same contract as jobs.store.SqlJobStore.
 
 Three Dicts, so that nothing is scanned that need not be:
 

@@ -1,4 +1,4 @@
-"""The webhook outbox in modal.Dicts: the same contract as webhooks.outbox.SqliteOutbox.
+"""The webhook outbox in modal.Dicts: the same contract as webhooks.outbox.SqlOutbox.
 
 - `deliveries`: each delivery a versioned record (claims and outcomes are compare-and-sets), its
   attempts an append-only log, and per request an append-only list of its delivery ids.
