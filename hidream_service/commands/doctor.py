@@ -126,9 +126,14 @@ def check_database(settings: Settings) -> Check:
             f"{path} is damaged: {integrity}",
             f"stop the server and run `sqlite3 {path} .recover` into a new file, or move it aside",
         )
-    jobs = sum(counts.values())
+    return _contents(f"{path.name}: intact", counts, failed_webhooks)
+
+
+def _contents(what: str, counts: dict[str, int], failed_webhooks: int) -> Check:
+    """A readable database's jobs, and a warning for webhooks that failed every attempt."""
     summary = (
-        f"{path.name}: intact, {jobs} jobs ({counts.get('IN_QUEUE', 0)} queued, {counts.get('IN_PROGRESS', 0)} running)"
+        f"{what}, {sum(counts.values())} jobs ({counts.get('IN_QUEUE', 0)} queued,"
+        f" {counts.get('IN_PROGRESS', 0)} running)"
     )
     if failed_webhooks:
         return Check(
@@ -167,20 +172,9 @@ def _check_postgres(settings: Settings) -> Check:
             "check HIDREAM_DATABASE_URL (host, port, user, password, database) and that Postgres accepts this machine",
         )
     at = version[0] if version else 0
-    summary = (
-        f"{shown}: schema {at}, {sum(counts.values())} jobs ({counts.get('IN_QUEUE', 0)} queued,"
-        f" {counts.get('IN_PROGRESS', 0)} running)"
-    )
     if at > LATEST:
-        return Check("database", Level.FAIL, f"{summary}; made by a newer release", "run the newer release")
-    if failed and failed[0]:
-        return Check(
-            "database",
-            Level.WARN,
-            f"{summary}; {failed[0]} webhook(s) failed every attempt",
-            "see them with `hidream jobs list`, send one again with `hidream jobs replay-webhook REQUEST_ID`",
-        )
-    return Check("database", Level.OK, summary)
+        return Check("database", Level.FAIL, f"{shown}: schema {at}, made by a newer release", "run the newer release")
+    return _contents(f"{shown}: schema {at}", counts, failed[0] if failed else 0)
 
 
 def check_weights(settings: Settings, registry: Registry = DEFAULT_REGISTRY) -> Check:
