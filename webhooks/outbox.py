@@ -119,6 +119,12 @@ class SqlDatabase(Protocol):
     def close(self) -> None: ...
 
 
+def storable(text: str) -> bool:
+    """Whether a text can be stored as a key: Postgres text cannot hold NUL, so no row has a key
+    with one, on either engine; a lookup by such a key finds nothing instead of failing."""
+    return "\x00" not in text
+
+
 def enqueue(tx: SqlTransaction, message: OutboxMessage, due_at: float) -> None:
     """Record a delivery inside the caller's transaction. Enqueuing the same id twice is a no-op,
     so a job that runs twice still sends one event, with the body first written."""
@@ -254,6 +260,8 @@ class SqlOutbox:
                 )
 
     def get(self, delivery_id: str) -> Delivery | None:
+        if not storable(delivery_id):
+            return None
         with self._db.read() as tx:
             row = tx.row("SELECT * FROM webhook_deliveries WHERE id = :id", {"id": delivery_id})
         return None if row is None else delivery_from_record(row)

@@ -29,6 +29,8 @@ async def callback_url_problem(state: AppState, url: str) -> str | None:
     """Why a caller's webhook URL cannot be used (checked at submit), or None."""
     if len(url) > MAX_URL_LENGTH:
         return f"longer than {MAX_URL_LENGTH} characters"
+    if any(ord(char) < 32 or ord(char) == 127 for char in url):
+        return "it contains a control character (percent-encode it)"
     try:
         await checked_addresses(url, allow_private=state.settings.private_urls_allowed)
     except BlockedURL as exc:

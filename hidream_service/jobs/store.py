@@ -18,6 +18,7 @@ from hidream_service.db.engine import Database, IntegrityError, Notice, Tx
 from hidream_service.jobs.model import Job, JobRequest, JobStatus, LogLine, Progress
 from hidream_service.jobs.record import document, job_from_row
 from webhooks import outbox
+from webhooks.outbox import storable
 
 _LEASED = (
     "status = 'IN_PROGRESS', lease_token = :token, lease_expires_at = :expires, attempts = attempts + 1,"
@@ -92,6 +93,8 @@ class SqlJobStore:
     # -- reads ----------------------------------------------------------------------------------
 
     def get(self, job_id: str, *, with_logs: bool = False) -> Job | None:
+        if not storable(job_id):
+            return None  # no job can have this id (a caller's URL said `%00`)
         with self.db.read() as tx:
             row = tx.row("SELECT * FROM jobs WHERE id = :id", {"id": job_id})
             if row is None:

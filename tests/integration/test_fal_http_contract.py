@@ -154,6 +154,13 @@ def test_a_webhook_that_is_not_an_http_url_is_a_422(http: httpx.Client) -> None:
     assert response.json()["detail"][0]["loc"] == ["query", "fal_webhook"]
 
 
+def test_a_webhook_url_with_a_control_character_is_a_422(http: httpx.Client) -> None:
+    response = http.post("/hidream/noop", params={"fal_webhook": "http://127.0.0.1:9/a\x00b"}, json={})
+
+    assert response.status_code == 422
+    assert "control character" in response.json()["detail"][0]["msg"]
+
+
 def test_unknown_app_and_unknown_request_are_404s(http: httpx.Client) -> None:
     assert http.post("/fal-ai/flux/dev", json={"prompt": "x"}).status_code == 404
     assert http.get("/hidream/noop/requests/00000000-0000-0000-0000-000000000000/status").status_code == 404

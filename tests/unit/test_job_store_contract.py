@@ -116,6 +116,14 @@ def test_a_submitted_job_is_visible_to_another_process_at_once(service: JobServi
     assert seen.status is JobStatus.IN_QUEUE and seen.queue_position == 0 and seen.input == {"prompt": "x"}
 
 
+def test_an_id_no_store_can_hold_is_not_found(service: JobService, backend: Backend) -> None:
+    service.submit(request())
+
+    # Postgres text cannot hold NUL: a caller's `%00` in a URL is a request that does not exist.
+    assert backend.store.get("job\x00id") is None and service.get("job\x00id", "") is None
+    assert backend.outbox.get("msg\x00id") is None
+
+
 def test_queue_positions_count_jobs_ahead(service: JobService) -> None:
     jobs = [service.submit(request())[0] for _ in range(3)]
 
