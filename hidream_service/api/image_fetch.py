@@ -11,6 +11,7 @@ import asyncio
 import base64
 import binascii
 import hashlib
+import os
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,9 +51,13 @@ class ImageInputs:
         decoded = decode_image(data, max_pixels=self.max_pixels)
         png = encode_png(decoded.image)
         key = f"input-{hashlib.sha256(png).hexdigest()[:40]}/{INPUT_FILE_NAME}"
-        # Content-addressed: the same image keeps one file. Stored again even when present, so that
-        # the retention sweep counts its age from its latest use.
-        self.storage.put(key, png)
+        # Content-addressed: the same image keeps one file. A file already here is touched rather
+        # than written again, so that the retention sweep counts its age from its latest use.
+        stored = self.storage.lookup(key)
+        if isinstance(stored, Path):
+            os.utime(stored)
+        elif stored is None:
+            self.storage.put(key, png)
         return PreparedImage(key, decoded.width, decoded.height)
 
     async def _read(self, url: str, own_hosts: set[str]) -> bytes:
