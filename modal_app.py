@@ -1,24 +1,27 @@
 # # HiDream on Modal
 #
 # The same service as `hidream serve` (same HTTP API, same webhooks), run on Modal: GPU containers
-# that scale to zero, weights pinned in a Volume, jobs and webhooks in Dicts. This file is wiring
+# that scale to zero, weights pinned in a Volume, jobs and webhooks in Postgres (the SQL store that
+# several `hidream serve` nodes share; every container here is one node of it). This file is wiring
 # only; the logic lives in `hidream_service` (the Modal-backed pieces in `hidream_service.modal_backend`).
+# docs/modal.md goes from zero to the first image:
 #
-#     modal secret create hidream-service HIDREAM_API_KEYS=... HIDREAM_WEBHOOK_SECRET=whsec_...
+#     modal secret create hidream-service HIDREAM_API_KEYS=...
+#     modal secret create hidream-database DATABASE_URL=postgresql://...
 #     modal run modal_app.py::download_weights --model hidream-i1-full
-#     modal deploy modal_app.py            # `modal serve modal_app.py` for a dev loop
+#     HIDREAM_MODELS=full modal deploy modal_app.py
 #
 # What runs where:
 #
 #     web (asgi_app, CPU)        create_app(): the fal / Replicate / WaveSpeed / OpenAI routes
 #        │ spawn(job_id)
 #        ▼
-#     HiDreamModel (GPU, one pool per model)   lease the job, denoise, write images to the outputs
-#     run_cpu_job (CPU, endpoints without weights)   Volume, end the job (its webhook is written with the ending)
-#        │ spawn()
+#     HiDreamModel (GPU, one pool per model)   lease the job (and compatible queued ones), denoise,
+#     run_cpu_job (CPU, endpoints without weights)   write images to the outputs, end the job and
+#        │ spawn()                                    write its webhook in the same transaction
 #        ▼
 #     send_webhooks (CPU)        sign and POST; short retries wait here
-#     sweep (CPU, every minute)  later retries, recovery of lost containers, cancel backstop
+#     sweep (CPU, every minute)  later retries, lost containers and spawns, cancel backstop, retention
 
 import asyncio
 import dataclasses
@@ -37,6 +40,21 @@ PYTHON_VERSION = "3.11"
 WEIGHTS_DIR = "/weights"
 OUTPUTS_DIR = "/outputs"
 
+# ## What a deploy is told (read here at `modal deploy`, and handed to every container as is)
+#
+# HIDREAM_MODELS: the models whose endpoints the API answers (comma-separated: full, dev, fast,
+#   e1-full, e1-1, o1, o1-dev); download their weights first. Unset: all of them.
+# HIDREAM_OUTPUTS_BUCKET: keep outputs in this S3 / R2 / GCS bucket (a CloudBucketMount, with the
+#   credentials of the hidream-outputs-bucket Secret) instead of the hidream-outputs Volume;
+#   HIDREAM_OUTPUTS_BUCKET_ENDPOINT is the endpoint URL R2 and GCS need.
+DEPLOY_SETTINGS = {
+    name: os.environ[name]
+    for name in ("HIDREAM_MODELS", "HIDREAM_OUTPUTS_BUCKET", "HIDREAM_OUTPUTS_BUCKET_ENDPOINT")
+    if os.environ.get(name)
+}
+SERVED_MODELS = DEPLOY_SETTINGS.get("HIDREAM_MODELS", "full,dev,fast,e1-full,e1-1,o1,o1-dev")
+OUTPUTS_BUCKET = DEPLOY_SETTINGS.get("HIDREAM_OUTPUTS_BUCKET")
+
 # ## Sizing and timeouts
 #
 # One HiDream-I1 pipeline in bf16 is about 57 GiB with its Llama encoder: it needs an 80 GB GPU.
@@ -44,10 +62,24 @@ OUTPUTS_DIR = "/outputs"
 # 2048x2048 renders keep long sequences: an H100 holds it with room to spare, an A100 80GB too.
 # The list is an order of preference: H100 when Modal has one, else an A100 80GB.
 GPU_FALLBACKS = ["H100", "A100-80GB"]
-# Longest run of one job: 4 images x 50 steps at 1024x1024 on an A100 is about 4 minutes.
+# Host memory and cores of a GPU container: loading I1 reads ~57 GiB of safetensors through host
+# memory (peaking near 60 GiB before the weights move to the GPU); the request reserves it, so a
+# container is never placed where it would be killed half-way through a load.
+GPU_CPU_CORES = 8.0
+GPU_MEMORY_MIB = 64 * 1024
+# Longest run of one job: 4 images x 50 steps at 1024x1024 on an A100 is about 4 minutes; a batch
+# of four such jobs on one container, four times that.
 JOB_TIMEOUT_SECONDS = 20 * MINUTES
 # Loading ~57 GiB from the weights Volume at 1-2 GB/s, plus building the snapshot on first start.
 STARTUP_TIMEOUT_SECONDS = 20 * MINUTES
+# A job's lease outlives the worst restart of its call: Modal re-runs a preempted input in a new
+# container (a cold start, up to STARTUP_TIMEOUT_SECONDS), and that re-run takes the lease over.
+# A shorter lease would let the sweeper re-queue, and spawn a second time, a job Modal is about to
+# re-run. A call that is over (retries spent) is recovered at the next sweep, lease or not.
+JOB_LEASE_SECONDS = STARTUP_TIMEOUT_SECONDS + 5 * MINUTES
+# Queued jobs with the same model and settings that one GPU call takes along (their own calls are
+# then cancelled before they start a container).
+GPU_BATCH_MAX_SIZE = 4
 # How long an idle GPU container stays up for the next job. Longer: fewer cold starts, more idle cost.
 GPU_SCALEDOWN_WINDOW_SECONDS = 5 * MINUTES
 # GPU containers per model (each parameter set of a Modal class scales on its own): the spending cap.
@@ -73,7 +105,7 @@ SWEEP_TIMEOUT_SECONDS = 5 * MINUTES
 # A queued job with no call this long after its submit lost its spawn; the sweeper spawns it.
 UNDISPATCHED_AFTER_SECONDS = 1 * MINUTES
 # A running job whose cancel flag was not honoured this long after (stuck outside the denoising
-# loop) has its FunctionCall cancelled, which interrupts it.
+# loop) has its FunctionCall cancelled, which interrupts it and keeps the container.
 CANCEL_GRACE_SECONDS = 30.0
 
 DOWNLOAD_TIMEOUT_SECONDS = 3 * HOURS
@@ -111,27 +143,40 @@ INFERENCE_PACKAGES = [
 ]
 DOWNLOAD_PACKAGES = ["huggingface-hub==2.4.0", "hf-xet==1.8.0"]
 
-# Settings every container shares (the Secret adds API keys and the webhook secret).
+# The service's source goes into every image, its non-Python files too: the playground's pages,
+# scripts and icons are read at import (add_local_python_source alone copies only *.py).
+SOURCE_PACKAGES = ("hidream_service", "webhooks")
+SOURCE_IGNORE = ["**/__pycache__", "**/*.pyc", "**/.*"]
+
+# Settings are environment variables given to each function (`env=`), never image layers: changing
+# one restarts containers and rebuilds nothing (torch's layer above all).
 SERVICE_ENV = {
+    **DEPLOY_SETTINGS,
     "HIDREAM_DATA_DIR": "/tmp/hidream",
-    "HIDREAM_WEIGHTS": WEIGHTS_DIR,
+    "HIDREAM_OUTPUTS_DIR": OUTPUTS_DIR,
+    "HIDREAM_MODELS": SERVED_MODELS,
     "HIDREAM_ALLOW_PRIVATE_URLS": "false",  # webhooks leave Modal for public addresses only
-    "HIDREAM_LEASE_SECONDS": "120",  # renewed by a Dict write: less often than on one machine
+    "HIDREAM_LEASE_SECONDS": str(JOB_LEASE_SECONDS),
     "HIDREAM_HEARTBEAT_SECONDS": "2",
     "HIDREAM_SYNC_TIMEOUT_SECONDS": "140",  # synchronous calls answer before Modal's 150 s web limit
 }
+GPU_ENV = {
+    **SERVICE_ENV,
+    "HIDREAM_WEIGHTS": WEIGHTS_DIR,
+    "HIDREAM_BATCH_MAX_SIZE": str(GPU_BATCH_MAX_SIZE),
+    "HF_HUB_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
 
-_base_image = modal.Image.debian_slim(python_version=PYTHON_VERSION).uv_pip_install(*SERVICE_PACKAGES).env(SERVICE_ENV)
-web_image = _base_image.add_local_python_source("hidream_service", "webhooks")
-gpu_image = (
-    _base_image.uv_pip_install(*INFERENCE_PACKAGES)
-    .env({"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
-    .add_local_python_source("hidream_service", "webhooks")
+_base_image = modal.Image.debian_slim(python_version=PYTHON_VERSION).uv_pip_install(*SERVICE_PACKAGES)
+web_image = _base_image.add_local_python_source(*SOURCE_PACKAGES, ignore=SOURCE_IGNORE)
+gpu_image = _base_image.uv_pip_install(*INFERENCE_PACKAGES).add_local_python_source(
+    *SOURCE_PACKAGES, ignore=SOURCE_IGNORE
 )
 download_image = (
     _base_image.uv_pip_install(*DOWNLOAD_PACKAGES)
     .env({"HF_XET_HIGH_PERFORMANCE": "1"})
-    .add_local_python_source("hidream_service", "webhooks")
+    .add_local_python_source(*SOURCE_PACKAGES, ignore=SOURCE_IGNORE)
 )
 
 with gpu_image.imports():
@@ -140,25 +185,29 @@ with gpu_image.imports():
     import torch  # noqa: F401
     import transformers  # noqa: F401
 
-# ## Storage, state and secrets
+# ## Storage and secrets
 
 weights_volume = modal.Volume.from_name("hidream-weights", create_if_missing=True)
-outputs_volume = modal.Volume.from_name("hidream-outputs", create_if_missing=True)
-service_secret = modal.Secret.from_name("hidream-service", required_keys=["HIDREAM_API_KEYS", "HIDREAM_WEBHOOK_SECRET"])
+service_secret = modal.Secret.from_name("hidream-service", required_keys=["HIDREAM_API_KEYS"])
+database_secret = modal.Secret.from_name("hidream-database", required_keys=["DATABASE_URL"])
 huggingface_secret = modal.Secret.from_name("huggingface-secret", required_keys=["HF_TOKEN"])
 
-DICT_NAMES = {
-    "jobs": "hidream-jobs",
-    "active": "hidream-jobs-active",
-    "listing": "hidream-jobs-listing",
-    "deliveries": "hidream-webhooks",
-    "due": "hidream-webhooks-due",
-    "runtime": "hidream-runtime",
+# Outputs: a v2 Volume (no file-count limit), or the bucket named at deploy. Either way the sweeper
+# removes files older than HIDREAM_OUTPUT_TTL_HOURS (a bucket's own lifecycle rule can do it too).
+outputs_volume = (
+    None if OUTPUTS_BUCKET else modal.Volume.from_name("hidream-outputs", create_if_missing=True, version=2)
+)
+outputs_mount: dict[str, Any] = {
+    OUTPUTS_DIR: outputs_volume
+    if outputs_volume is not None
+    else modal.CloudBucketMount(
+        OUTPUTS_BUCKET or "",
+        bucket_endpoint_url=DEPLOY_SETTINGS.get("HIDREAM_OUTPUTS_BUCKET_ENDPOINT"),
+        secret=modal.Secret.from_name("hidream-outputs-bucket"),
+    )
 }
-dicts = {role: modal.Dict.from_name(name, create_if_missing=True) for role, name in DICT_NAMES.items()}
-
 weights_read_only = {WEIGHTS_DIR: weights_volume.with_mount_options(read_only=True)}
-outputs_mount = {OUTPUTS_DIR: outputs_volume}
+service_secrets = [service_secret, database_secret]
 
 app = modal.App(APP_NAME)
 
@@ -179,19 +228,28 @@ def modal_handles() -> Any:
     from hidream_service.modal_backend.deployment import ModalHandles
 
     return ModalHandles(
-        **dicts,
-        outputs=outputs_volume,
         outputs_dir=Path(OUTPUTS_DIR),
+        outputs=outputs_volume,
         dispatch=dispatch,
         call_from_id=modal.FunctionCall.from_id,
         send_webhooks=send_webhooks.spawn,
     )
 
 
+#: This container's deployment, opened by its first input and kept for the next ones.
+_container: dict[str, Any] = {}
+
+
 def deployment() -> Any:
     from hidream_service.modal_backend.deployment import ModalDeployment
 
-    return ModalDeployment(container_settings(), modal_handles())
+    if "deployment" not in _container:
+        _container["deployment"] = ModalDeployment(container_settings(), modal_handles())
+    return _container["deployment"]
+
+
+#: One handle per model's container pool, built once per container.
+_pools: dict[str, Any] = {}
 
 
 def dispatch(endpoint: Any, job_id: str) -> Any:
@@ -199,7 +257,9 @@ def dispatch(endpoint: Any, job_id: str) -> Any:
     endpoint that loads no model."""
     if endpoint.model is None:
         return run_cpu_job.spawn(job_id)
-    return HiDreamModel(model=endpoint.model).run.spawn(job_id)
+    if endpoint.model not in _pools:
+        _pools[endpoint.model] = HiDreamModel(model=endpoint.model)
+    return _pools[endpoint.model].run.spawn(job_id)
 
 
 def call_holder() -> str:
@@ -208,12 +268,15 @@ def call_holder() -> str:
 
 
 # ## The web endpoint: the very same app as `hidream serve`
+#
+# No weights here: which endpoints exist is HIDREAM_MODELS, decided at deploy.
 
 
 @app.function(
     image=web_image,
-    secrets=[service_secret],
-    volumes={**weights_read_only, **outputs_mount},
+    env=SERVICE_ENV,
+    secrets=service_secrets,
+    volumes=outputs_mount,
     timeout=WEB_TIMEOUT_SECONDS,
     scaledown_window=WEB_SCALEDOWN_WINDOW_SECONDS,
     max_containers=MAX_WEB_CONTAINERS,
@@ -230,11 +293,14 @@ def web() -> Any:
 # ## Inference: one GPU class, one container pool per model (Modal scales each parameter on its own)
 
 
-#: What every GPU class shares: the image, mounts, Secret, limits and snapshots.
+#: What every GPU class shares: the image, mounts, Secrets, sizes, limits and snapshots.
 GPU_CLASS_OPTIONS: dict[str, Any] = {
     "image": gpu_image,
-    "secrets": [service_secret],
+    "env": GPU_ENV,
+    "secrets": service_secrets,
     "volumes": {**weights_read_only, **outputs_mount},
+    "cpu": GPU_CPU_CORES,
+    "memory": GPU_MEMORY_MIB,
     "timeout": JOB_TIMEOUT_SECONDS,
     "startup_timeout": STARTUP_TIMEOUT_SECONDS,
     "scaledown_window": GPU_SCALEDOWN_WINDOW_SECONDS,
@@ -255,7 +321,7 @@ def prepare_model(model: str) -> tuple[str, Any]:
 
     settings = container_settings()
     layout = resolve_weights(settings.weights, settings.data_dir)
-    assert layout is not None, "HIDREAM_WEIGHTS is set in the image"
+    assert layout is not None, "HIDREAM_WEIGHTS is set for the GPU class"
     DEFAULT_REGISTRY.check_weights(layout, model)
     endpoint_id = DEFAULT_REGISTRY.endpoint_for_model(model).id
     runners = Runners(settings, DEFAULT_REGISTRY)
@@ -298,7 +364,8 @@ class HiDreamModel:
 
 @app.function(
     image=web_image,
-    secrets=[service_secret],
+    env=SERVICE_ENV,
+    secrets=service_secrets,
     volumes=outputs_mount,
     timeout=JOB_TIMEOUT_SECONDS,
     scaledown_window=WEB_SCALEDOWN_WINDOW_SECONDS,
@@ -307,11 +374,11 @@ class HiDreamModel:
 def run_cpu_job(job_id: str) -> bool:
     """An endpoint that loads no model (hidream/noop), on a CPU: the whole job lifecycle on Modal, no
     GPU spent (smoke tests, overhead)."""
-    from hidream_service.modal_backend.executor import run_spawned_job
-
     built = deployment()
-    service, worker = built.job_worker("cpu", built.runners())
-    return run_spawned_job(service, worker, job_id, call_holder(), cancellations=(modal.exception.InputCancellation,))
+    if "cpu-worker" not in _container:
+        _container["cpu-worker"] = built.job_worker("cpu", built.runners())
+    service, worker = _container["cpu-worker"]
+    return run_model_job(service, worker, job_id)
 
 
 # ## Webhooks: sent from CPU functions, never on a GPU container's clock
@@ -319,7 +386,8 @@ def run_cpu_job(job_id: str) -> bool:
 
 @app.function(
     image=web_image,
-    secrets=[service_secret],
+    env=SERVICE_ENV,
+    secrets=service_secrets,
     timeout=WEBHOOK_SENDER_TIMEOUT_SECONDS,
     max_containers=MAX_WEBHOOK_SENDERS,
 )
@@ -330,12 +398,14 @@ def send_webhooks() -> int:
 
 @app.function(
     image=web_image,
-    secrets=[service_secret],
+    env=SERVICE_ENV,
+    secrets=service_secrets,
+    volumes=outputs_mount,
     schedule=modal.Period(seconds=SWEEP_PERIOD_SECONDS),
     timeout=SWEEP_TIMEOUT_SECONDS,
 )
 def sweep() -> dict[str, int]:
-    """Later webhook retries, jobs whose container was lost or never started, the cancel backstop."""
+    """Later webhook retries, jobs whose container or spawn was lost, the cancel backstop, retention."""
     report = asyncio.run(
         deployment().sweep(undispatched_after=UNDISPATCHED_AFTER_SECONDS, cancel_grace=CANCEL_GRACE_SECONDS)
     )

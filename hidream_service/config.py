@@ -46,7 +46,8 @@ class Settings(BaseSettings):
         "outputs_dir is set), tiny weights, the node's name and its server lock.",
     )
     database_url: str | None = Field(
-        default=None,
+        # Unset, DATABASE_URL: what hosted Postgres services and their integrations set.
+        default_factory=lambda: os.environ.get("DATABASE_URL") or None,
         description="Where jobs, logs and webhooks are kept. Unset: SQLite in the data dir. postgresql://user:pass@"
         "host/db: Postgres, which several nodes (each with its own data dir) share as one service.",
     )
@@ -172,6 +173,12 @@ class Settings(BaseSettings):
         le=10.0,
         description="How long a worker waits for compatible jobs to fill a batch; 0 batches only jobs already queued.",
     )
+    models: Annotated[list[str] | None, NoDecode] = Field(
+        default=None,
+        description="Comma-separated models whose endpoints this server answers (full, dev, fast, e1-full, e1-1, o1,"
+        " o1-dev), whatever this machine's weights directory holds: for an API in front of GPU containers that"
+        " load them (Modal). Unset: the models the weights directory holds.",
+    )
     preload: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Comma-separated endpoint ids whose models each worker loads at start, before its first job.",
@@ -182,7 +189,7 @@ class Settings(BaseSettings):
         description="Pipelines a worker keeps loaded. One real HiDream-I1 pipeline fills an 80 GB GPU.",
     )
 
-    @field_validator("api_keys", "preload", mode="before")
+    @field_validator("api_keys", "preload", "models", mode="before")
     @classmethod
     def _parse_lists(cls, value: object) -> object:
         return _split_commas(value)

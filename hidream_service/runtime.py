@@ -163,7 +163,7 @@ async def embedded_runtime(
         node = settings.node_id or ""
         store = open_store(settings)
         store_thread = ThreadPoolExecutor(store_threads(settings), thread_name_prefix="store")
-        store_call = _runner(asyncio.get_running_loop(), store_thread)
+        store_call = store_runner(asyncio.get_running_loop(), store_thread)
         applied = await asyncio.to_thread(migrate, store.db)
         if applied:
             log.info("database schema upgraded (migrations %s)", ", ".join(map(str, applied)))
@@ -249,7 +249,7 @@ def store_threads(settings: Settings) -> int:
     return 8 if settings.shared_database else 2
 
 
-def _runner(loop: asyncio.AbstractEventLoop, threads: ThreadPoolExecutor) -> StoreCall:
+def store_runner(loop: asyncio.AbstractEventLoop, threads: ThreadPoolExecutor) -> StoreCall:
     async def store_call(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         return await loop.run_in_executor(threads, functools.partial(fn, *args, **kwargs))
 

@@ -31,6 +31,17 @@ from hidream_service.runtime import embedded_runtime, webhook_client
 log = logging.getLogger("hidream_service")
 
 
+def served_endpoints(settings: Settings, registry: Registry) -> dict[str, Endpoint]:
+    """The endpoints this server answers: those of the models named in settings.models, or else of
+    the models its weights directory holds."""
+    if settings.models is None:
+        return registry.served(resolve_weights(settings.weights, settings.data_dir))
+    unknown = [model for model in settings.models if model not in registry.models]
+    if unknown:
+        raise SettingsError(f"unknown model(s) to serve: {', '.join(unknown)}; known: {', '.join(registry.models)}")
+    return registry.served_models(set(settings.models))
+
+
 def create_app(
     settings: Settings,
     *,
@@ -45,7 +56,7 @@ def create_app(
     if unknown:
         known = ", ".join(registry.endpoints)
         raise SettingsError(f"unknown endpoint(s) to preload: {', '.join(unknown)}; known: {known}")
-    endpoints = registry.served(resolve_weights(settings.weights, settings.data_dir))
+    endpoints = served_endpoints(settings, registry)
     open_runtime = runtime or (lambda: embedded_runtime(settings, registry, start_workers=start_workers))
 
     @contextlib.asynccontextmanager

@@ -1,69 +1,24 @@
-"""In-process stand-ins for the Modal pieces that need Modal's servers: Dict, Volume commit/reload,
-spawn and FunctionCall. Everything else in the Modal column runs as it does in production.
+"""In-process stand-ins for the Modal pieces that need Modal's servers: Volume commit, reload and
+read_file, spawn and FunctionCall. Everything else in the Modal column runs as it does in
+production, on a real Postgres.
 
-They keep Modal's semantics where the code depends on them: Dict values go through pickle (no
-shared mutable objects) and `put(skip_if_exists=True)` is atomic; a Volume's files become visible
-to another container only after the writer commits and the reader reloads.
+They keep Modal's semantics where the code depends on them: a Volume's files become visible to
+another container only after the writer commits and the reader reloads (or reads the one file
+from the server); `latency` makes every stand-in call take as long as a round trip to Modal.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
-import pickle
 import shutil
-import threading
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-_NO_DEFAULT = object()
-
-
-class InProcessDict:
-    """modal.Dict's put/get/pop/contains/items over a Python dict, values copied through pickle."""
-
-    def __init__(self) -> None:
-        self._data: dict[Any, bytes] = {}
-        self._lock = threading.Lock()
-        self.puts = 0
-
-    def get(self, key: Any, default: Any = None) -> Any:
-        with self._lock:
-            raw = self._data.get(key)
-        return default if raw is None else pickle.loads(raw)
-
-    def put(self, key: Any, value: Any, *, skip_if_exists: bool = False) -> bool:
-        raw = pickle.dumps(value)
-        with self._lock:
-            self.puts += 1
-            if skip_if_exists and key in self._data:
-                return False
-            self._data[key] = raw
-            return True
-
-    def pop(self, key: Any, default: Any = _NO_DEFAULT) -> Any:
-        with self._lock:
-            raw = self._data.pop(key, None)
-        if raw is None:
-            if default is _NO_DEFAULT:
-                raise KeyError(key)
-            return default
-        return pickle.loads(raw)
-
-    def contains(self, key: Any) -> bool:
-        with self._lock:
-            return key in self._data
-
-    def items(self) -> Iterator[tuple[Any, Any]]:
-        with self._lock:
-            snapshot = list(self._data.items())
-        return iter([(key, pickle.loads(raw)) for key, raw in snapshot])
-
-    def __len__(self) -> int:
-        return len(self._data)
 
 
 class VolumeServer:
@@ -89,17 +44,46 @@ class VolumeMount:
     path: Path
     commits: int = 0
     reloads: int = 0
-    open_files: Callable[[], int] = lambda: 0
+    files_read: int = 0
+    latency: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.seen = _files(self.path)  # what this view held when it last synced: its removals since count
 
     def commit(self) -> None:
+        """Publish this view's new files and its removals (others' new files are left alone)."""
+        time.sleep(self.latency)
         self.commits += 1
+        for removed in self.seen - _files(self.path):
+            (self.server.committed / removed).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # a directory it emptied goes too
+                (self.server.committed / removed).parent.rmdir()
         shutil.copytree(self.path, self.server.committed, dirs_exist_ok=True)
+        self.seen = _files(self.path)
 
     def reload(self) -> None:
-        if self.open_files():
-            raise RuntimeError("there are open files preventing the operation")  # as Modal's reload does
+        time.sleep(self.latency)
         self.reloads += 1
-        shutil.copytree(self.server.committed, self.path, dirs_exist_ok=True)
+        shutil.rmtree(self.path)
+        shutil.copytree(self.server.committed, self.path)
+        self.seen = _files(self.path)
+
+    def read_file(self, path: str) -> Iterator[bytes]:
+        """One committed file from the server, not through this container's view."""
+        time.sleep(self.latency)
+        self.files_read += 1
+        source = self.server.committed / path
+        if not source.is_file():
+            raise FileNotFoundError(path)
+        yield source.read_bytes()
+
+
+class InputCancelled(Exception):
+    """What a cancelled call's `get` raises."""
+
+
+def _files(root: Path) -> set[str]:
+    return {path.relative_to(root).as_posix() for path in root.rglob("*") if path.is_file()}
 
 
 @dataclass
@@ -115,6 +99,7 @@ class StandInCall:
 
     def cancel(self, terminate_containers: bool = False) -> None:
         self.cancelled = True
+        self.outcome = InputCancelled("cancelled")
         self.terminate_containers = terminate_containers
 
     def get(self, timeout: float | None = None) -> Any:
@@ -128,9 +113,11 @@ class Spawner:
     """Records `spawn` calls; the test decides when (and how often) each one runs."""
 
     calls: dict[str, StandInCall] = field(default_factory=dict)
+    latency: float = 0.0
     _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
     def spawn(self, function: str, *args: Any) -> StandInCall:
+        time.sleep(self.latency)
         call = StandInCall(f"fc-{next(self._ids):04d}", function, args)
         self.calls[call.object_id] = call
         return call
@@ -143,21 +130,20 @@ class Spawner:
 
 
 TEST_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # the Standard Webhooks spec's example key
-DICT_ROLES = ("jobs", "active", "listing", "deliveries", "due", "runtime")
 
 
 class StandInModal:
-    """Settings and handles for one test deployment: Dicts shared by every container, one Volume
-    that each container mounts on its own, and spawns that are recorded for the test to run."""
+    """Settings and handles for one test deployment: one Postgres database and one Volume shared by
+    every container (each mounts its own view of the Volume), and spawns recorded for the test to run."""
 
-    def __init__(self, tmp_path: Path, **settings: Any) -> None:
-        self.dicts = {role: InProcessDict() for role in DICT_ROLES}
+    def __init__(self, tmp_path: Path, database_url: str, *, latency: float = 0.0, **settings: Any) -> None:
         self.outputs = VolumeServer(tmp_path / "outputs-volume")
-        self.spawner = Spawner()
+        self.spawner = Spawner(latency=latency)
         self.mounts: list[VolumeMount] = []
+        self.latency = latency
         self._settings = {
             "data_dir": tmp_path / "data",
-            "webhook_secret": TEST_SECRET,
+            "database_url": database_url,
             "allow_private_urls": True,  # the test's webhook receiver is on loopback
             "api_keys": [],
             "lease_seconds": 5.0,
@@ -176,11 +162,11 @@ class StandInModal:
         from hidream_service.modal_backend.deployment import ModalHandles
 
         mount = self.outputs.mount()
+        mount.latency = self.latency
         self.mounts.append(mount)
         return ModalHandles(
-            **self.dicts,
-            outputs=mount,
             outputs_dir=mount.path,
+            outputs=mount,
             dispatch=lambda endpoint, job_id: self.spawner.spawn(endpoint.family.name, job_id),
             call_from_id=self.spawner.from_id,
             send_webhooks=lambda: self.spawner.spawn("send_webhooks"),

@@ -199,9 +199,21 @@ def _double(db: Database) -> str:
     return "DOUBLE PRECISION" if db.is_postgres else "REAL"
 
 
+def _spawned_calls(conn: Connection, db: Database) -> None:
+    """Executors that hand each job to a call of their own (Modal's spawn) keep the call's id here,
+    and when a running job's cancel was asked (the sweeper escalates one not honoured in time)."""
+    conn.execute(
+        text(
+            "CREATE TABLE spawned_calls (job_id TEXT PRIMARY KEY, call_id TEXT NOT NULL,"
+            f" spawned_at {_double(db)} NOT NULL, cancel_requested_at {_double(db)})"
+        )
+    )
+
+
 MIGRATIONS: tuple[tuple[int, str, Callable[[Connection, Database], None]], ...] = (
     (1, "first release", _release_1),
     (2, "job record as a document; several nodes", _record_as_document),
+    (3, "spawned calls", _spawned_calls),
 )
 LATEST = MIGRATIONS[-1][0]
 

@@ -1,6 +1,6 @@
 """The seams between the job pipeline and what surrounds it.
 
-    JobService ──► JobStore     SqlJobStore (SQLite, or Postgres for nodes) | DictJobStore (Modal, modal.Dict)
+    JobService ──► JobStore     SqlJobStore (SQLite on one machine; Postgres for several nodes and Modal)
         │
         ├──hooks──► Executor    WorkerPool wake-ups (one machine) | SpawnExecutor (Modal, Function.spawn)
         │

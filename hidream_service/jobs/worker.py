@@ -16,7 +16,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing.queues import Queue
@@ -258,8 +258,10 @@ class Worker:
         runners: Runners,
         wake: Event | None = None,
         storage: OutputStorage | None = None,
+        on_batched: Callable[[str], None] = lambda job_id: None,
     ) -> None:
         self.name = name
+        self.on_batched = on_batched  # a queued job was leased into this worker's batch
         self.settings = settings
         self.service = service
         self.runners = runners
@@ -311,10 +313,11 @@ class Worker:
         return run
 
     def _batch_mates(self, first: _Run) -> list[_Run]:
-        """Queued jobs that can share `first`'s model call, leased for this worker (none on Modal,
-        where each spawned input runs its own job)."""
+        """Queued jobs that can share `first`'s model call, leased under the same holder as `first`
+        (on Modal, its FunctionCall). A polling worker waits up to batch_wait_seconds for them; one
+        without a wake-up event (a spawned call on Modal) takes only those already queued."""
         limit = self.settings.batch_max_size - 1
-        if limit < 1 or self.wake is None or first.params is None:
+        if limit < 1 or first.params is None:
             return []
         try:
             runner = self.runners.get(first.lease.job.endpoint)
@@ -336,14 +339,15 @@ class Worker:
             return bool(runner.batch_key(params) == key)
 
         mates: list[_Run] = []
-        deadline = time.monotonic() + self.settings.batch_wait_seconds
-        assert self.wake is not None
+        holder = first.lease.token.rpartition(":")[0]
+        deadline = time.monotonic() + (self.settings.batch_wait_seconds if self.wake is not None else 0.0)
         while True:
-            for lease in self.service.lease_batch_mates(first.lease, self.name, is_mate, limit - len(mates)):
+            for lease in self.service.lease_batch_mates(first.lease, holder, is_mate, limit - len(mates)):
                 ctx = WorkerRunContext(lease.job.id, lease.job.base_url, self.storage, self.safety)
                 mates.append(_Run(lease, ctx, parsed[lease.job.id]))
+                self.on_batched(lease.job.id)
             remaining = deadline - time.monotonic()
-            if len(mates) == limit or remaining <= 0:
+            if len(mates) == limit or remaining <= 0 or self.wake is None:
                 return mates
             self.wake.clear()
             self.wake.wait(min(remaining, IDLE_POLL_SECONDS))

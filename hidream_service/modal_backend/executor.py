@@ -2,8 +2,7 @@
 
     submit ──► store ──► SpawnExecutor.submitted ──► Function.spawn(job_id) ──► FunctionCall fc-…
                                │                                                   │
-                               └── runtime Dict: job:<request id> -> fc-…,          │
-                                                 call:<fc-…> -> request id          ▼
+                               └── spawned_calls: request id -> fc-…                ▼
                                               GPU container: run_spawned_job(job_id, holder=fc-…)
 
 The call only carries the request id; the job itself (input, webhook, state) lives in the store,
@@ -22,7 +21,7 @@ from typing import Any, Protocol
 from hidream_service.jobs.model import Job, JobStatus
 from hidream_service.jobs.service import JobService
 from hidream_service.jobs.worker import Worker
-from hidream_service.modal_backend.kv import KeyValueStore
+from hidream_service.modal_backend.calls import SpawnedCalls
 from hidream_service.models.family import Endpoint
 
 log = logging.getLogger(__name__)
@@ -52,14 +51,14 @@ class SpawnExecutor:
     def __init__(
         self,
         dispatch: Dispatch,
-        calls: KeyValueStore,
+        calls: SpawnedCalls,
         call_from_id: Callable[[str], FunctionCallHandle],
         *,
         endpoints: Mapping[str, Endpoint],
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._dispatch = dispatch
-        self._calls = calls
+        self.calls = calls
         self._call_from_id = call_from_id
         self._endpoints = endpoints
         self._clock = clock
@@ -74,30 +73,26 @@ class SpawnExecutor:
         except Exception:
             log.exception("could not spawn a call for %s; the sweeper will try again", job.id)
             return
-        self._calls.put(f"job:{job.id}", call.object_id)
-        self._calls.put(f"call:{call.object_id}", job.id)
+        self.calls.record(job.id, call.object_id, self._clock())
 
     def cancel_requested(self, job: Job) -> None:
         """A queued job's call is cancelled at once, so no container starts for it. A running one is
-        left to its cancel flag, which its container's loop reads every heartbeat; `escalate_cancel`
+        left to its cancel flag, which its container's loop reads every heartbeat; `cancel_overdue`
         is the sweeper's backstop for a container that does not get to the next step."""
         if job.status is JobStatus.IN_QUEUE:
-            self._cancel_call(job.id, terminate_containers=False)
+            self._cancel_call(job.id)
         else:
-            self._calls.put(f"cancel-requested-at:{job.id}", self._clock())
+            self.calls.cancel_requested(job.id, self._clock())
+
+    def batched(self, job_id: str) -> None:
+        """A queued job was leased into another call's batch: its own call, still waiting at Modal,
+        has nothing left to do, and cancelling it spares a container start."""
+        self._cancel_call(job_id)
 
     def health(self) -> dict[str, Any]:
         return {"executor": "modal", "workers": "scale to zero"}
 
-    # -- lookups and the sweeper's tools ---------------------------------------------------------
-
-    def call_id(self, job_id: str) -> str | None:
-        call_id: str | None = self._calls.get(f"job:{job_id}")
-        return call_id
-
-    def job_id(self, call_id: str) -> str | None:
-        job_id: str | None = self._calls.get(f"call:{call_id}")
-        return job_id
+    # -- the sweeper's tools ---------------------------------------------------------------------
 
     def call_state(self, call_id: str) -> tuple[CallState, BaseException | None]:
         try:
@@ -109,20 +104,19 @@ class SpawnExecutor:
         return CallState.RETURNED, None
 
     def cancel_overdue(self, job: Job, grace_seconds: float) -> bool:
-        """Cancel the call of a running job whose cancel was not honoured within `grace_seconds`:
-        Modal raises InputCancellation in the container, which ends the job as cancelled."""
-        requested_at = self._calls.get(f"cancel-requested-at:{job.id}")
-        if requested_at is None or self._clock() - float(requested_at) < grace_seconds:
-            return False
-        self._calls.pop(f"cancel-requested-at:{job.id}", None)
-        return self._cancel_call(job.id, terminate_containers=True)
+        """Interrupt the call of a running job whose cancel was not honoured within `grace_seconds`:
+        Modal raises InputCancellation in the call, which ends the job as cancelled. The container
+        itself stays up (and warm) for the next job."""
+        call_id = self.calls.take_overdue_cancel(job.id, self._clock() - grace_seconds)
+        return call_id is not None and self._cancel(call_id, job.id)
 
-    def _cancel_call(self, job_id: str, *, terminate_containers: bool) -> bool:
-        call_id = self.call_id(job_id)
-        if call_id is None:
-            return False
+    def _cancel_call(self, job_id: str) -> bool:
+        call_id = self.calls.call_id(job_id)
+        return call_id is not None and self._cancel(call_id, job_id)
+
+    def _cancel(self, call_id: str, job_id: str) -> bool:
         try:
-            self._call_from_id(call_id).cancel(terminate_containers=terminate_containers)
+            self._call_from_id(call_id).cancel(terminate_containers=False)
         except Exception:
             log.exception("could not cancel call %s of %s", call_id, job_id)
             return False

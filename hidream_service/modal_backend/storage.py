@@ -1,21 +1,22 @@
 """Outputs on a modal.Volume mounted in every container, served by the web container.
 
-A Volume shows a container other containers' files only after they `commit()` and it `reload()`s,
-and `reload()` fails while the container has a file open on the Volume. So:
+A Volume shows a container other containers' files only after they `commit()`; a reader would have
+to `reload()` its whole view to see them, and a reload fails while any file of it is open. So:
 
 - writers commit after each file, before the job can be seen to end (a webhook never points at a
   file that is not yet visible);
-- readers take a whole file into memory, never streaming from an open handle, and a lock keeps
-  reads, writes and reloads of one container apart: a reload never finds a file open;
-- a key not found triggers one reload (coalesced: at most one per `min_reload_interval`), then a
-  second look; still missing is a 404.
+- a reader that does not find a key in its own view fetches that one file from the Volume's server
+  (`read_file`), never reloading the view: one image costs one file's transfer, however many files
+  the Volume holds.
+
+A cloud bucket mounted instead (CloudBucketMount, through Mountpoint for S3) shows every file to
+every container at once, but cannot rename: BucketOutputStorage writes each file in place (an
+object appears whole when it is closed).
 """
 
 from __future__ import annotations
 
-import threading
-import time
-from collections.abc import Callable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol
 
@@ -29,43 +30,34 @@ class Volume(Protocol):
 
     def reload(self) -> None: ...
 
+    def read_file(self, path: str) -> Iterable[bytes]: ...
+
 
 class VolumeOutputStorage(LocalOutputStorage):
-    def __init__(
-        self,
-        root: Path,
-        volume: Volume,
-        *,
-        min_reload_interval: float = 0.5,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self, root: Path, volume: Volume) -> None:
         super().__init__(root)
         self._volume = volume
-        self._lock = threading.Lock()
-        self._min_reload_interval = min_reload_interval
-        self._clock = clock
-        self._last_reload = float("-inf")
 
     def put(self, key: str, data: bytes) -> None:
-        with self._lock:
-            super().put(key, data)
-            self._volume.commit()
+        super().put(key, data)
+        self._volume.commit()
 
     def lookup(self, key: str) -> Path | bytes | None:
         path = self.path_for(key)
         if path is None:
             return None
-        with self._lock:
-            data = _read(path)
-            if data is None and self._clock() - self._last_reload >= self._min_reload_interval:
-                self._volume.reload()
-                self._last_reload = self._clock()
-                data = _read(path)
-        return data
+        if path.is_file():
+            return path
+        try:  # written by another container since this one mounted the Volume
+            return b"".join(self._volume.read_file(key))
+        except (FileNotFoundError, IsADirectoryError):
+            return None
 
 
-def _read(path: Path) -> bytes | None:
-    try:
-        return path.read_bytes()
-    except (FileNotFoundError, IsADirectoryError):
-        return None
+class BucketOutputStorage(LocalOutputStorage):
+    def put(self, key: str, data: bytes) -> None:
+        path = self.path_for(key)
+        if path is None:
+            raise ValueError(f"bad storage key {key!r}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)

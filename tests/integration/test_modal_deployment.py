@@ -1,9 +1,9 @@
-"""The Modal deployment run offline: modal_app.py's own functions (`.local()`) over the Modal-backed
-store, executor, outputs and webhook delivery, with in-process stand-ins only for what needs Modal's
-servers (Dict, Volume commit/reload, spawn, FunctionCall). Webhooks go to a real receiver on loopback.
+"""The Modal deployment run offline: modal_app.py's own functions (`.local()`) over the shared SQL
+store on a real Postgres, with in-process stand-ins only for what needs Modal's servers (Volume
+commit/reload/read_file, spawn, FunctionCall). Webhooks go to a real receiver on loopback.
 
-Each `.local()` call is one container: it builds its own deployment and mounts its own view of the
-outputs Volume, so files cross containers only through commit and reload, as on Modal.
+Each container is one `Containers.run(name, ...)`: its own deployment (its own database pool and
+node name) and its own view of the outputs Volume, so files cross containers only as on Modal.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from fastapi.testclient import TestClient
@@ -29,22 +29,50 @@ from hidream_service.modal_backend.executor import run_spawned_job
 from hidream_service.models.base import RunContext
 from hidream_service.models.running import seed_for
 from tests.integration.harness import WebhookReceiver, wait_until
-from tests.modal_stand_ins import TEST_SECRET, VOLUMES_ARE_STAND_INS, StandInModal
+from tests.modal_stand_ins import VOLUMES_ARE_STAND_INS, StandInModal
 
 pytestmark = VOLUMES_ARE_STAND_INS
+T = TypeVar("T")
+
+
+class Containers:
+    """Runs modal_app's functions as if in named containers: each name keeps its own deployment."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self._state: dict[str, dict[str, Any]] = {}
+        self._monkeypatch = monkeypatch
+
+    def run(self, name: str, fn: Callable[..., T], *args: Any) -> T:
+        self._monkeypatch.setattr(modal_app, "_container", self._state.setdefault(name, {}))
+        return fn(*args)
+
+    def deployment(self, name: str) -> Any:
+        return self._state[name]["deployment"]
+
+    def close(self) -> None:
+        for state in self._state.values():
+            if "deployment" in state:
+                state["deployment"].close()
 
 
 @pytest.fixture
-def modal_stand_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> StandInModal:
-    stand_in = StandInModal(tmp_path)
+def modal_stand_in(tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> StandInModal:
+    stand_in = StandInModal(tmp_path, postgres_url)
     monkeypatch.setattr(modal_app, "container_settings", stand_in.settings)
     monkeypatch.setattr(modal_app, "modal_handles", stand_in.handles)
     return stand_in
 
 
 @pytest.fixture
-def client(modal_stand_in: StandInModal) -> Iterator[TestClient]:
-    with TestClient(modal_app.web.local()) as running:
+def containers(modal_stand_in: StandInModal, monkeypatch: pytest.MonkeyPatch) -> Iterator[Containers]:
+    opened = Containers(monkeypatch)
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def client(containers: Containers) -> Iterator[TestClient]:
+    with TestClient(containers.run("web", modal_app.web.local)) as running:
         yield running
 
 
@@ -65,51 +93,53 @@ def status(client: TestClient, job_id: str, app: str = "hidream/noop") -> str:
 
 
 def test_submit_status_result_and_webhook_run_through_the_modal_web_app(
-    client: TestClient, modal_stand_in: StandInModal, receiver: WebhookReceiver
+    client: TestClient, containers: Containers, modal_stand_in: StandInModal, receiver: WebhookReceiver
 ) -> None:
     job_id = submit(client, receiver, prompt="a fox", seed=7)
     assert status(client, job_id) == "IN_QUEUE"
     (call,) = modal_stand_in.spawner.of("noop")
     assert call.args == (job_id,)
-    runtime = modal_stand_in.dicts["runtime"]
-    assert runtime.get(f"job:{job_id}") == call.object_id and runtime.get(f"call:{call.object_id}") == job_id
+    assert containers.deployment("web").calls.call_id(job_id) == call.object_id
 
-    assert modal_app.run_cpu_job.local(job_id) is True  # the spawned call, in a job container
+    assert containers.run("cpu", modal_app.run_cpu_job.local, job_id) is True  # the spawned call
 
     assert status(client, job_id) == "COMPLETED"
     result = client.get(f"/hidream/noop/requests/{job_id}").json()
     image = client.get(result["images"][0]["url"].removeprefix("http://testserver"))
     assert image.status_code == 200 and image.content.startswith(b"\x89PNG")
-    assert modal_stand_in.mounts[0].reloads == 1  # the web container saw the job container's commit
+    web_view = modal_stand_in.mounts[0]
+    assert (web_view.files_read, web_view.reloads) == (1, 0)  # one file fetched, the view not reloaded
     assert [c.function for c in modal_stand_in.spawner.calls.values()] == ["noop", "send_webhooks"]
 
-    assert modal_app.send_webhooks.local() == 1
+    assert containers.run("sender", modal_app.send_webhooks.local) == 1
     (hook,) = receiver.wait_for("/hook")
-    assert Webhook(TEST_SECRET).verify(hook.body, hook.headers)["payload"] == result
+    secret = containers.deployment("web").keys.current_secret  # made by the first container, kept in Postgres
+    assert containers.deployment("sender").keys.current_secret == secret
+    assert Webhook(secret).verify(hook.body, hook.headers)["payload"] == result
     assert hook.headers["webhook-id"] == webhook_id(job_id)
     history = client.get(f"/v1/requests/{job_id}/webhooks").json()["deliveries"]
     assert [(d["id"], d["state"]) for d in history] == [(webhook_id(job_id), "delivered")]
 
 
 def test_a_queued_cancel_cancels_the_function_call_and_nothing_runs(
-    client: TestClient, modal_stand_in: StandInModal, receiver: WebhookReceiver
+    client: TestClient, containers: Containers, modal_stand_in: StandInModal, receiver: WebhookReceiver
 ) -> None:
     job_id = submit(client, receiver)
 
     assert client.put(f"/hidream/noop/requests/{job_id}/cancel").status_code == 202
     (call,) = modal_stand_in.spawner.of("noop")
     assert call.cancelled and not call.terminate_containers
-    assert modal_app.run_cpu_job.local(job_id) is False  # had Modal started it anyway
-    modal_app.send_webhooks.local()
+    assert containers.run("cpu", modal_app.run_cpu_job.local, job_id) is False  # had Modal started it anyway
+    containers.run("sender", modal_app.send_webhooks.local)
     (hook,) = receiver.wait_for("/hook")
     assert hook.json()["error"] == "Request was cancelled"
 
 
 def test_a_running_cancel_reaches_the_step_loop(
-    client: TestClient, modal_stand_in: StandInModal, receiver: WebhookReceiver
+    client: TestClient, containers: Containers, receiver: WebhookReceiver
 ) -> None:
     job_id = submit(client, receiver, num_steps=400, step_seconds=0.01)
-    container = threading.Thread(target=modal_app.run_cpu_job.local, args=(job_id,))
+    container = threading.Thread(target=containers.run, args=("cpu", modal_app.run_cpu_job.local, job_id))
     container.start()
     wait_until(lambda: "step 3/400" in str(client.get(f"/hidream/noop/requests/{job_id}/status?logs=1").json()))
 
@@ -122,10 +152,14 @@ def test_a_running_cancel_reaches_the_step_loop(
 
 
 def test_a_preempted_input_re_run_gives_the_same_images_and_webhook_id(
-    modal_stand_in: StandInModal, receiver: WebhookReceiver, tiny_weights: Path, monkeypatch: pytest.MonkeyPatch
+    containers: Containers,
+    modal_stand_in: StandInModal,
+    receiver: WebhookReceiver,
+    tiny_weights: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     modal_stand_in._settings["weights"] = str(tiny_weights)
-    with TestClient(modal_app.web.local()) as client:
+    with TestClient(containers.run("web", modal_app.web.local)) as client:
         job_id = submit(client, receiver, app="fal-ai/hidream-i1-fast", prompt="a lighthouse", num_inference_steps=2)
         (call,) = modal_stand_in.spawner.of("hidream-i1")
         assert call.args == (job_id,)
@@ -137,107 +171,148 @@ def test_a_preempted_input_re_run_gives_the_same_images_and_webhook_id(
         with monkeypatch.context() as preemption:
             preemption.setattr(JobService, "complete", preempted)
             with pytest.raises(SystemExit):
-                modal_app.HiDreamModel(model="fast").run.local(job_id)
+                containers.run("gpu", modal_app.HiDreamModel(model="fast").run.local, job_id)
         image = modal_stand_in.outputs.committed / job_id / "0.jpg"
         first_bytes = image.read_bytes()
         assert status(client, job_id, "fal-ai/hidream-i1-fast") == "IN_PROGRESS"
 
-        assert modal_app.HiDreamModel(model="fast").run.local(job_id) is True  # the re-run takes over
+        # the re-run, in a new container, takes the lease over
+        assert containers.run("gpu-2", modal_app.HiDreamModel(model="fast").run.local, job_id) is True
 
         result = client.get(f"/fal-ai/hidream-i1-fast/requests/{job_id}").json()
         assert result["seed"] == seed_for(job_id) and image.read_bytes() == first_bytes
-        modal_app.send_webhooks.local()
+        containers.run("sender", modal_app.send_webhooks.local)
         (hook,) = receiver.wait_for("/hook")
         assert hook.headers["webhook-id"] == webhook_id(job_id) and hook.json()["payload"] == result
         assert len(client.get(f"/v1/requests/{job_id}/webhooks").json()["deliveries"]) == 1
 
 
+def test_compatible_queued_jobs_run_as_one_batch_and_their_own_calls_are_cancelled(
+    containers: Containers, modal_stand_in: StandInModal, receiver: WebhookReceiver, tiny_weights: Path
+) -> None:
+    modal_stand_in._settings.update(weights=str(tiny_weights), batch_max_size=4)
+    with TestClient(containers.run("web", modal_app.web.local)) as client:
+        jobs = [
+            submit(client, receiver, app="fal-ai/hidream-i1-fast", prompt=f"a lighthouse {n}", num_inference_steps=2)
+            for n in range(3)
+        ]
+        first, *mates = modal_stand_in.spawner.of("hidream-i1")
+
+        assert containers.run("gpu", modal_app.HiDreamModel(model="fast").run.local, jobs[0]) is True
+
+        assert [status(client, job_id, "fal-ai/hidream-i1-fast") for job_id in jobs] == ["COMPLETED"] * 3
+        assert not first.cancelled
+        assert all(call.cancelled and not call.terminate_containers for call in mates)  # no container starts
+
+
 # -- the sweeper -------------------------------------------------------------------------------
 
 
-def sweep(stand_in: StandInModal, *, undispatched_after: float = 60.0, cancel_grace: float = 30.0) -> Any:
-    return asyncio.run(stand_in.deployment().sweep(undispatched_after=undispatched_after, cancel_grace=cancel_grace))
+def sweep(containers: Containers, *, undispatched_after: float = 60.0, cancel_grace: float = 30.0) -> Any:
+    deployment = containers.run("sweeper", modal_app.deployment)
+    return asyncio.run(deployment.sweep(undispatched_after=undispatched_after, cancel_grace=cancel_grace))
 
 
 def noop_request(receiver: WebhookReceiver) -> JobRequest:
     return JobRequest(endpoint="hidream/noop", input={"prompt": "x"}, webhook_url=receiver.url(), base_url="http://t")
 
 
-def test_the_sweeper_spawns_a_job_whose_spawn_was_lost(modal_stand_in: StandInModal, receiver: WebhookReceiver) -> None:
-    deployment = modal_stand_in.deployment()
+def api_service(containers: Containers) -> JobService:
+    service: JobService = containers.run("api", modal_app.deployment).service()
+    return service
+
+
+def test_the_sweeper_spawns_a_job_whose_spawn_was_lost(
+    containers: Containers, modal_stand_in: StandInModal, receiver: WebhookReceiver
+) -> None:
+    deployment = containers.run("api", modal_app.deployment)
     deployment.executor._dispatch = lambda endpoint, job_id: (_ for _ in ()).throw(ConnectionError("Modal unreachable"))
     job, _ = deployment.service().submit(noop_request(receiver))
     assert modal_stand_in.spawner.of("noop") == []
 
-    assert sweep(modal_stand_in, undispatched_after=0).dispatched == 1
+    assert sweep(containers, undispatched_after=0).dispatched == 1
     assert [call.args for call in modal_stand_in.spawner.of("noop")] == [(job.id,)]
+    assert sweep(containers, undispatched_after=0).dispatched == 0  # its call is on record now
 
 
 def test_the_sweeper_fails_a_job_whose_container_could_not_start(
-    modal_stand_in: StandInModal, receiver: WebhookReceiver
+    containers: Containers, modal_stand_in: StandInModal, receiver: WebhookReceiver
 ) -> None:
-    job, _ = modal_stand_in.deployment().service().submit(noop_request(receiver))
+    job, _ = api_service(containers).submit(noop_request(receiver))
     (call,) = modal_stand_in.spawner.of("noop")
     call.outcome = ManifestMismatch("refusing to load /weights/HiDream-I1-Full: config.json is missing")
 
-    report = sweep(modal_stand_in)
+    report = sweep(containers)
 
     assert report.failed_unstarted == 1 and report.webhook_attempts == 1
     (hook,) = receiver.wait_for("/hook")
     assert hook.json()["status"] == "ERROR" and "config.json is missing" in hook.json()["error"]
 
 
-def test_the_sweeper_re_spawns_a_job_whose_container_was_lost(
-    modal_stand_in: StandInModal, receiver: WebhookReceiver
+def test_the_sweeper_re_spawns_a_job_whose_lease_ran_out(
+    containers: Containers, modal_stand_in: StandInModal, receiver: WebhookReceiver
 ) -> None:
     modal_stand_in._settings["lease_seconds"] = 0.05
-    service = modal_stand_in.deployment().service()
+    service = api_service(containers)
     job, _ = service.submit(noop_request(receiver))
-    assert service.lease(job.id, "fc-0001") is not None  # then the container vanished
+    assert service.lease(job.id, "local-worker") is not None  # then its worker vanished
     time.sleep(0.1)
 
-    assert sweep(modal_stand_in).leases_recovered == 1
+    assert sweep(containers).leases_recovered == 1
     assert [call.args for call in modal_stand_in.spawner.of("noop")] == [(job.id,), (job.id,)]
     assert service.get(job.id, "").status is JobStatus.IN_QUEUE  # type: ignore[union-attr]
 
 
-def test_the_sweeper_interrupts_a_cancel_that_was_not_honoured(
-    modal_stand_in: StandInModal, receiver: WebhookReceiver
+def test_a_running_job_whose_call_is_over_is_recovered_before_its_lease_runs_out(
+    containers: Containers, modal_stand_in: StandInModal, receiver: WebhookReceiver
 ) -> None:
-    service = modal_stand_in.deployment().service()
+    service = api_service(containers)
+    job, _ = service.submit(noop_request(receiver))
+    (call,) = modal_stand_in.spawner.of("noop")
+    assert service.lease(job.id, call.object_id) is not None
+    assert sweep(containers).leases_recovered == 0  # Modal may still re-run the call: wait
+
+    call.outcome = RuntimeError("the container was lost, and Modal's retries are spent")
+
+    assert sweep(containers).leases_recovered == 1
+    assert len(modal_stand_in.spawner.of("noop")) == 2
+    assert service.get(job.id, "").status is JobStatus.IN_QUEUE  # type: ignore[union-attr]
+
+
+def test_the_sweeper_interrupts_a_cancel_that_was_not_honoured_and_keeps_the_container(
+    containers: Containers, modal_stand_in: StandInModal, receiver: WebhookReceiver
+) -> None:
+    service = api_service(containers)
     job, _ = service.submit(noop_request(receiver))
     (call,) = modal_stand_in.spawner.of("noop")
     assert service.lease(job.id, call.object_id) is not None
     service.cancel(job.id, "")
     assert not call.cancelled  # the flag comes first
 
-    assert sweep(modal_stand_in, cancel_grace=0).cancels_escalated == 1
-    assert call.cancelled and call.terminate_containers
+    assert sweep(containers, cancel_grace=0).cancels_escalated == 1
+    assert call.cancelled and not call.terminate_containers
+    assert sweep(containers, cancel_grace=0).cancels_escalated == 0  # once
 
 
-def test_the_sweeper_writes_a_webhook_a_crash_left_unwritten(
-    modal_stand_in: StandInModal, receiver: WebhookReceiver
+def test_the_sweeper_prunes_outputs_past_their_retention_from_the_volume(
+    client: TestClient, containers: Containers, modal_stand_in: StandInModal, receiver: WebhookReceiver
 ) -> None:
-    deployment = modal_stand_in.deployment()
-    service = deployment.service()
-    job, _ = service.submit(noop_request(receiver))
-    lease = service.lease(job.id, "fc-0001")
-    assert lease is not None
+    modal_stand_in._settings["output_ttl_hours"] = 0.5 / 3600  # half a second
+    job_id = submit(client, receiver)
+    containers.run("cpu", modal_app.run_cpu_job.local, job_id)
+    assert (modal_stand_in.outputs.committed / job_id).is_dir()
+    time.sleep(1.0)
 
-    def crash(*args: Any) -> bool:
-        raise SystemExit("the container died between the ending and its delivery")
+    assert sweep(containers).files_expired == 1
 
-    deployment.outbox.enqueue = crash
-    with pytest.raises(SystemExit):
-        service.complete(lease, {"images": []}, 0.1)
-
-    report = sweep(modal_stand_in)
-    assert report.endings_repaired == 1 and report.webhook_attempts == 1
-    assert receiver.wait_for("/hook")[0].headers["webhook-id"] == webhook_id(job.id)
+    assert not (modal_stand_in.outputs.committed / job_id).exists()
+    result = client.get(f"/hidream/noop/requests/{job_id}").json()
+    gone = client.get(result["images"][0]["url"].removeprefix("http://testserver"))
+    assert gone.status_code == 404 and "expired" in gone.text
 
 
 def test_an_input_cancellation_mid_step_ends_the_job_cancelled(
-    modal_stand_in: StandInModal, receiver: WebhookReceiver, monkeypatch: pytest.MonkeyPatch
+    containers: Containers, receiver: WebhookReceiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(worker_module, "HEARTBEAT_IDLE_SECONDS", 0.2)
 
@@ -251,7 +326,7 @@ def test_an_input_cancellation_mid_step_ends_the_job_cancelled(
 
             return run
 
-    deployment = modal_stand_in.deployment()
+    deployment = containers.run("gpu", modal_app.deployment)
     job, _ = deployment.service().submit(noop_request(receiver))
     service, worker = deployment.job_worker("gpu", Interrupted(deployment.settings, deployment.registry))
 

@@ -1,8 +1,5 @@
 """The job store contract, run against every store: SQL on SQLite (one machine) and on Postgres (many
-nodes), and modal.Dict (Modal).
-
-The Dict store runs on an in-process stand-in for modal.Dict (tests/modal_stand_ins.py); everything
-above the Dict API is the production code.
+nodes, and every container of the Modal deployment).
 """
 
 from __future__ import annotations
@@ -18,10 +15,7 @@ from hidream_service.dialects.registry import DialectEndings
 from hidream_service.jobs.model import ErrorType, JobRequest, JobStatus, Lease, LogLine, Progress
 from hidream_service.jobs.protocols import JobStore
 from hidream_service.jobs.service import CancelOutcome, IdempotencyKeyReused, JobService
-from hidream_service.modal_backend.job_store import DictJobStore
-from hidream_service.modal_backend.outbox import DictOutbox
 from hidream_service.models.registry import DEFAULT_REGISTRY
-from tests.modal_stand_ins import InProcessDict
 from tests.sql_stores import sql_outbox, sql_store
 from webhooks.outbox import Delivery, Outbox
 
@@ -41,32 +35,20 @@ class Backend:
     reopen: Callable[[], JobStore]  # another process's view of the same data
 
 
-@pytest.fixture(params=["sqlite", "postgres", "modal-dict"])
+@pytest.fixture(params=["sqlite", "postgres"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    if request.param != "modal-dict":
-        url = (
-            request.getfixturevalue("postgres_url") if request.param == "postgres" else f"sqlite:///{tmp_path}/jobs.db"
-        )
-        opened = [sql_store(url)]
+    url = request.getfixturevalue("postgres_url") if request.param == "postgres" else f"sqlite:///{tmp_path}/jobs.db"
+    opened = [sql_store(url)]
 
-        def reopen() -> JobStore:
-            opened.append(sql_store(url))
-            return opened[-1]
+    def reopen() -> JobStore:
+        opened.append(sql_store(url))
+        return opened[-1]
 
-        outbox = sql_outbox(url)
-        yield Backend(opened[0], outbox, reopen)
-        outbox.close()
-        for store in opened:
-            store.close()
-    else:
-        dicts = [InProcessDict() for _ in range(5)]
-
-        def open_store() -> DictJobStore:
-            jobs, active, listing, deliveries, due = dicts
-            return DictJobStore(jobs, active, listing, DictOutbox(deliveries, due))
-
-        dict_store = open_store()
-        yield Backend(dict_store, dict_store.outbox, open_store)
+    outbox = sql_outbox(url)
+    yield Backend(opened[0], outbox, reopen)
+    outbox.close()
+    for store in opened:
+        store.close()
 
 
 @pytest.fixture

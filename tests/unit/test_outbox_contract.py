@@ -1,5 +1,4 @@
-"""The outbox's delivery side, run against every outbox: SQL on SQLite and Postgres, and modal.Dict (on a
-stand-in)."""
+"""The outbox's delivery side, on SQLite and on Postgres (several nodes, and the Modal deployment)."""
 
 from __future__ import annotations
 
@@ -9,8 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from hidream_service.modal_backend.outbox import DictOutbox
-from tests.modal_stand_ins import InProcessDict
 from tests.sql_stores import migrated
 from webhooks import outbox as sql_outbox
 from webhooks.outbox import AttemptRecord, DeliveryState, Outbox, OutboxMessage, SqlOutbox
@@ -24,22 +21,18 @@ class Subject:
     enqueue: Callable[[OutboxMessage, float], None]
 
 
-@pytest.fixture(params=["sqlite", "postgres", "modal-dict"])
+@pytest.fixture(params=["sqlite", "postgres"])
 def subject(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Subject]:
-    if request.param != "modal-dict":
-        url = request.getfixturevalue("postgres_url") if request.param == "postgres" else f"sqlite:///{tmp_path}/o.db"
-        db = migrated(url)
-        box = SqlOutbox(db)
+    url = request.getfixturevalue("postgres_url") if request.param == "postgres" else f"sqlite:///{tmp_path}/o.db"
+    db = migrated(url)
+    box = SqlOutbox(db)
 
-        def enqueue(message: OutboxMessage, due_at: float) -> None:
-            with db.write() as conn:
-                sql_outbox.enqueue(conn, message, due_at)
+    def enqueue(message: OutboxMessage, due_at: float) -> None:
+        with db.write() as conn:
+            sql_outbox.enqueue(conn, message, due_at)
 
-        yield Subject(box, enqueue)
-        box.close()
-    else:
-        dict_outbox = DictOutbox(InProcessDict(), InProcessDict())
-        yield Subject(dict_outbox, lambda message, due_at: dict_outbox.enqueue(message, due_at) and None)
+    yield Subject(box, enqueue)
+    box.close()
 
 
 def message(name: str, subject: str = "job-1") -> OutboxMessage:
