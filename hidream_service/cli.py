@@ -1,4 +1,4 @@
-"""The `hidream` command: `serve` runs the server; `run`, `jobs` and `doctor` are in commands/."""
+"""The `hidream` command: `serve` runs the server; `run`, `jobs`, `doctor` and `weights` are in commands/."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from hidream_service.client import ServiceError
-from hidream_service.commands import doctor, jobs, run
+from hidream_service.commands import doctor, jobs, run, weights
 from hidream_service.commands.common import UsageError, settings_from
 from hidream_service.config import SettingsError
 
@@ -74,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_parser(commands)
     jobs.add_parser(commands)
     doctor.add_parser(commands)
+    weights.add_parser(commands)
     return parser
 
 

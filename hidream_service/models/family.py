@@ -102,9 +102,13 @@ class ModelFamily:
     # -- weights ---------------------------------------------------------------------------------
 
     def sources(self) -> Mapping[str, tuple[WeightSource, ...]]:
-        """What `download_weights --model NAME` fetches for each of its download names: the model's
-        own repository and everything it loads with."""
+        """What `hidream weights download NAME` (on Modal, `download_weights --model NAME`) fetches
+        for each of its download names: a model's `model_sources`."""
         return {}
+
+    def model_sources(self, model: str) -> tuple[WeightSource, ...]:
+        """The repositories a model loads from: its own and everything it loads with; () for none."""
+        return ()
 
     def available_models(self, layout: WeightsLayout) -> set[str]:
         """Keys of its models whose folders a (real) weights directory holds."""

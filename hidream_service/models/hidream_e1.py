@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field
 
 from hidream_service.inference.recipes import E1_1, E1_FULL, EDIT_RECIPES, FULL, EditRecipe
-from hidream_service.inference.sources import UNPINNED, WeightSource
+from hidream_service.inference.sources import WeightSource
 from hidream_service.inference.weights import WeightsError, WeightsLayout
 from hidream_service.models import hidream_i1
 from hidream_service.models.base import InputError, JobCancelled, RunContext, Runner, StrictInput
@@ -30,13 +30,12 @@ from hidream_service.models.sizes import MAX_IMAGE_URL_LENGTH, too_elongated
 if TYPE_CHECKING:
     from hidream_service.inference.pipelines import LoadedPipeline, PipelineCache
 
-# Pinned revisions (see inference/sources.py): placeholders until a real commit sha is filled in.
-HIDREAM_E1_FULL_REVISION = UNPINNED
-HIDREAM_E1_1_REVISION = UNPINNED
-
+# No revision is pinned in code (see inference/sources.py): each is resolved at the first download
+# and kept in the weights root's lock file. Only E1's own weights are fetched; everything else is
+# HiDream-I1-Full's (HiDream-ai/HiDream-E1 inference.py, inference_e1_1.py).
 SOURCES = {
-    E1_FULL.key: WeightSource(E1_FULL.repository, HIDREAM_E1_FULL_REVISION, E1_FULL.directory),
-    E1_1.key: WeightSource(E1_1.repository, HIDREAM_E1_1_REVISION, E1_1.directory),
+    E1_FULL.key: WeightSource(E1_FULL.repository, E1_FULL.directory, allow_patterns=(E1_FULL.weights,)),
+    E1_1.key: WeightSource(E1_1.repository, E1_1.directory, allow_patterns=(f"{E1_1.weights}/*",)),
 }
 
 
@@ -165,9 +164,11 @@ class HiDreamE1Family(ModelFamily):
     # -- weights ---------------------------------------------------------------------------------
 
     def sources(self) -> Mapping[str, tuple[WeightSource, ...]]:
+        return {f"hidream-{key}": self.model_sources(key) for key in EDIT_RECIPES}
+
+    def model_sources(self, model: str) -> tuple[WeightSource, ...]:
         # E1 edits with I1-Full's components around its own transformer (HiDream-ai/HiDream-E1 inference*.py).
-        base = (hidream_i1.SOURCES[FULL.name], LLAMA_3_1_8B_INSTRUCT)
-        return {f"hidream-{key}": (source, *base) for key, source in SOURCES.items()}
+        return (SOURCES[model], hidream_i1.SOURCES[FULL.name], LLAMA_3_1_8B_INSTRUCT)
 
     def available_models(self, layout: WeightsLayout) -> set[str]:
         if not (layout.directory(FULL.directory) / hidream_i1.INDEX).is_file():

@@ -18,8 +18,8 @@ from pydantic import Field, model_validator
 
 from hidream_service.inference.denoising import step_noise_from
 from hidream_service.inference.image_to_image import steps_to_run
-from hidream_service.inference.recipes import FULL, LLAMA_DIRECTORY, REAL_SAMPLE_SIZE, VARIANTS, Variant
-from hidream_service.inference.sources import UNPINNED, WeightSource
+from hidream_service.inference.recipes import LLAMA_DIRECTORY, REAL_SAMPLE_SIZE, VARIANTS, Variant
+from hidream_service.inference.sources import WeightSource
 from hidream_service.inference.weights import (
     WeightsError,
     WeightsLayout,
@@ -41,26 +41,43 @@ from hidream_service.models.sizes import (
 if TYPE_CHECKING:
     from hidream_service.inference.pipelines import LoadedPipeline, PipelineCache
 
-# Pinned revisions (see inference/sources.py). The I1 and Llama ones could not be looked up from
-# where this was written (no access to the hub), so they are placeholders that the download refuses
-# until a real commit sha is filled in.
-HIDREAM_I1_FULL_REVISION = UNPINNED
-HIDREAM_I1_DEV_REVISION = UNPINNED
-HIDREAM_I1_FAST_REVISION = UNPINNED
-LLAMA_3_1_8B_INSTRUCT_REVISION = UNPINNED
-
+# Revisions (see inference/sources.py). The Llama encoder's commit is on public record, so it is
+# pinned here; the I1 repositories' are resolved at their first download and kept in the weights
+# root's lock file.
+LLAMA_3_1_8B_INSTRUCT_REVISION = "0e9e39f249a16976918f6564b8830bc894c89659"
+#: What an I1 pipeline loads of its repository (docs/weights.md): the diffusers folders, not the
+#: README's images.
+I1_FILES = (
+    "model_index.json",
+    "scheduler/*",
+    "transformer/*",
+    "vae/*",
+    "text_encoder/*",
+    "tokenizer/*",
+    "text_encoder_2/*",
+    "tokenizer_2/*",
+    "text_encoder_3/*",
+    "tokenizer_3/*",
+)
 SOURCES = {
-    "full": WeightSource(FULL.repository, HIDREAM_I1_FULL_REVISION, FULL.directory),
-    "dev": WeightSource(VARIANTS["dev"].repository, HIDREAM_I1_DEV_REVISION, VARIANTS["dev"].directory),
-    "fast": WeightSource(VARIANTS["fast"].repository, HIDREAM_I1_FAST_REVISION, VARIANTS["fast"].directory),
+    name: WeightSource(variant.repository, variant.directory, allow_patterns=I1_FILES)
+    for name, variant in VARIANTS.items()
 }
-# text_encoder_4 of every HiDream pipeline; gated by Meta's licence. The original/ folder (the
-# consolidated .pth checkpoint) is not needed by transformers.
+# text_encoder_4 of every HiDream pipeline; gated by Meta's licence. Not original/ (the
+# consolidated .pth checkpoint, which transformers does not load), nor the licence texts.
 LLAMA_3_1_8B_INSTRUCT = WeightSource(
     "meta-llama/Llama-3.1-8B-Instruct",
-    LLAMA_3_1_8B_INSTRUCT_REVISION,
     LLAMA_DIRECTORY,
-    allow_patterns=("*.json", "*.safetensors"),
+    revision=LLAMA_3_1_8B_INSTRUCT_REVISION,
+    allow_patterns=(
+        "config.json",
+        "generation_config.json",
+        "model.safetensors.index.json",
+        "model-*.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+    ),
     gated=True,
 )
 INDEX = "model_index.json"  # what makes a folder a diffusers pipeline
@@ -305,7 +322,10 @@ class HiDreamI1Family(ModelFamily):
     # -- weights ---------------------------------------------------------------------------------
 
     def sources(self) -> Mapping[str, tuple[WeightSource, ...]]:
-        return {f"hidream-i1-{key}": (source, LLAMA_3_1_8B_INSTRUCT) for key, source in SOURCES.items()}
+        return {f"hidream-i1-{key}": self.model_sources(key) for key in VARIANTS}
+
+    def model_sources(self, model: str) -> tuple[WeightSource, ...]:
+        return (SOURCES[model], LLAMA_3_1_8B_INSTRUCT)
 
     def available_models(self, layout: WeightsLayout) -> set[str]:
         return {key for key, variant in VARIANTS.items() if (layout.directory(variant.directory) / INDEX).is_file()}
@@ -368,11 +388,11 @@ def sample_size_of(layout: WeightsLayout, directory: str, real: int) -> int:
 
 def check_i1_weights(layout: WeightsLayout, variant: Variant, *, also: tuple[WeightSource, ...] = ()) -> None:
     """An I1 variant's folder (and `also`, the folders of a model built on it) with the Llama encoder:
-    each at its pinned revision when it has a manifest, each component with its weights."""
+    each at its locked revision when the weights root has a lock file, each component with its weights."""
     from hidream_service.inference.manifest import verify_directory
 
     for source in (*also, SOURCES[variant.name], LLAMA_3_1_8B_INSTRUCT):
-        verify_directory(source, layout.root)  # a downloaded folder must match its pinned manifest
+        verify_directory(source, layout.root)  # a downloaded folder must match its lock entry
     directory = layout.directory(variant.directory)
     if not (directory / "model_index.json").is_file():
         raise WeightsError(

@@ -33,9 +33,11 @@ HIDREAM_O1_IMAGE_REVISION = "0b0901d99f200389e138c61946af1185f5f49a13"
 HIDREAM_O1_IMAGE_DEV_REVISION = "c0bada0e15c54a9f96a6d1ecc35575b32bc21544"
 # O1 is one self-contained Qwen3-VL checkpoint: no VAE, no separate text encoder, no Llama.
 SOURCES = {
-    FULL.key: WeightSource(FULL.repository, HIDREAM_O1_IMAGE_REVISION, FULL.directory),
-    DEV.key: WeightSource(DEV.repository, HIDREAM_O1_IMAGE_DEV_REVISION, DEV.directory),
+    FULL.key: WeightSource(FULL.repository, FULL.directory, revision=HIDREAM_O1_IMAGE_REVISION),
+    DEV.key: WeightSource(DEV.repository, DEV.directory, revision=HIDREAM_O1_IMAGE_DEV_REVISION),
 }
+#: `download_weights --model NAME` / `hidream weights download NAME`, by model key.
+DOWNLOAD_NAMES = {FULL.key: "hidream-o1-image", DEV.key: "hidream-o1-image-dev"}
 #: What an O1 folder needs besides its safetensors (one file, or shards with an index).
 O1_FILES = ("config.json", "tokenizer.json", "preprocessor_config.json")
 O1_WEIGHTS = ("model.safetensors.index.json", "model.safetensors")
@@ -188,7 +190,10 @@ class HiDreamO1Family(ModelFamily):
     # -- weights ---------------------------------------------------------------------------------
 
     def sources(self) -> Mapping[str, tuple[WeightSource, ...]]:
-        return {"hidream-o1-image": (SOURCES[FULL.key],), "hidream-o1-image-dev": (SOURCES[DEV.key],)}
+        return {name: self.model_sources(key) for key, name in DOWNLOAD_NAMES.items()}
+
+    def model_sources(self, model: str) -> tuple[WeightSource, ...]:
+        return (SOURCES[model],)
 
     def available_models(self, layout: WeightsLayout) -> set[str]:
         return {key for key, recipe in RECIPES.items() if _folder_problem(layout, recipe) is None}
@@ -197,7 +202,7 @@ class HiDreamO1Family(ModelFamily):
         from hidream_service.inference.manifest import verify_directory
 
         recipe = RECIPES[model]
-        verify_directory(SOURCES[model], layout.root)  # a downloaded folder must match its pinned manifest
+        verify_directory(SOURCES[model], layout.root)  # a downloaded folder must match its lock entry
         problem = _folder_problem(layout, recipe)
         if problem is not None:
             raise WeightsError(problem)

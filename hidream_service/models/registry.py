@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 #: Every family the service serves, in the order tiny weights are built (E1 builds on I1-Full's).
 FAMILIES: tuple[ModelFamily, ...] = (NOOP, HIDREAM_I1, HIDREAM_E1, HIDREAM_O1)
 
-#: `download_weights --model all`
+#: `hidream weights download all` (on Modal, `download_weights --model all`)
 ALL = "all"
 
 
@@ -61,6 +61,10 @@ class Registry:
             available = set(self._model_families)
         else:
             available = self.available_models(layout)
+        return self.served_models(available)
+
+    def served_models(self, available: set[str]) -> dict[str, Endpoint]:
+        """The endpoints needing no weights, plus those of the `available` models."""
         return {
             endpoint_id: endpoint
             for endpoint_id, endpoint in self.endpoints.items()
@@ -88,6 +92,10 @@ class Registry:
 
     def check_weights(self, layout: WeightsLayout, model: str) -> None:
         self.family_of(model).check_weights(layout, model)
+
+    def model_sources(self, model: str) -> tuple[WeightSource, ...]:
+        """The repositories one model key loads from."""
+        return self.family_of(model).model_sources(model)
 
     def downloads(self) -> dict[str, tuple[WeightSource, ...]]:
         """Download name -> the sources it fetches, over every family."""

@@ -25,7 +25,7 @@ from hidream_service.models.sizes import ImageSize
 
 FOLDER = "Acme-Toy"
 PALETTE = "palette.json"
-SOURCE = WeightSource("acme/toy", "0" * 40, FOLDER)
+SOURCE = WeightSource("acme/toy", FOLDER, revision="0" * 40)
 
 
 class ToyInput(StrictInput):
@@ -69,7 +69,10 @@ class ToyFamily(ModelFamily):
         )
 
     def sources(self) -> Mapping[str, tuple[WeightSource, ...]]:
-        return {"acme-toy": (SOURCE,)}
+        return {"acme-toy": self.model_sources("toy")}
+
+    def model_sources(self, model: str) -> tuple[WeightSource, ...]:
+        return (SOURCE,)
 
     def available_models(self, layout: WeightsLayout) -> set[str]:
         return {"toy"} if (layout.directory(FOLDER) / PALETTE).is_file() else set()
