@@ -412,7 +412,10 @@ def sweep() -> dict[str, int]:
     return dataclasses.asdict(report)
 
 
-# ## Weights: pinned revisions into the weights Volume, with a manifest
+# ## Weights: into the weights Volume, each repository at one commit recorded in its lock file
+#
+# A revision not pinned in code is looked up once, at the first download, and locked in
+# /weights/hidream_weights.lock.json; later downloads and every load use the locked commit.
 
 
 @app.function(
@@ -426,23 +429,22 @@ def download_weights(model: str = "all") -> list[str]:
     from hidream_service.inference.download import download_model
     from hidream_service.models.registry import DEFAULT_REGISTRY
 
-    manifests = download_model(
+    locked = download_model(
         DEFAULT_REGISTRY.sources_for(model),
         Path(WEIGHTS_DIR),
         token=os.environ.get("HF_TOKEN"),
-        on_saved=lambda source: weights_volume.commit(),
+        on_saved=lambda source: weights_volume.commit(),  # a later failure keeps what is done
     )
-    return [f"{m.repo}@{m.revision}: {len(m.files)} files, {m.total_bytes / 1e9:.1f} GB" for m in manifests]
+    return [entry.describe() for entry in locked]
 
 
 @app.function(image=download_image, volumes=weights_read_only, timeout=DOWNLOAD_TIMEOUT_SECONDS)
 def verify_weights(model: str = "all") -> list[str]:
-    """Hash every file against its manifest (loading checks names and sizes only)."""
-    from hidream_service.inference.manifest import verify_directory
+    """Hash every file against the lock file (loading checks names and sizes only)."""
+    from hidream_service.inference.manifest import verify_weights as find_problems
     from hidream_service.models.registry import DEFAULT_REGISTRY
 
-    verified = []
-    for source in DEFAULT_REGISTRY.sources_for(model):
-        manifest = verify_directory(source, Path(WEIGHTS_DIR), hash_files=True)
-        verified.append(f"{source.repo}: " + ("no manifest" if manifest is None else f"ok at {manifest.revision}"))
-    return verified
+    problems = find_problems(Path(WEIGHTS_DIR), DEFAULT_REGISTRY.sources_for(model))
+    if problems:
+        raise RuntimeError("the weights do not match their lock file:\n" + "\n".join(problems))
+    return [f"{source.repo}: ok" for source in DEFAULT_REGISTRY.sources_for(model)]

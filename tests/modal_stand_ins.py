@@ -9,6 +9,7 @@ from the server); `latency` makes every stand-in call take as long as a round tr
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import shutil
@@ -52,7 +53,7 @@ class VolumeMount:
 
     def commit(self) -> None:
         """Publish this view's new files and its removals (others' new files are left alone)."""
-        time.sleep(self.latency)
+        round_trip("Volume.commit", self.latency)
         self.commits += 1
         for removed in self.seen - _files(self.path):
             (self.server.committed / removed).unlink(missing_ok=True)
@@ -62,7 +63,7 @@ class VolumeMount:
         self.seen = _files(self.path)
 
     def reload(self) -> None:
-        time.sleep(self.latency)
+        round_trip("Volume.reload", self.latency)
         self.reloads += 1
         shutil.rmtree(self.path)
         shutil.copytree(self.server.committed, self.path)
@@ -70,12 +71,27 @@ class VolumeMount:
 
     def read_file(self, path: str) -> Iterator[bytes]:
         """One committed file from the server, not through this container's view."""
-        time.sleep(self.latency)
+        round_trip("Volume.read_file", self.latency)
         self.files_read += 1
         source = self.server.committed / path
         if not source.is_file():
             raise FileNotFoundError(path)
         yield source.read_bytes()
+
+
+#: Stand-in calls made on a thread that runs an event loop: each one would stall that loop.
+CALLS_ON_AN_EVENT_LOOP: list[str] = []
+
+
+def round_trip(name: str, latency: float) -> None:
+    """Take as long as a call to Modal's servers; note the call if it holds up an event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        CALLS_ON_AN_EVENT_LOOP.append(name)
+    time.sleep(latency)
 
 
 class InputCancelled(Exception):
@@ -98,11 +114,13 @@ class StandInCall:
     outcome: BaseException | None = None  # what `get(timeout=0)` raises; None while it runs
 
     def cancel(self, terminate_containers: bool = False) -> None:
+        round_trip("FunctionCall.cancel", 0.0)
         self.cancelled = True
         self.outcome = InputCancelled("cancelled")
         self.terminate_containers = terminate_containers
 
     def get(self, timeout: float | None = None) -> Any:
+        round_trip("FunctionCall.get", 0.0)
         if self.outcome is None:
             raise TimeoutError()
         raise self.outcome
@@ -117,7 +135,7 @@ class Spawner:
     _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
     def spawn(self, function: str, *args: Any) -> StandInCall:
-        time.sleep(self.latency)
+        round_trip("Function.spawn", self.latency)
         call = StandInCall(f"fc-{next(self._ids):04d}", function, args)
         self.calls[call.object_id] = call
         return call

@@ -9,12 +9,14 @@ node name) and its own view of the outputs Volume, so files cross containers onl
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from standardwebhooks import Webhook
@@ -29,7 +31,7 @@ from hidream_service.modal_backend.executor import run_spawned_job
 from hidream_service.models.base import RunContext
 from hidream_service.models.running import seed_for
 from tests.integration.harness import WebhookReceiver, wait_until
-from tests.modal_stand_ins import VOLUMES_ARE_STAND_INS, StandInModal
+from tests.modal_stand_ins import CALLS_ON_AN_EVENT_LOOP, VOLUMES_ARE_STAND_INS, StandInModal
 
 pytestmark = VOLUMES_ARE_STAND_INS
 T = TypeVar("T")
@@ -338,3 +340,55 @@ def test_an_input_cancellation_mid_step_ends_the_job_cancelled(
     assert any("running on worker" in line.message for line in ended.logs)  # what it logged is kept
     assert worker.heartbeat.held() == []  # no lease of it is renewed any more
     wait_until(lambda: worker.heartbeat.running() is None)  # and the idle heartbeat thread ends
+
+
+# -- the event loop ----------------------------------------------------------------------------
+
+MODAL_ROUND_TRIP_SECONDS = 0.3
+PNG = (
+    b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x02\x00\x00\x00\x90wS"
+    b"\xde\x00\x00\x00\x0cIDATx\x9cc\xf8\xff\xff?\x00\x05\xfe\x02\xfe\xa7\x9a\xa0\xa0\x00\x00\x00\x00IEND\xaeB`\x82"
+)
+# Under the round trip: a Modal call on the loop is reported; a busy CPU's shorter stalls are not.
+SLOW_CALLBACK_SECONDS = 0.25
+
+
+def test_no_route_waits_on_modal_on_the_event_loop(
+    containers: Containers, modal_stand_in: StandInModal, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every stand-in call (spawn, cancel, commit, read_file) takes a network round trip; asyncio's
+    debug mode reports any callback that holds the loop longer than SLOW_CALLBACK_SECONDS."""
+    modal_stand_in.latency = modal_stand_in.spawner.latency = MODAL_ROUND_TRIP_SECONDS
+    app = containers.run("web", modal_app.web.local)
+    CALLS_ON_AN_EVENT_LOOP.clear()
+
+    async def exercise() -> None:
+        asyncio.get_running_loop().slow_callback_duration = SLOW_CALLBACK_SECONDS
+        transport = httpx.ASGITransport(app=app)
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=transport, base_url="http://testserver") as client,
+        ):
+            submitted = await client.post("/hidream/noop", json={"prompt": "a fox"}, headers={"Idempotency-Key": "k1"})
+            job_id = submitted.json()["request_id"]
+            upload = await client.post("/files/upload", content=PNG, headers={"content-type": "image/png"})
+            assert upload.status_code == 200, upload.text  # stored, and committed to the Volume
+            await asyncio.to_thread(containers.run, "cpu", modal_app.run_cpu_job.local, job_id)
+            assert (await client.get(f"/hidream/noop/requests/{job_id}/status?logs=1")).json()["status"] == "COMPLETED"
+            result = (await client.get(f"/hidream/noop/requests/{job_id}")).json()
+            image = await client.get(result["images"][0]["url"].removeprefix("http://testserver"))
+            assert image.status_code == 200
+            noop = {"version": "hidream/noop", "input": {"prompt": "x"}}
+            prediction = await client.post("/v1/predictions", json=noop)
+            assert prediction.status_code == 201, prediction.text
+            cancel = await client.post(f"/v1/predictions/{prediction.json()['id']}/cancel")
+            assert cancel.status_code == 200
+            assert (await client.get("/v1/predictions")).status_code == 200
+
+    with caplog.at_level(logging.WARNING, logger="asyncio"):
+        asyncio.run(exercise(), debug=True)
+
+    assert modal_stand_in.mounts[0].files_read == 1 and len(modal_stand_in.spawner.calls) >= 2  # it did wait
+    assert CALLS_ON_AN_EVENT_LOOP == []
+    slow = [record.getMessage() for record in caplog.records if "took" in record.getMessage()]
+    assert slow == []
