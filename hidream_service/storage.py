@@ -8,6 +8,7 @@ files with the same names instead of leaving orphans. One machine keeps them und
 from __future__ import annotations
 
 import base64
+import errno
 import io
 import os
 import re
@@ -68,6 +69,19 @@ def files_key(url: str) -> str | None:
     return urllib.parse.unquote(key) if marker and key else None
 
 
+def fsync_directory(directory: Path) -> None:
+    """Force a directory's entries (a file renamed into it) to disk, as fsync does a file's bytes."""
+    descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(descriptor)
+    except OSError as exc:
+        # Some network and FUSE mounts cannot sync a directory; they keep names their own way.
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(descriptor)
+
+
 class LocalOutputStorage:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -83,13 +97,27 @@ class LocalOutputStorage:
         return self.root / key
 
     def put(self, key: str, data: bytes) -> None:
+        """Durable once this returns: the job row that names the file is committed after it, so the
+        file's bytes and its name are forced to disk first. A write that fails (a full disk) leaves
+        nothing behind."""
         path = self.path_for(key)
         if path is None:
             raise ValueError(f"bad storage key {key!r}")
+        new_directory = not path.parent.is_dir()
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(path.name + ".partial")
-        partial.write_bytes(data)
-        os.replace(partial, path)  # readers never see half a file
+        try:
+            with open(partial, "wb") as file:
+                file.write(data)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(partial, path)  # readers never see half a file
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        fsync_directory(path.parent)  # the new name
+        if new_directory:
+            fsync_directory(path.parent.parent)  # the directory's own name
 
     def save_image(
         self, job_id: str, index: int, image: Any, output_format: str, *, base_url: str, sync_mode: bool

@@ -196,10 +196,13 @@ class Database:
                 if tx.notices:  # one round trip for all of them
                     payloads = {f"p{index}": notice for index, notice in enumerate(tx.notices)}
                     tx.run("SELECT " + ", ".join(f"pg_notify('{CHANNEL}', :{name})" for name in payloads), payloads)
+                connection.commit() if self.is_postgres else connection.execute("COMMIT")
             except BaseException:
-                connection.rollback() if self.is_postgres else connection.execute("ROLLBACK")
+                if self.is_postgres:
+                    connection.rollback()
+                elif connection.in_transaction:  # SQLite has already rolled back after some errors (a full disk)
+                    connection.execute("ROLLBACK")
                 raise
-            connection.commit() if self.is_postgres else connection.execute("COMMIT")
 
     @contextlib.contextmanager
     def schema(self) -> Iterator[Connection]:
