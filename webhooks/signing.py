@@ -52,6 +52,13 @@ def secret_bytes(secret: str) -> bytes:
         raise ValueError("webhook secret is not valid base64 after the whsec_ prefix") from exc
 
 
+def derive_secret(secret: str, context: str) -> str:
+    """A `whsec_` secret of its own for `context`, made from `secret` (HMAC-SHA256): knowing one
+    derived secret tells nothing of `secret` or of the secret derived for another context."""
+    digest = hmac.new(secret_bytes(secret), b"derived webhook secret\x00" + context.encode(), hashlib.sha256).digest()
+    return SECRET_PREFIX + base64.b64encode(digest).decode()
+
+
 def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
     """The `v1,<base64>` signature of one message."""
     signed = f"{msg_id}.{timestamp}.".encode() + body

@@ -6,6 +6,8 @@ import json
 from typing import Any
 
 from hidream_service.jobs.model import Job
+from hidream_service.owners import OPEN
+from webhooks.outbox import Delivery
 
 
 def image_urls(job: Job) -> list[str]:
@@ -27,3 +29,17 @@ def log_text(job: Job) -> str:
 def compact_json(body: Any) -> bytes:
     """A webhook body as sent: compact JSON, rendered once and stored byte for byte."""
     return json.dumps(body, separators=(",", ":")).encode()
+
+
+def signing_context(job: Job, **more: str) -> str:
+    """What a delivery's signer needs besides the body, stored with it: the job's owner, whose
+    webhook secret signs it (and what a dialect adds)."""
+    return json.dumps({"owner": job.owner, **more})
+
+
+def owner_of_delivery(delivery: Delivery) -> str:
+    """Whose secret signs a delivery. One stored by an earlier release names nobody: it was signed
+    with the one secret there was, which is now the open server's."""
+    if not delivery.context:
+        return OPEN
+    return str(json.loads(delivery.context).get("owner", OPEN))

@@ -22,9 +22,10 @@ from typing import TYPE_CHECKING, Any
 
 from hidream_service.api.rendering import queue_urls
 from hidream_service.dialects.base import Dialect
-from hidream_service.dialects.common import compact_json
+from hidream_service.dialects.common import compact_json, signing_context
 from hidream_service.jobs.model import Job, JobStatus
 from hidream_service.models.family import Endpoint
+from hidream_service.owners import OPEN
 from hidream_service.signing_keys import SigningKeys
 from webhooks.outbox import Delivery, OutboxMessage
 from webhooks.signing import fal_sign_headers, sign_headers
@@ -54,16 +55,25 @@ class FalDialect(Dialect):
     def ending(self, job: Job, endpoint: Endpoint | None) -> OutboxMessage | None:
         if job.webhook_url is None:
             return None
-        context = json.dumps({"request_id": job.id, "user_id": job.owner or ANONYMOUS_USER})
+        context = signing_context(job, request_id=job.id)
         body = compact_json(webhook_body(job))
         return OutboxMessage(job.webhook_id, job.webhook_url, body, SIGNER, context=context, subject=job.id)
 
     def sign(self, keys: SigningKeys, delivery: Delivery, timestamp: int) -> Mapping[str, str]:
         context = json.loads(delivery.context)
-        fal_headers = fal_sign_headers(
-            keys.fal_key, context["request_id"], context["user_id"], timestamp, delivery.body
-        )
-        return {**sign_headers(keys.signing_secrets(), delivery.id, timestamp, delivery.body), **fal_headers}
+        owner = _owner(context)
+        # The user id is opaque: the owner id is a hash of the API key, and the URL is the caller's.
+        user_id = ANONYMOUS_USER if owner == OPEN else keys.public_owner_id(owner)
+        fal_headers = fal_sign_headers(keys.fal_key, context["request_id"], user_id, timestamp, delivery.body)
+        standard = sign_headers(keys.signing_secrets(owner), delivery.id, timestamp, delivery.body)
+        return {**standard, **fal_headers}
+
+
+def _owner(context: Mapping[str, Any]) -> str:
+    if "owner" in context:
+        return str(context["owner"])
+    user_id = str(context.get("user_id", ANONYMOUS_USER))  # an earlier release's: the owner id itself
+    return OPEN if user_id == ANONYMOUS_USER else user_id
 
 
 FAL = FalDialect()

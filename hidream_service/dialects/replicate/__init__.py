@@ -6,8 +6,8 @@
     POST /v1/predictions/{id}/cancel
     GET  /v1/predictions                           newest first, paginated by `cursor`
     POST /v1/files                                 upload a file input (multipart field `content`)
-    GET  /v1/webhooks/default/secret               {"key": "whsec_..."}, the signing secret
-    POST /v1/webhooks/default/secret/rotate        new secret; the old one signs on for a grace period
+    GET  /v1/webhooks/default/secret               {"key": "whsec_..."}, the calling key's signing secret
+    POST /v1/webhooks/default/secret/rotate        a new one; the old one signs on for a grace period
 
 Inputs come in Replicate's usual names (prompt, width, height, num_outputs, ...) and are mapped onto
 the endpoint's fal schema by its task; errors are RFC 7807 documents, as Replicate answers. Webhooks
@@ -25,7 +25,7 @@ from pydantic import Field
 
 from hidream_service.api.rendering import iso
 from hidream_service.dialects.base import Dialect, error_message, field_name
-from hidream_service.dialects.common import compact_json, image_urls, log_text
+from hidream_service.dialects.common import compact_json, image_urls, log_text, owner_of_delivery, signing_context
 from hidream_service.jobs.model import Job, JobStatus
 from hidream_service.models.base import StrictInput
 from hidream_service.models.family import Endpoint, Task
@@ -65,7 +65,9 @@ class ReplicateDialect(Dialect):
         if "completed" not in job.webhook_events and "output" not in job.webhook_events:
             return None
         body = compact_json(render_prediction(job, endpoint))
-        return OutboxMessage(job.webhook_id, job.webhook_url, body, SIGNER, subject=job.id)
+        return OutboxMessage(
+            job.webhook_id, job.webhook_url, body, SIGNER, context=signing_context(job), subject=job.id
+        )
 
     def progress(self, job: Job, endpoint: Endpoint | None, event: str, sequence: int) -> OutboxMessage | None:
         if job.webhook_url is None or event not in job.webhook_events:
@@ -75,12 +77,13 @@ class ReplicateDialect(Dialect):
             job.webhook_url,
             compact_json(render_prediction(job, endpoint)),
             SIGNER,
+            context=signing_context(job),
             subject=job.id,
             single_attempt=True,
         )
 
     def sign(self, keys: SigningKeys, delivery: Delivery, timestamp: int) -> Mapping[str, str]:
-        return sign_headers(keys.signing_secrets(), delivery.id, timestamp, delivery.body)
+        return sign_headers(keys.signing_secrets(owner_of_delivery(delivery)), delivery.id, timestamp, delivery.body)
 
 
 REPLICATE = ReplicateDialect()

@@ -3,7 +3,7 @@
     POST /api/v3/{owner}/{model}[?webhook=URL]     submit -> HTTP 200 {code, message, data}
     GET  /api/v3/predictions/{id}/result           the task (the SDK polls this)
     GET  /api/v3/predictions/{id}                  the same, as the REST docs name it
-    GET  /api/v3/webhook/secret                    the signing secret, as WaveSpeed serves it
+    GET  /api/v3/webhook/secret                    the calling key's signing secret, as WaveSpeed serves it
     POST /api/v3/media/uploads                     {filename, size} -> a PUT instruction and download_url
 
 Inputs: `size` "W*H", seed -1 for a random one, `enable_base64_output`, `enable_sync_mode`; mapped
@@ -21,7 +21,7 @@ from pydantic import Field, field_validator
 
 from hidream_service.api.rendering import iso
 from hidream_service.dialects.base import Dialect, error_message
-from hidream_service.dialects.common import compact_json, image_urls, nsfw_flags
+from hidream_service.dialects.common import compact_json, image_urls, nsfw_flags, owner_of_delivery, signing_context
 from hidream_service.jobs.model import Job, JobStatus
 from hidream_service.models.base import StrictInput
 from hidream_service.models.family import Endpoint, Task
@@ -54,10 +54,13 @@ class WaveSpeedDialect(Dialect):
         if job.webhook_url is None:
             return None
         body = compact_json(render_data(job, endpoint))
-        return OutboxMessage(job.webhook_id, job.webhook_url, body, SIGNER, subject=job.id)
+        return OutboxMessage(
+            job.webhook_id, job.webhook_url, body, SIGNER, context=signing_context(job), subject=job.id
+        )
 
     def sign(self, keys: SigningKeys, delivery: Delivery, timestamp: int) -> Mapping[str, str]:
-        return wavespeed_sign_headers(keys.current_secret, delivery.id, timestamp, delivery.body)
+        current = keys.signing_secrets(owner_of_delivery(delivery))[0]  # WaveSpeed's scheme takes one
+        return wavespeed_sign_headers(current, delivery.id, timestamp, delivery.body)
 
 
 WAVESPEED = WaveSpeedDialect()
