@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import mimetypes
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import httpx
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 STREAM_READ_TIMEOUT = 60.0  # an event stream sends a keep-alive every 15 s
+REPLAY_WAIT_SECONDS = 60.0  # outlasts a webhook attempt's timeout (15 s by default)
 
 
 class ServiceError(Exception):
@@ -150,6 +152,22 @@ class ServiceClient:
         ]
         return deliveries
 
-    def replay(self, delivery_id: str) -> dict[str, Any]:
-        answer: dict[str, Any] = self._json("POST", f"/v1/webhooks/deliveries/{quote(delivery_id, safe='')}/replay")
-        return answer
+    def replay(self, delivery_id: str, *, wait: float = REPLAY_WAIT_SECONDS, poll: float = 0.25) -> dict[str, Any]:
+        """Replay a delivery and wait for its attempt. The server answers at once and sends in the
+        background; this follows the delivery's history until the replayed attempt is in it.
+        Returns {"delivered", "attempt": that attempt, "delivery": the history with it}."""
+        started = self._json("POST", f"/v1/webhooks/deliveries/{quote(delivery_id, safe='')}/replay")
+        seen = len(started["delivery"]["attempts"])
+        deadline = time.monotonic() + wait
+        while True:
+            for delivery in self.deliveries(started["delivery"]["request_id"]):
+                if delivery["id"] != delivery_id:
+                    continue
+                replayed = [attempt for attempt in delivery["attempts"][seen:] if attempt["replay"]]
+                if replayed:
+                    code = replayed[0]["status_code"]
+                    delivered = code is not None and 200 <= code < 300
+                    return {"delivered": delivered, "attempt": replayed[0], "delivery": delivery}
+            if time.monotonic() > deadline:
+                raise ServiceError(None, f"the replay of {delivery_id} was sent; no attempt was recorded in {wait:g} s")
+            time.sleep(poll)

@@ -1,8 +1,13 @@
 """Webhook delivery: one attempt at a time, a retry schedule that is data, and a loop apart from inference.
 
 One attempt signs afresh (new timestamp, same webhook-id), POSTs with a timeout and never follows a
-redirect. 2xx is delivered; 410 means the receiver is gone for good; anything else is retried on the
-schedule until it runs out.
+redirect. 2xx is delivered; 410 means the receiver is gone for good; anything else, an error of ours
+included (a URL the client cannot send to, say), is a failed attempt retried on the schedule until it
+runs out.
+
+The loop shares its slots between destinations: at most `max_per_destination` attempts go to one
+host and port at a time, so one tenant's slow receiver holds a few slots, never all of them, and the
+others' webhooks keep flowing. Replays run beside the loop, one per delivery at a time.
 """
 
 from __future__ import annotations
@@ -12,13 +17,16 @@ import contextlib
 import logging
 import random
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
 from webhooks.outbox import RESPONSE_HEAD_BYTES, AttemptRecord, Delivery, DeliveryState, Outbox
+from webhooks.ssrf import from_private_address
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +34,10 @@ log = logging.getLogger(__name__)
 Signer = Callable[[Delivery, int], Mapping[str, str]]
 
 RETRY_AFTER_MAX_SECONDS = 3600.0
+#: How many due deliveries one claim looks through per free slot: room to pass over the deliveries
+#: of a destination that fills up within the claim, to those of others.
+CLAIM_WINDOW_FACTOR = 4
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 @dataclass(frozen=True)
@@ -80,17 +92,17 @@ def _parse_retry_after(value: str | None) -> float | None:
 async def attempt(
     client: httpx.AsyncClient, delivery: Delivery, signer: Signer, *, timeout: float, replay: bool = False
 ) -> AttemptOutcome:
-    """Send one attempt. Never raises for anything the receiver or network does."""
+    """Send one attempt. Never raises: whatever goes wrong is the attempt's recorded error."""
     started = time.time()
     clock = time.perf_counter()
-    headers = {"content-type": "application/json", "user-agent": "hidream-webhooks/1"}
-    headers.update(signer(delivery, int(started)))
     try:
+        headers = {"content-type": "application/json", "user-agent": "hidream-webhooks/1"}
+        headers.update(signer(delivery, int(started)))
         async with client.stream(
             "POST", delivery.url, content=delivery.body, headers=headers, timeout=timeout, follow_redirects=False
         ) as response:
             head_bytes = await _read_head(response)
-    except httpx.HTTPError as exc:
+    except Exception as exc:  # httpx.InvalidURL, UnicodeError, a signer's error: a failed attempt like any other
         latency = (time.perf_counter() - clock) * 1000
         failure = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         return AttemptOutcome(
@@ -101,17 +113,21 @@ async def attempt(
     latency = (time.perf_counter() - clock) * 1000
     code = response.status_code
     delivered = 200 <= code < 300
+    # What a private host answered stays with the operator: a caller who may name such a URL must
+    # not read the operator's network through the delivery log.
+    private = from_private_address(response)
     error: str | None = None
     if not delivered:
         error = f"HTTP {code}"
         if 300 <= code < 400:
-            error += f" redirect to {response.headers.get('location', '?')} (redirects are not followed)"
+            location = "" if private else f" to {response.headers.get('location', '?')}"
+            error += f" redirect{location} (redirects are not followed)"
     abort = response.headers.get("webhook-delivery", "").lower() == "abort-message"
     record = AttemptRecord(
         started,
         latency,
         status_code=code,
-        response_head=head_bytes.decode("utf-8", errors="replace"),
+        response_head=None if private else head_bytes.decode("utf-8", errors="replace"),
         error=error,
         replay=replay,
     )
@@ -134,11 +150,47 @@ async def _read_head(response: httpx.Response) -> bytes:
     return head[:RESPONSE_HEAD_BYTES]
 
 
+def destination(url: str) -> str:
+    """The scheme, host and port a URL is sent to (`http://example.com:80`): what the per-destination
+    limit counts. A URL that does not parse counts on its own (no attempt of it gets far)."""
+    try:
+        parts = urlsplit(url)
+        host, port = (parts.hostname or "").rstrip("."), parts.port
+    except ValueError:
+        return url
+    scheme = parts.scheme.lower()
+    if scheme not in _DEFAULT_PORTS or not host:
+        return url
+    return f"{scheme}://{_bracketed(host)}:{port or _DEFAULT_PORTS[scheme]}"
+
+
+def destination_prefixes(key: str) -> list[str]:
+    """Lowercased beginnings of the URLs that reach one destination, for the outbox to pass over:
+    with the port and without it when it is the default, with and without a trailing dot. Rarer
+    spellings (`:080`) are not listed; the sender still counts them by `destination`."""
+    scheme, separator, netloc = key.partition("://")
+    host, _, port = netloc.rpartition(":")
+    if not separator or scheme not in _DEFAULT_PORTS or not host or not port.isdigit():
+        return []
+    hosts = [host] if host.startswith("[") else [host, f"{host}."]
+    netlocs = [f"{name}:{port}" for name in hosts]
+    if int(port) == _DEFAULT_PORTS[scheme]:
+        netlocs += hosts
+    return [f"{scheme}://{name}/" for name in netlocs]
+
+
+def _bracketed(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
 class Deliverer:
     """Sends what the outbox says is due, records every attempt, schedules retries.
 
     Runs as one asyncio task beside the API (`run_forever`; `wake()` makes it look at the outbox at
     once), or in short bursts from a function that is started when something is due (`run_until_idle`).
+    At most `max_concurrency` attempts are in flight, and at most `max_per_destination` of them to one
+    host and port: a destination with no room is passed over, and its deliveries wait for its own
+    attempts to finish while everyone else's go out.
     """
 
     def __init__(
@@ -151,6 +203,7 @@ class Deliverer:
         timeout: float = 15.0,
         throttle_seconds: float = 60.0,
         max_concurrency: int = 16,
+        max_per_destination: int = 4,
         idle_poll_seconds: float = 1.0,
         blocking: Callable[..., Awaitable[Any]] = asyncio.to_thread,
     ) -> None:
@@ -161,10 +214,13 @@ class Deliverer:
         self._timeout = timeout
         self._throttle = throttle_seconds
         self._max_concurrency = max_concurrency
+        self._max_per_destination = max_per_destination
         self._idle_poll = idle_poll_seconds
         self._blocking = blocking  # runs an outbox call off the event loop: a database call
         self._wakeup = asyncio.Event()
-        self._in_flight: set[asyncio.Task[bool]] = set()
+        self._in_flight: dict[asyncio.Task[bool], str] = {}  # the loop's attempts, by destination
+        self._replays: dict[str, asyncio.Task[None]] = {}  # by delivery id: one replay of each at a time
+        self._load: Counter[str] = Counter()  # attempts in flight per destination, replays included
 
     def wake(self) -> None:
         self._wakeup.set()
@@ -187,43 +243,91 @@ class Deliverer:
             count, next_due = await self._start_due()
             started += count
             if self._in_flight:
-                await asyncio.wait(set(self._in_flight))
+                # Any attempt that ends makes room, for its destination too: look again then.
+                await asyncio.wait(set(self._in_flight), return_when=asyncio.FIRST_COMPLETED)
                 continue
             if next_due is None or next_due - time.time() > linger:
                 return started
             await asyncio.sleep(max(next_due - time.time(), 0.0))
 
     async def abandon_in_flight(self) -> None:
-        """Stop attempts in flight, at shutdown. Their rows stay claimed; the next start resends them."""
-        for task in list(self._in_flight):
+        """Stop attempts and replays in flight, at shutdown. Their rows stay claimed; the next start
+        resends them (a replay is simply not made)."""
+        tasks: list[asyncio.Task[Any]] = [*self._in_flight, *self._replays.values()]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._in_flight, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _start_due(self) -> tuple[int, float | None]:
         """Start the due deliveries there is room for; returns how many, and when the next is due.
         Outbox calls are database calls: made off the event loop (which serves the API too), in one
         thread hop per wake-up."""
-        due, next_due = await self._blocking(self._claim, self._max_concurrency - len(self._in_flight))
+        free = self._max_concurrency - len(self._in_flight)
+        due, next_due = await self._blocking(self._claim, free, Counter(self._load))
         for delivery in due:
+            key = destination(delivery.url)
             task = asyncio.create_task(self._deliver(delivery))
-            self._in_flight.add(task)
+            self._in_flight[task] = key
+            self._load[key] += 1
             task.add_done_callback(self._finished)
         return len(due), next_due
 
-    def _claim(self, free: int) -> tuple[list[Delivery], float | None]:
-        # The claim outlives the attempt's timeout, so a crash mid-attempt only delays a retry.
-        due = self._outbox.claim_due(time.time(), claim_seconds=self._timeout + 30, limit=free) if free > 0 else []
-        return due, self._outbox.next_due_at()
+    def _claim(self, free: int, load: Counter[str]) -> tuple[list[Delivery], float | None]:
+        """Runs in a thread, on its own copy of the load per destination."""
+        held_back = False
+
+        def room_for(url: str) -> bool:
+            nonlocal held_back
+            key = destination(url)
+            if load[key] >= self._max_per_destination:
+                held_back = True
+                return False
+            load[key] += 1
+            return True
+
+        now = time.time()
+        due: list[Delivery] = []
+        if free > 0:
+            # The claim outlives the attempt's timeout, so a crash mid-attempt only delays a retry.
+            due = self._outbox.claim_due(
+                now,
+                claim_seconds=self._timeout + 30,
+                limit=free,
+                accept=room_for,
+                window=free * CLAIM_WINDOW_FACTOR,
+                skip_prefixes=self._full_destinations(load),
+            )
+        # What waits for a full destination is not due for this loop: its attempts ending wake it.
+        next_due = self._outbox.next_due_at(skip_prefixes=self._full_destinations(load))
+        if held_back and not due and next_due is not None and next_due <= now:
+            next_due = None  # only held-back deliveries (spelt past the prefixes) are due: wait for a wake-up
+        return due, next_due
+
+    def _full_destinations(self, load: Counter[str]) -> list[str]:
+        return [
+            prefix
+            for key, count in load.items()
+            if count >= self._max_per_destination
+            for prefix in destination_prefixes(key)
+        ]
+
+    def _release(self, key: str) -> bool:
+        """One attempt to `key` ended; True when that made room the loop may be waiting for."""
+        was_full = self._load[key] >= self._max_per_destination
+        self._load[key] -= 1
+        if self._load[key] <= 0:
+            del self._load[key]
+        return was_full
 
     def _finished(self, task: asyncio.Task[bool]) -> None:
         was_full = len(self._in_flight) >= self._max_concurrency
-        self._in_flight.discard(task)
+        destination_was_full = self._release(self._in_flight.pop(task))
         if task.cancelled():
             return
         if task.exception() is not None:
             log.error("webhook delivery task failed", exc_info=task.exception())
             self._wakeup.set()
-        elif was_full or task.result():
+        elif was_full or destination_was_full or task.result():
             # Look again only when this attempt made room for a delivery left waiting, or scheduled a
             # retry: the loop's next sleep must end by then. Otherwise nothing new can be due.
             self._wakeup.set()
@@ -273,11 +377,43 @@ class Deliverer:
             delay = max(delay, self._throttle)
         return DeliveryState.PENDING, time.time() + delay
 
-    async def replay(self, delivery: Delivery) -> AttemptOutcome:
-        """Send a stored delivery once more, now: same body and webhook-id, a fresh signature.
+    def start_replay(self, delivery: Delivery) -> bool:
+        """Send a stored delivery once more, in the background: same body and webhook-id, a fresh
+        signature, the attempt recorded as a replay (a slow receiver holds no caller). False when a
+        replay of it is already on its way. It takes no slot of the loop's; it counts towards its
+        destination's load, so the loop sends no more there while it lasts."""
+        if delivery.id in self._replays:
+            return False
+        key = destination(delivery.url)
+        task = asyncio.create_task(self.replay(delivery))
+        self._replays[delivery.id] = task
+        self._load[key] += 1
+        task.add_done_callback(lambda done: self._replay_finished(delivery.id, key, done))
+        return True
 
-        The retry schedule is left alone; a success marks the delivery delivered."""
-        signer = self._signers[delivery.signer]
+    def _replay_finished(self, delivery_id: str, key: str, task: asyncio.Task[None]) -> None:
+        self._replays.pop(delivery_id, None)
+        if self._release(key):
+            self._wakeup.set()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("webhook replay of %s failed", delivery_id, exc_info=task.exception())
+
+    async def replay(self, delivery: Delivery) -> None:
+        """One attempt now, recorded as a replay. The retry schedule is left alone; a success marks
+        the delivery delivered."""
+        signer = self._signers.get(delivery.signer) or _no_signer(delivery.signer)
         outcome = await attempt(self._client, delivery, signer, timeout=self._timeout, replay=True)
         await self._blocking(self._outbox.record_replay, delivery.id, outcome.record, delivered=outcome.delivered)
-        return outcome
+        log.info(
+            "webhook %s replayed to %s: %s",
+            delivery.id,
+            delivery.url,
+            outcome.record.status_code or outcome.record.error,
+        )
+
+
+def _no_signer(name: str) -> Signer:
+    def refuse(delivery: Delivery, timestamp: int) -> Mapping[str, str]:
+        raise LookupError(f"no signer named {name!r}")
+
+    return refuse

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -69,13 +69,27 @@ class Outbox(Protocol):
 
     def close(self) -> None: ...
 
-    def claim_due(self, now: float, *, claim_seconds: float, limit: int) -> list[Delivery]:
-        """Take up to `limit` due deliveries; a claim that is never recorded runs out after `claim_seconds`."""
+    def claim_due(
+        self,
+        now: float,
+        *,
+        claim_seconds: float,
+        limit: int,
+        accept: Callable[[str], bool] | None = None,
+        window: int | None = None,
+        skip_prefixes: Sequence[str] = (),
+    ) -> list[Delivery]:
+        """Take up to `limit` due deliveries; a claim that is never recorded runs out after `claim_seconds`.
+
+        A sender that limits its attempts per destination passes over the URLs beginning (lowercased)
+        with one of `skip_prefixes`, and is asked `accept(url)` for each of the first `window` due
+        deliveries, oldest first: those it refuses stay due and unclaimed."""
 
     def release_claims(self, now: float) -> int:
         """Make deliveries a dead sender had in flight due at once."""
 
-    def next_due_at(self) -> float | None: ...
+    def next_due_at(self, *, skip_prefixes: Sequence[str] = ()) -> float | None:
+        """When the next delivery is due, passing over the URLs beginning with one of `skip_prefixes`."""
 
     def record_attempt(
         self, delivery_id: str, attempt: AttemptRecord, *, state: DeliveryState, next_attempt_at: float | None
@@ -117,6 +131,16 @@ class SqlDatabase(Protocol):
     def write(self) -> contextlib.AbstractContextManager[SqlTransaction]: ...
 
     def close(self) -> None: ...
+
+
+def _skipping(prefixes: Sequence[str]) -> tuple[str, dict[str, str]]:
+    """A condition passing over the URLs that begin with one of `prefixes` (already lowercased), and
+    its parameters. `!` escapes LIKE's wildcards, which host names may hold (`_`)."""
+    params = {
+        f"skip_{n}": prefix.replace("!", "!!").replace("%", "!%").replace("_", "!_") + "%"
+        for n, prefix in enumerate(prefixes)
+    }
+    return "".join(f" AND lower(url) NOT LIKE :{name} ESCAPE '!'" for name in params), params
 
 
 def storable(text: str) -> bool:
@@ -181,20 +205,34 @@ class SqlOutbox:
     def close(self) -> None:
         self._db.close()
 
-    def claim_due(self, now: float, *, claim_seconds: float, limit: int) -> list[Delivery]:
+    def claim_due(
+        self,
+        now: float,
+        *,
+        claim_seconds: float,
+        limit: int,
+        accept: Callable[[str], bool] | None = None,
+        window: int | None = None,
+        skip_prefixes: Sequence[str] = (),
+    ) -> list[Delivery]:
         """Take up to `limit` due deliveries, pushing their due time past the attempt so that a
-        crashed sender's claim simply runs out and the delivery is tried again."""
+        crashed sender's claim simply runs out and the delivery is tried again. (`accept`, `window`
+        and `skip_prefixes`: see `Outbox.claim_due`.)"""
+        skipping, params = _skipping(skip_prefixes)
         # The sender is woken by every job change, and most find nothing due: asking first with a
         # read keeps those wake-ups from taking the write lock a worker may be holding.
         with self._db.read() as tx:
-            due = [
-                row["id"]
-                for row in tx.rows(
-                    "SELECT id FROM webhook_deliveries WHERE state = 'pending' AND next_attempt_at <= :now"
-                    " ORDER BY next_attempt_at LIMIT :limit",
-                    {"now": now, "limit": limit},
-                )
-            ]
+            rows = tx.rows(
+                "SELECT id, url FROM webhook_deliveries WHERE state = 'pending' AND next_attempt_at <= :now"
+                f"{skipping} ORDER BY next_attempt_at LIMIT :limit",
+                {"now": now, "limit": max(window or limit, limit), **params},
+            )
+        due: list[str] = []
+        for row in rows:
+            if len(due) == limit:
+                break
+            if accept is None or accept(row["url"]):
+                due.append(row["id"])
         if not due:
             return []
         with self._db.write() as tx:
@@ -217,9 +255,12 @@ class SqlOutbox:
                 {"now": now, "holder": self._holder},
             )
 
-    def next_due_at(self) -> float | None:
+    def next_due_at(self, *, skip_prefixes: Sequence[str] = ()) -> float | None:
+        skipping, params = _skipping(skip_prefixes)
         with self._db.read() as tx:
-            due = tx.scalar("SELECT MIN(next_attempt_at) FROM webhook_deliveries WHERE state = 'pending'")
+            due = tx.scalar(
+                f"SELECT MIN(next_attempt_at) FROM webhook_deliveries WHERE state = 'pending'{skipping}", params
+            )
         return None if due is None else float(due)
 
     def record_attempt(

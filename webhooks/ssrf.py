@@ -6,7 +6,10 @@ window. Addresses inside IPv6 wrappers (IPv4-mapped, IPv4-compatible, 6to4, NAT6
 and judged as the IPv4 address they carry, because Python's `is_global` misses some of them.
 
 `allow_private` lets loopback and private ranges through (a receiver on the same machine or LAN);
-link-local, cloud metadata and the other never-routable ranges stay blocked whatever it says.
+link-local, cloud metadata and the other never-routable ranges stay blocked whatever it says. Each
+response says whether the address it came from is private (`from_private_address`), so that callers
+can keep what a private host answered to themselves: that answer is a view into the operator's
+network, not the caller's.
 """
 
 from __future__ import annotations
@@ -62,8 +65,16 @@ _NAT64 = _NETWORKS("64:ff9b::/96")
 _IPV4_COMPATIBLE = _NETWORKS("::/96")
 
 
+#: Response extension set by GuardedTransport: whether the address dialled is loopback or private.
+PRIVATE_ADDRESS = "private_address"
+
+
 class BlockedURL(ValueError):
     """The URL may not be fetched; the message says why in words a caller can act on."""
+
+
+class BlockedRequest(httpx.ConnectError):
+    """The guard refused to dial: an httpx error, so a client sees it as a connection it could not make."""
 
 
 def unwrap(address: IPAddress) -> IPAddress:
@@ -93,6 +104,17 @@ def blocked_reason(address: IPAddress, *, allow_private: bool) -> str | None:
     if not inner.is_global:
         return f"{shown} is not a public address"
     return None
+
+
+def is_private(address: IPAddress) -> bool:
+    """Whether only allow_private lets this address through (loopback, private ranges, CGNAT)."""
+    return blocked_reason(address, allow_private=False) is not None
+
+
+def from_private_address(response: httpx.Response) -> bool:
+    """Whether a response came from a loopback or private address. A response that did not pass
+    through the guard (it cannot say) counts as private: its answer is not shown to callers."""
+    return bool(response.extensions.get(PRIVATE_ADDRESS, True))
 
 
 @dataclass(frozen=True)
@@ -139,7 +161,7 @@ async def checked_addresses(url: str, *, allow_private: bool, resolver: Resolver
     else:
         try:
             answers = await resolver(target.host, target.port)
-        except OSError as exc:
+        except (OSError, UnicodeError) as exc:  # UnicodeError: a name IDNA cannot encode (an empty label, say)
             raise BlockedURL(f"cannot resolve {target.host}: {exc}") from None
         if not answers:
             raise BlockedURL(f"{target.host} resolves to no address")
@@ -170,12 +192,14 @@ class GuardedTransport(httpx.AsyncBaseTransport):
                 str(request.url), allow_private=self.allow_private, resolver=self.resolver
             )
         except BlockedURL as exc:
-            raise httpx.ConnectError(f"blocked: {exc}", request=request) from None
+            raise BlockedRequest(f"blocked: {exc}", request=request) from None
         host = request.url.host
         request.url = request.url.copy_with(host=addresses[0])  # the Host header keeps the name
         if request.url.scheme == "https":
             request.extensions = {**request.extensions, "sni_hostname": host}
-        return await self.inner.handle_async_request(request)
+        response = await self.inner.handle_async_request(request)
+        response.extensions[PRIVATE_ADDRESS] = is_private(ipaddress.ip_address(addresses[0].split("%")[0]))
+        return response
 
     async def aclose(self) -> None:
         await self.inner.aclose()

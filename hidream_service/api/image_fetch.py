@@ -3,6 +3,10 @@
 A bad image is answered at once with a 413 or 422 and never becomes a job. The job's input then
 holds a URL of ours (`/files/input-<sha256>/image.png`) to a PNG this process wrote, so workers
 (and a re-run of the job) read a known-good file from storage instead of the caller's bytes.
+
+A URL that cannot be fetched, and anything wrong with what a private (loopback, LAN) address
+answered, get one message (`UNREACHABLE`): a caller must not learn from our errors which ports of
+the operator's network are open, or what they serve. A public host's answer is explained.
 """
 
 from __future__ import annotations
@@ -18,12 +22,16 @@ from pathlib import Path
 
 import httpx
 
-from hidream_service.image_inputs import ImageInputError, decode_image, encode_png
+from hidream_service.image_inputs import CleanImage, ImageDecoder, ImageInputError
 from hidream_service.storage import OutputStorage, files_key
-from webhooks.ssrf import BlockedURL, parse_target
+from webhooks.ssrf import BlockedRequest, BlockedURL, from_private_address, parse_target
 
 INPUT_FILE_NAME = "image.png"
 _DATA_URI_PREFIX = "data:"
+UNREACHABLE = (
+    "could not download the image: no usable image came back from that URL (it could not be reached, did not "
+    "answer in time, or did not answer with an image)"
+)
 
 
 @dataclass(frozen=True)
@@ -38,18 +46,24 @@ class ImageInputs:
     client: httpx.AsyncClient  # the SSRF-guarded client, redirects off
     storage: OutputStorage
     max_bytes: int
-    max_pixels: int
+    decoder: ImageDecoder  # the pixel and decoded-size limits, and how many decode at once
     timeout: float
 
     async def prepare(self, url: str, *, own_hosts: set[str]) -> PreparedImage:
         """Fetch and check one image input; return where its normalized PNG is stored, and its size."""
-        data = await self._read(url, own_hosts)
-        # Decoding, encoding and the storage write are CPU and disk (or Volume) work: off the event loop.
-        return await asyncio.to_thread(self._store_clean_copy, data)
+        data, private = await self._read(url, own_hosts)
+        # Decoding and encoding (a few at a time) and the storage write are CPU and disk (or Volume)
+        # work: off the event loop.
+        try:
+            clean = await self.decoder.to_png(data)
+        except ImageInputError:
+            if private:
+                raise ImageInputError(422, UNREACHABLE) from None
+            raise
+        return await asyncio.to_thread(self._store_clean_copy, clean)
 
-    def _store_clean_copy(self, data: bytes) -> PreparedImage:
-        decoded = decode_image(data, max_pixels=self.max_pixels)
-        png = encode_png(decoded.image)
+    def _store_clean_copy(self, clean: CleanImage) -> PreparedImage:
+        png = clean.png
         key = f"input-{hashlib.sha256(png).hexdigest()[:40]}/{INPUT_FILE_NAME}"
         # Content-addressed: the same image keeps one file. A file already here is touched rather
         # than written again, so that the retention sweep counts its age from its latest use.
@@ -58,11 +72,12 @@ class ImageInputs:
             os.utime(stored)
         elif stored is None:
             self.storage.put(key, png)
-        return PreparedImage(key, decoded.width, decoded.height)
+        return PreparedImage(key, clean.width, clean.height)
 
-    async def _read(self, url: str, own_hosts: set[str]) -> bytes:
+    async def _read(self, url: str, own_hosts: set[str]) -> tuple[bytes, bool]:
+        """The image's bytes, and whether they came from a private address (whose answers go undescribed)."""
         if url.startswith(_DATA_URI_PREFIX):
-            return self._data_uri(url)
+            return self._data_uri(url), False
         try:
             parse_target(url)
         except BlockedURL as exc:
@@ -71,7 +86,7 @@ class ImageInputs:
             ) from None
         key = files_key(url)
         if key is not None and urllib.parse.urlsplit(url).netloc in own_hosts:
-            return await asyncio.to_thread(self._own_file, key)
+            return await asyncio.to_thread(self._own_file, key), False
         return await self._download(url)
 
     def _data_uri(self, url: str) -> bytes:
@@ -94,17 +109,20 @@ class ImageInputs:
             raise ImageInputError(413, f"the image is larger than {self.max_bytes} bytes")
         return stored.read_bytes() if isinstance(stored, Path) else stored
 
-    async def _download(self, url: str) -> bytes:
+    async def _download(self, url: str) -> tuple[bytes, bool]:
         try:
             async with asyncio.timeout(self.timeout):
                 return await self._stream(url)
-        except TimeoutError:
-            raise ImageInputError(422, f"downloading the image took longer than {self.timeout:g} s") from None
-        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        except BlockedRequest as exc:  # the address guard's reason: about the URL, not about what answered
             raise ImageInputError(422, f"could not download the image: {exc}") from None
+        except (TimeoutError, httpx.HTTPError, httpx.InvalidURL, UnicodeError):
+            # Refused, reset, timed out, unresolvable: all alike, whoever the host is.
+            raise ImageInputError(422, UNREACHABLE) from None
 
-    async def _stream(self, url: str) -> bytes:
+    async def _stream(self, url: str) -> tuple[bytes, bool]:
         async with self.client.stream("GET", url, timeout=self.timeout) as response:
+            if from_private_address(response):
+                return await self._read_private(response), True
             if response.is_redirect:
                 location = response.headers.get("location", "?")
                 raise ImageInputError(
@@ -122,4 +140,15 @@ class ImageInputs:
                 data += chunk
                 if len(data) > self.max_bytes:
                     raise ImageInputError(413, f"the image is larger than {self.max_bytes} bytes")
-            return bytes(data)
+            return bytes(data), False
+
+    async def _read_private(self, response: httpx.Response) -> bytes:
+        """A private address's answer, all of whose faults read the same (`UNREACHABLE`)."""
+        if response.status_code != 200:
+            raise ImageInputError(422, UNREACHABLE)
+        data = bytearray()
+        async for chunk in response.aiter_bytes():
+            data += chunk
+            if len(data) > self.max_bytes:
+                raise ImageInputError(422, UNREACHABLE)
+        return bytes(data)

@@ -149,7 +149,7 @@ def replay_webhook(client: ServiceClient, args: argparse.Namespace) -> int:
             return 1
         delivery_id = webhook["delivery_id"]
     answer = client.replay(delivery_id)
-    last = answer["delivery"]["attempts"][-1]
+    last = answer["attempt"]
     outcome = f"HTTP {last['status_code']}" if last["status_code"] is not None else str(last["error"])
     if args.json:
         print(json.dumps(answer, indent=2))

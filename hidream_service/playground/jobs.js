@@ -7,6 +7,7 @@ import { element, formatAge, formatSeconds, toast } from "./dom.js";
 const REFRESH_MS = 2000;
 const PAGE = 50;
 const REPLAYABLE = new Set(["failed", "retrying"]);
+const REPLAY_WAIT_MS = 60000; // outlasts a webhook attempt's timeout (15 s by default)
 
 function badge(text, kind = text) {
   return element("span", { className: `badge ${kind}` }, text);
@@ -67,15 +68,32 @@ export function jobsView({ body, empty, autoRefresh, refreshButton }) {
   let loading = false;
   let loadAgain = false;
 
+  // The server answers a replay at once and sends it in the background: follow the delivery's
+  // history until the replayed attempt is in it.
+  async function replayedAttempt(deliveryId, started) {
+    const seen = started.delivery.attempts.length;
+    const history = `/v1/requests/${encodeURIComponent(started.delivery.request_id)}/webhooks`;
+    for (const deadline = Date.now() + REPLAY_WAIT_MS; Date.now() < deadline; ) {
+      const { deliveries } = await request(history);
+      const delivery = deliveries.find((candidate) => candidate.id === deliveryId);
+      const replayed = delivery && delivery.attempts.slice(seen).find((attempt) => attempt.replay);
+      if (replayed) return replayed;
+      await new Promise((resolve) => setTimeout(resolve, 250));
+    }
+    return null;
+  }
+
   async function replay(summary, button) {
     button.disabled = true;
     try {
-      const answer = await request(`/v1/webhooks/deliveries/${encodeURIComponent(summary.webhook.delivery_id)}/replay`, {
+      const deliveryId = summary.webhook.delivery_id;
+      const started = await request(`/v1/webhooks/deliveries/${encodeURIComponent(deliveryId)}/replay`, {
         method: "POST",
       });
-      const last = answer.delivery.attempts.at(-1);
-      const detail = last && last.status_code ? `HTTP ${last.status_code}` : (last && last.error) || "no answer";
-      toast(answer.delivered ? `Webhook delivered (${detail})` : `Webhook still failing: ${detail}`, answer.delivered ? "ok" : "error");
+      const last = await replayedAttempt(deliveryId, started);
+      const delivered = Boolean(last && last.status_code >= 200 && last.status_code < 300);
+      const detail = last && last.status_code ? `HTTP ${last.status_code}` : (last && last.error) || "no answer yet";
+      toast(delivered ? `Webhook delivered (${detail})` : `Webhook still failing: ${detail}`, delivered ? "ok" : "error");
     } catch (error) {
       toast(`Replay failed: ${error.message}`, "error");
     }

@@ -76,14 +76,15 @@ def test_history_lists_every_attempt_and_replay_resends_the_same_event(tmp_path:
         wait_until(lambda: delivery_state(history_url) == "failed")
         (delivery,) = httpx.get(history_url).json()["deliveries"]
         assert [attempt["status_code"] for attempt in delivery["attempts"]] == [500, 500, 500, 500]
-        assert delivery["attempts"][0]["response"] == "ok"
+        assert delivery["attempts"][0]["response"] is None  # a loopback receiver's answer is not kept
         assert delivery["attempts"][0]["latency_ms"] > 0
 
-        replayed = httpx.post(f"{server.url}/v1/webhooks/deliveries/{delivery['id']}/replay").json()
+        started = httpx.post(f"{server.url}/v1/webhooks/deliveries/{delivery['id']}/replay")
+        assert started.status_code == 202 and started.json()["id"] == delivery["id"]
+        wait_until(lambda: delivery_state(history_url) == "delivered")
+        (replayed,) = httpx.get(history_url).json()["deliveries"]
 
-        assert replayed["delivered"] is True
-        assert replayed["delivery"]["state"] == "delivered"
-        assert replayed["delivery"]["attempts"][-1]["replay"] is True
+        assert replayed["attempts"][-1]["replay"] is True
         hooks = receiver.for_path("/history")
         assert len(hooks) == 5
         assert {hook.headers["webhook-id"] for hook in hooks} == {delivery["id"]}
@@ -132,7 +133,7 @@ def test_metadata_stays_blocked_when_private_urls_are_allowed(server: ServerProc
 
 
 def test_a_hanging_receiver_does_not_hold_up_health_new_jobs_or_cancel(tmp_path: Path) -> None:
-    env = {"HIDREAM_WEBHOOK_TIMEOUT_SECONDS": "10"}
+    env = {"HIDREAM_WEBHOOK_TIMEOUT_SECONDS": "10", "HIDREAM_WEBHOOK_MAX_PER_HOST": "16"}  # one host, every slot
     with (
         WebhookReceiver(responder=lambda path, nth: Reply(200, delay=8)) as receiver,
         ServerProcess(tmp_path / "d", env=env) as server,

@@ -118,3 +118,26 @@ def test_deliveries_are_listed_per_subject_in_order(subject: Subject) -> None:
 
     assert [d.id for d in subject.outbox.for_subject("job-1")] == ["start", "end"]
     assert subject.outbox.get("missing") is None
+
+
+def test_a_claim_passes_over_skipped_destinations_and_what_the_sender_refuses(subject: Subject) -> None:
+    for name, url, due in [
+        ("busy_1", "http://Busy_Host.test:9/a", NOW - 3),  # `_` is a LIKE wildcard: matched literally
+        ("busy_2", "http://busy_host.test:9/b", NOW - 2),
+        ("refused", "http://full.test/x", NOW - 1),
+        ("other", "http://busyxhost.test:9/c", NOW),
+    ]:
+        subject.enqueue(OutboxMessage(name, url, b"{}", "standard"), due)
+    skip = ["http://busy_host.test:9/"]
+
+    claimed = subject.outbox.claim_due(
+        NOW, claim_seconds=45, limit=10, skip_prefixes=skip, accept=lambda url: "full" not in url, window=10
+    )
+
+    assert [d.id for d in claimed] == ["other"]
+    assert subject.outbox.next_due_at(skip_prefixes=skip) == NOW - 1  # the refused one is still due
+    assert sorted(d.id for d in subject.outbox.claim_due(NOW, claim_seconds=45, limit=10)) == [
+        "busy_1",
+        "busy_2",
+        "refused",
+    ]

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from webhooks.ssrf import BlockedURL, GuardedTransport, blocked_reason, checked_addresses
+from webhooks.ssrf import BlockedURL, GuardedTransport, blocked_reason, checked_addresses, from_private_address
 
 ALWAYS_BLOCKED = [
     "169.254.169.254",
@@ -118,6 +118,12 @@ def test_the_checked_address_is_the_one_dialled_and_the_name_is_kept() -> None:
         server.server_close()
     assert response.status_code == 200
     assert response.text == f"receiver.test:{port}"  # the Host header keeps the name while 127.0.0.1 is dialled
+    assert from_private_address(response)  # so its answer is kept from the caller
+
+
+def test_a_name_idna_cannot_encode_is_refused_not_raised() -> None:
+    with pytest.raises(BlockedURL, match="cannot resolve"):
+        asyncio.run(checked_addresses("http://a..b.example/hook", allow_private=False))
 
 
 def test_a_rebinding_answer_to_metadata_is_refused_at_send_time() -> None:
