@@ -210,10 +210,20 @@ def _spawned_calls(conn: Connection, db: Database) -> None:
     )
 
 
+def _fair_queue(conn: Connection, db: Database) -> None:
+    """What the fair queue asks on every lease and submit (jobs/store.py): each key's queued jobs in
+    order (a partial index: only queued rows, so it stays small however long the history), and when
+    each key was last served (the latest start of its jobs)."""
+    conn.execute(text("CREATE INDEX jobs_queued_by_owner ON jobs (owner, seq) WHERE status = 'IN_QUEUE'"))
+    # Partial too, so that the planner never takes it for counting a key's queued jobs (none started).
+    conn.execute(text("CREATE INDEX jobs_started_by_owner ON jobs (owner, started_at) WHERE started_at IS NOT NULL"))
+
+
 MIGRATIONS: tuple[tuple[int, str, Callable[[Connection, Database], None]], ...] = (
     (1, "first release", _release_1),
     (2, "job record as a document; several nodes", _record_as_document),
     (3, "spawned calls", _spawned_calls),
+    (4, "a fair queue between API keys", _fair_queue),
 )
 LATEST = MIGRATIONS[-1][0]
 

@@ -40,14 +40,15 @@ class JobStore(Protocol):
 
     def close(self) -> None: ...
 
-    def insert(self, job_id: str, request: JobRequest, request_hash: str, now: float) -> None:
-        """Persist a new queued job. Raises DuplicateIdempotencyKey if (owner, key) is taken."""
+    def insert(self, job_id: str, request: JobRequest, request_hash: str, now: float, *, max_queued: int = 0) -> None:
+        """Persist a new queued job. Raises DuplicateIdempotencyKey if (owner, key) is taken, and
+        QueueFull if the owner already has `max_queued` jobs queued (0: no limit), atomically."""
 
     def find_by_idempotency_key(self, owner: str, key: str) -> tuple[Job, str] | None:
         """The job holding this key and the fingerprint of the request that created it."""
 
     def get(self, job_id: str, *, with_logs: bool = False) -> Job | None:
-        """The job with its queue position while queued."""
+        """The job with its queue position while queued (jobs that lease before it, in the fair order)."""
 
     def logs(self, job_id: str) -> list[LogLine]: ...
 
@@ -65,7 +66,8 @@ class JobStore(Protocol):
     def lease_token(self, job_id: str) -> str | None: ...
 
     def lease_next(self, token: str, now: float, expires_at: float) -> Job | None:
-        """Move the oldest queued job to IN_PROGRESS under a new lease."""
+        """Move the next queued job to IN_PROGRESS under a new lease: the oldest of the owner served
+        least recently (round robin between owners with queued jobs)."""
 
     def queued(self, endpoint: str, limit: int) -> list[Job]:
         """The oldest queued jobs of one endpoint, in queue order: candidates to run in one batch."""

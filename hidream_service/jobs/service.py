@@ -68,6 +68,7 @@ class JobService:
         endings: JobEndings,
         lease_seconds: float = 30.0,
         max_attempts: int = 3,
+        max_queued_per_owner: int = 0,
         webhook_first_delay: Callable[[], float] = lambda: 0.0,
         on_submitted: Callable[[Job], None] = lambda job: None,
         on_changed: Callable[[str], None] = lambda job_id: None,
@@ -80,6 +81,7 @@ class JobService:
         self._endings = endings
         self.lease_seconds = lease_seconds
         self.max_attempts = max_attempts
+        self.max_queued_per_owner = max_queued_per_owner  # 0: no limit
         self._webhook_first_delay = webhook_first_delay
         self._on_submitted = on_submitted
         self._on_changed = on_changed
@@ -98,6 +100,7 @@ class JobService:
 
         With an Idempotency-Key, a repeat of the same request returns the first job, whatever
         state it is in now; a different request under the same key raises IdempotencyKeyReused.
+        A new job whose owner already has `max_queued_per_owner` jobs queued raises QueueFull.
         """
         fingerprint = request_fingerprint(request)
         if request.idempotency_key is not None:
@@ -106,7 +109,7 @@ class JobService:
                 return existing, False
         job_id = str(uuid.uuid4())
         try:
-            self.store.insert(job_id, request, fingerprint, self._clock())
+            self.store.insert(job_id, request, fingerprint, self._clock(), max_queued=self.max_queued_per_owner)
         except DuplicateIdempotencyKey:
             # A concurrent submit with the same key won the race.
             existing = self._existing(request, fingerprint)
@@ -115,6 +118,7 @@ class JobService:
         job = self.store.get(job_id)
         assert job is not None
         self._on_submitted(job)
+        self._on_queue_moved()  # in the fair order a new job may go ahead of other owners' queued ones
         return job, True
 
     def repeat_of(self, request: JobRequest) -> Job | None:
@@ -159,7 +163,8 @@ class JobService:
     # -- workers ---------------------------------------------------------------------------------
 
     def lease_next(self, holder: str) -> Lease | None:
-        """Lease the oldest queued job for `holder` (a worker name, the prefix of the lease token)."""
+        """Lease the next queued job for `holder` (a worker name, the prefix of the lease token): the
+        oldest of the owner served least recently."""
         token = f"{holder}:{uuid.uuid4().hex}"
         now = self._clock()
         return self._leased(self.store.lease_next(token, now, now + self.lease_seconds), token, now)
@@ -393,6 +398,7 @@ def build_service(
         endings=endings,
         lease_seconds=settings.lease_seconds,
         max_attempts=settings.max_job_attempts,
+        max_queued_per_owner=settings.max_queued_per_key,
         webhook_first_delay=lambda: first_delay,
         on_submitted=on_submitted,
         on_changed=on_changed,

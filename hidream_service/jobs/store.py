@@ -5,6 +5,11 @@ Writes that change a job's state are compare-and-set: they name the state (and, 
 lease token) they expect, so a worker whose lease was taken away cannot overwrite a newer outcome.
 On Postgres each write also tells the other nodes (NOTIFY, on commit), so that their workers and
 watchers hear of it at once.
+
+The queue is fair between owners (API keys): a worker leases the oldest queued job of the owner
+served least recently (an owner never served first), so one key's backlog cannot hold back another
+key's job for longer than one job per key with queued work. When an owner was last served is the
+latest start of its jobs (an index, migration 4); no table of its own to keep in step.
 """
 
 from __future__ import annotations
@@ -19,6 +24,20 @@ from hidream_service.jobs.model import Job, JobRequest, JobStatus, LogLine, Prog
 from hidream_service.jobs.record import document, job_from_row
 from webhooks import outbox
 from webhooks.outbox import storable
+
+#: When the owner of the `waiting` row was last served (NULL: never): the latest start of its jobs.
+_LAST_SERVED = (
+    "(SELECT MAX(served.started_at) FROM jobs AS served"
+    " WHERE served.owner = waiting.owner AND served.started_at IS NOT NULL)"  # as the partial index has it
+)
+#: The owner whose turn it is: of those with queued jobs, the one served least recently (never served
+#: first), then the one whose oldest queued job is oldest. Computed once per lease, per owner.
+_NEXT_OWNER = (
+    "(SELECT waiting.owner FROM (SELECT owner, MIN(seq) AS first_seq FROM jobs WHERE status = 'IN_QUEUE'"
+    f" GROUP BY owner) AS waiting ORDER BY {_LAST_SERVED} NULLS FIRST, waiting.first_seq LIMIT 1)"
+)
+#: Postgres advisory-lock space (two-key form) in which one owner's submits take turns ("hdrq").
+_SUBMIT_LOCK_SPACE = 0x68647271
 
 _LEASED = (
     "status = 'IN_PROGRESS', lease_token = :token, lease_expires_at = :expires, attempts = attempts + 1,"
@@ -35,6 +54,41 @@ class DuplicateIdempotencyKey(Exception):
     """Another job already holds this (owner, Idempotency-Key)."""
 
 
+class QueueFull(Exception):
+    """The owner already has `limit` jobs queued."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"this API key already has {limit} requests queued")
+        self.limit = limit
+
+
+@dataclasses.dataclass(frozen=True)
+class QueuedOwner:
+    """One owner's share of the queue, as the fair order sees it."""
+
+    queued: int
+    ahead: int  # its queued jobs submitted before the one asked about
+    first_seq: int
+    served_at: float | None
+
+    def turn(self) -> tuple[bool, float, int]:
+        """Its place in the rotation: never served first, then least recently served, then oldest job."""
+        return (self.served_at is not None, self.served_at or 0.0, self.first_seq)
+
+
+def fair_position(owners: dict[str, QueuedOwner], owner: str) -> int:
+    """How many queued jobs lease before the one asked about (`owners[owner].ahead` of its owner's own
+    are ahead of it), if nothing else were submitted: each round serves every owner with jobs left
+    once, in rotation order, so an owner ahead of this one in the rotation gets one more turn."""
+    mine = owners[owner]
+    rounds = mine.ahead
+    position = rounds
+    for name, other in owners.items():
+        if name != owner:
+            position += min(other.queued, rounds + int(other.turn() < mine.turn()))
+    return position
+
+
 class SqlJobStore:
     """Thread-safe: each call checks a connection out of the database's pool."""
 
@@ -46,8 +100,10 @@ class SqlJobStore:
 
     # -- submit ---------------------------------------------------------------------------------
 
-    def insert(self, job_id: str, request: JobRequest, request_hash: str, now: float) -> None:
-        """Commit a new queued job. Raises DuplicateIdempotencyKey if the key is taken."""
+    def insert(self, job_id: str, request: JobRequest, request_hash: str, now: float, *, max_queued: int = 0) -> None:
+        """Commit a new queued job. Raises DuplicateIdempotencyKey if the key is taken, and QueueFull
+        if its owner already has `max_queued` jobs queued (0: no limit), counted in the same
+        transaction as the insert."""
         job = Job(
             id=job_id,
             endpoint=request.endpoint,
@@ -63,6 +119,8 @@ class SqlJobStore:
         )
         try:
             with self.db.write() as tx:
+                if max_queued:
+                    self._check_room(tx, request.owner, max_queued)
                 tx.run(
                     "INSERT INTO jobs (id, endpoint, owner, dialect, status, idempotency_key, request_hash,"
                     " created_at, doc) VALUES (:id, :endpoint, :owner, :dialect, 'IN_QUEUE', :key, :hash, :now, :doc)",
@@ -78,10 +136,23 @@ class SqlJobStore:
                     },
                 )
                 self.db.notify(tx, Notice.QUEUED)
+                self.db.notify(tx, Notice.MOVED)  # a new owner's job goes ahead of others' backlogs
         except IntegrityError as exc:
             if request.idempotency_key is not None and "idempotency" in str(exc):
                 raise DuplicateIdempotencyKey(request.idempotency_key) from exc
             raise
+
+    def _check_room(self, tx: Tx, owner: str, max_queued: int) -> None:
+        if self.db.is_postgres:
+            # One owner's submits take turns until commit, so two cannot both take the last place.
+            # (SQLite's write lock already makes every writer take its turn.)
+            tx.run(
+                "SELECT pg_advisory_xact_lock(CAST(:space AS INTEGER), hashtext(:owner))",
+                {"space": _SUBMIT_LOCK_SPACE, "owner": owner},
+            )
+        queued = tx.scalar("SELECT COUNT(*) FROM jobs WHERE owner = :owner AND status = 'IN_QUEUE'", {"owner": owner})
+        if queued >= max_queued:
+            raise QueueFull(max_queued)
 
     def find_by_idempotency_key(self, owner: str, key: str) -> tuple[Job, str] | None:
         with self.db.read() as tx:
@@ -101,9 +172,7 @@ class SqlJobStore:
                 return None
             position = None
             if row["status"] == JobStatus.IN_QUEUE.value:
-                position = tx.scalar(
-                    "SELECT COUNT(*) FROM jobs WHERE status = 'IN_QUEUE' AND seq < :seq", {"seq": row["seq"]}
-                )
+                position = _queue_position(tx, row["owner"], row["seq"])
             logs = _logs(tx, job_id) if with_logs else None
         return job_from_row(row, queue_position=position, logs=logs)
 
@@ -151,10 +220,14 @@ class SqlJobStore:
     # -- worker side ----------------------------------------------------------------------------
 
     def lease_next(self, token: str, now: float, expires_at: float) -> Job | None:
-        """Atomically move the oldest queued job (that no other node is leasing) to IN_PROGRESS."""
+        """Atomically move the next queued job in the fair order (that no other node is leasing) to
+        IN_PROGRESS: the oldest of the owner served least recently."""
+        # The owner's jobs first; the others after, for when another node holds every one of its
+        # queued jobs locked this instant (Postgres), so that this worker does not stand idle.
         return self._lease(
             f"UPDATE jobs SET {_LEASED} WHERE status = 'IN_QUEUE' AND seq = (SELECT seq FROM jobs"
-            f" WHERE status = 'IN_QUEUE' ORDER BY seq LIMIT 1{self.db.skip_locked}) RETURNING *",
+            f" WHERE status = 'IN_QUEUE' ORDER BY CASE WHEN owner = {_NEXT_OWNER} THEN 0 ELSE 1 END, seq"
+            f" LIMIT 1{self.db.skip_locked}) RETURNING *",
             token=token,
             now=now,
             expires=expires_at,
@@ -307,6 +380,23 @@ class SqlJobStore:
             if JobStatus.IN_QUEUE in expected:
                 self.db.notify(tx, Notice.MOVED)
         return True
+
+
+def _queue_position(tx: Tx, owner: str, seq: int) -> int:
+    """Jobs that lease before the queued job `seq` of `owner`, in the fair order (lease_next's)."""
+    rows = tx.rows(
+        "SELECT owner, COUNT(*) AS queued, SUM(CASE WHEN seq < :seq THEN 1 ELSE 0 END) AS ahead,"
+        f" MIN(seq) AS first_seq, {_LAST_SERVED} AS served_at FROM jobs AS waiting WHERE status = 'IN_QUEUE'"
+        " GROUP BY owner",
+        {"seq": seq},
+    )
+    owners = {
+        row["owner"]: QueuedOwner(int(row["queued"]), int(row["ahead"]), int(row["first_seq"]), row["served_at"])
+        for row in rows
+    }
+    if owner not in owners:
+        return 0  # it left the queue between the two reads
+    return fair_position(owners, owner)
 
 
 def _logs(tx: Tx, job_id: str) -> list[LogLine]:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from PIL import Image
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from hidream_service.models.base import InputError, JobCancelled, RunContext, Runner, StrictInput
 from hidream_service.models.family import Endpoint, ModelFamily, Task
@@ -21,6 +21,9 @@ if TYPE_CHECKING:
     from hidream_service.inference.pipelines import PipelineCache
 
 NOOP_ID = "hidream/noop"
+#: The longest a noop job may pretend to work (num_steps x step_seconds): enough to watch progress
+#: and cancel, too short to hold a worker from real jobs.
+MAX_PRETEND_SECONDS = 60.0
 
 
 class NoopInput(StrictInput):
@@ -33,6 +36,15 @@ class NoopInput(StrictInput):
     )
     output_format: str = Field(default="png", pattern="^(jpeg|png|webp)$")
     sync_mode: bool = False
+
+    @model_validator(mode="after")
+    def _bounded_pretence(self) -> NoopInput:
+        if self.num_steps * self.step_seconds > MAX_PRETEND_SECONDS:
+            raise ValueError(
+                f"num_steps x step_seconds is {self.num_steps * self.step_seconds:g} s;"
+                f" a noop job pretends to work for at most {MAX_PRETEND_SECONDS:g} s"
+            )
+        return self
 
 
 def run_noop(params: NoopInput, ctx: RunContext) -> dict[str, Any]:
