@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from hidream_service.storage import OutputStorage
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_DOTS = re.compile(r"\.{2,}")
 MAX_NAME_LENGTH = 100
 
 
@@ -37,7 +38,9 @@ class Upload:
 
 
 def clean_name(name: str | None) -> str:
-    cleaned = _UNSAFE.sub("_", (name or "").rsplit("/", 1)[-1]).strip("._")[:MAX_NAME_LENGTH]
+    cleaned = _UNSAFE.sub("_", (name or "").rsplit("/", 1)[-1])
+    # One dot at a time: storage refuses any key holding "..", so "a..png" would never be stored.
+    cleaned = _DOTS.sub(".", cleaned).strip("._")[:MAX_NAME_LENGTH]
     return cleaned or "upload.bin"
 
 
