@@ -29,6 +29,7 @@ def serve(args: argparse.Namespace) -> int:
     from hidream_service.inference.weights import WeightsError
     from hidream_service.runtime import DataDirInUse, data_dir_lock, database_problem
     from hidream_service.server import create_app
+    from hidream_service.serving import uvicorn_config
 
     settings = settings_from(args)
     try:
@@ -49,7 +50,7 @@ def serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if not settings.api_keys and settings.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("binding %s with no API keys: anyone on the network can submit jobs", settings.host)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=5)
+    uvicorn.Server(uvicorn_config(app, settings)).run()
     return 0
 
 

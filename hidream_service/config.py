@@ -72,6 +72,30 @@ class Settings(BaseSettings):
         description="Address the API binds to. Loopback by default; bind wider only with API keys set.",
     )
     port: int = Field(default=8000, ge=0, le=65535, description="TCP port of the API (0 picks a free one).")
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated host names (any port) requests may name in their Host header, besides "
+        "localhost, 127.0.0.1, [::1], the bind address and public_url's host. Empty: checked only on a loopback "
+        "bind, where a web page could otherwise reach the API through DNS rebinding. '*': any host.",
+    )
+    request_header_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="`hidream serve`: a client has this long to send a request's line and headers once it has "
+        "connected (or started its next request); slower ones are closed.",
+    )
+    request_body_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="Longest wait for the next part of a request body; a body that stalls longer is a 408 and "
+        "the connection is closed.",
+    )
+    max_connections: int = Field(
+        default=1000,
+        ge=1,
+        description="`hidream serve`: open connections (streams and idle keep-alives included) past which new "
+        "requests are answered 503.",
+    )
     weights: str | None = Field(
         default=None,
         description="'tiny' for random-weight tiny models built offline, or a directory of real HiDream "
@@ -86,9 +110,16 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Comma-separated API keys. Empty: the API is open (and should stay on loopback).",
     )
+    admin_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated API keys (each also in api_keys) that may run server-wide operations, "
+        "such as rotating fal's signing key. Without API keys anyone may.",
+    )
     webhook_secret: str | None = Field(
         default=None,
-        description="Standard Webhooks signing secret (whsec_...). Unset: generated once and kept in the data dir.",
+        description="Pins the Standard Webhooks secrets (whsec_...): without API keys it is the secret; with keys, "
+        "each key's own secret is derived from it. Unset: each key's (or the open server's) is generated and kept "
+        "with the signing keys, and rotated over HTTP.",
     )
     workers: int = Field(default=1, ge=1, le=64, description="Worker processes (one per GPU).")
     device: Literal["auto", "cpu", "cuda"] = Field(
@@ -127,15 +158,29 @@ class Settings(BaseSettings):
     allow_private_urls: bool | None = Field(
         default=None,
         description="Let webhook and image-input URLs reach loopback and private addresses (never link-local "
-        "or cloud metadata). Unset: allowed when the API binds to loopback, refused otherwise.",
+        "or cloud metadata). Unset: allowed only for an open API (no api_keys) bound to loopback, where the "
+        "caller is the operator; with keys, callers are tenants and must not reach the operator's network.",
     )
     webhook_max_concurrency: int = Field(
         default=16, ge=1, le=1000, description="Webhook POSTs in flight at once from the delivery loop."
+    )
+    webhook_max_per_host: int = Field(
+        default=4,
+        ge=1,
+        le=1000,
+        description="Webhook POSTs in flight at once to one host and port, so that a slow receiver holds a few "
+        "of the delivery loop's slots and never all of them.",
     )
     sync_timeout_seconds: float = Field(
         default=300.0,
         gt=0,
         description="How long synchronous calls (OpenAI Images, fal run, WaveSpeed sync mode) wait for a job.",
+    )
+    max_queued_per_key: int = Field(
+        default=100,
+        ge=0,
+        description="Most jobs one API key may have queued (not yet running); one more is a 429 with "
+        "Retry-After. 0: no limit.",
     )
     max_upload_bytes: int = Field(
         default=50 << 20, gt=0, description="Largest file accepted by the upload endpoints (fal storage, /v1/files)."
@@ -145,6 +190,19 @@ class Settings(BaseSettings):
     )
     max_image_pixels: int = Field(
         default=4096 * 4096, gt=0, description="Most pixels an image input may have (from its header); more is a 413."
+    )
+    max_image_decoded_bytes: int = Field(
+        default=4096 * 4096 * 4,
+        gt=0,
+        description="Most bytes an image input may take decoded, read from its header before decoding: pixels x "
+        "channels x bytes a channel (a 16-bit RGBA PNG counts 8 bytes a pixel); more is a 413.",
+    )
+    max_concurrent_decodes: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description="Image inputs decoded at once by the API; more wait their turn. With the decoded-size "
+        "limit, this bounds the memory decoding takes (up to about 200 MB per 16-megapixel decode).",
     )
     image_fetch_timeout_seconds: float = Field(
         default=20.0, gt=0, description="Time limit for downloading one image input from its URL."
@@ -189,7 +247,7 @@ class Settings(BaseSettings):
         description="Pipelines a worker keeps loaded. One real HiDream-I1 pipeline fills an 80 GB GPU.",
     )
 
-    @field_validator("api_keys", "preload", "models", mode="before")
+    @field_validator("api_keys", "admin_keys", "preload", "models", "allowed_hosts", mode="before")
     @classmethod
     def _parse_lists(cls, value: object) -> object:
         return _split_commas(value)
@@ -221,6 +279,12 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _admin_keys_are_api_keys(self) -> Settings:
+        if set(self.admin_keys) - set(self.api_keys):
+            raise ValueError("every admin key must also be one of the API keys (HIDREAM_API_KEYS)")
+        return self
+
+    @model_validator(mode="after")
     def _batch_wait_within_lease(self) -> Settings:
         # A worker holds its first job's lease while it waits for batch mates, without renewing it.
         if self.batch_wait_seconds >= self.lease_seconds / 3:
@@ -231,7 +295,7 @@ class Settings(BaseSettings):
     def private_urls_allowed(self) -> bool:
         if self.allow_private_urls is not None:
             return self.allow_private_urls
-        return self.host in LOOPBACK_HOSTS
+        return self.host in LOOPBACK_HOSTS and not self.api_keys
 
     @property
     def database_path(self) -> Path:

@@ -148,6 +148,7 @@ def build_deliverer(
         timeout=settings.webhook_timeout_seconds,
         throttle_seconds=settings.webhook_throttle_seconds,
         max_concurrency=settings.webhook_max_concurrency,
+        max_per_destination=settings.webhook_max_per_host,
         blocking=store_call,
     )
 

@@ -12,17 +12,20 @@ import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
 
 from hidream_service.api import catalogue, fal_storage, files, playground
 from hidream_service.api import requests as request_routes
 from hidream_service.api import webhooks as webhook_routes
 from hidream_service.api.auth import ApiKeys
 from hidream_service.api.errors import install_error_handlers
+from hidream_service.api.guard import RequestChecks, RequestGuard
 from hidream_service.api.image_fetch import ImageInputs
 from hidream_service.api.state import AppState, Runtime, app_state
 from hidream_service.config import Settings, SettingsError
 from hidream_service.dialects.registry import DIALECTS
+from hidream_service.image_inputs import ImageDecoder
 from hidream_service.inference.weights import resolve_weights
 from hidream_service.models.family import Endpoint
 from hidream_service.models.registry import DEFAULT_REGISTRY, Registry
@@ -68,7 +71,7 @@ def create_app(
                 registry=registry,
                 endpoints=endpoints,
                 dialects=DIALECTS,
-                api_keys=ApiKeys(settings.api_keys),
+                api_keys=ApiKeys(settings.api_keys, settings.admin_keys),
                 storage=opened.storage,
                 events=opened.events,
                 executor=opened.executor,
@@ -80,21 +83,36 @@ def create_app(
                     image_client,  # image URLs go through the same address guard as webhooks
                     opened.storage,
                     max_bytes=settings.max_image_bytes,
-                    max_pixels=settings.max_image_pixels,
+                    decoder=ImageDecoder(
+                        max_pixels=settings.max_image_pixels,
+                        max_decoded_bytes=settings.max_image_decoded_bytes,
+                        max_concurrent=settings.max_concurrent_decodes,
+                    ),
                     timeout=settings.image_fetch_timeout_seconds,
                 ),
             )
             _log_start(settings, endpoints)
             yield
 
-    app = FastAPI(title="HiDream service", version="0.1.0", lifespan=lifespan)
+    # Every route checks the Host and refuses other sites' pages, each refusal in its dialect's shape.
+    checks = [Depends(RequestChecks(settings))]
+    app = FastAPI(title="HiDream service", version="0.1.0", lifespan=lifespan, dependencies=checks)
 
     install_error_handlers(app)
+    app.add_middleware(RequestGuard, body_timeout=settings.request_body_timeout_seconds)
 
-    @app.get("/health")
-    async def health(request: Request) -> dict[str, Any]:
+    @app.get("/health", responses={503: {"description": "Degraded: jobs cannot run here now; `reason` says why"}})
+    async def health(request: Request) -> JSONResponse:
+        """200 `{"status": "ok", ...}`, or 503 `{"status": "degraded", "reason": ...}` while jobs
+        cannot run here (no worker alive, the job store refusing writes)."""
         state = app_state(request)
-        return {"status": "ok", **state.executor.health(), "endpoints": sorted(state.endpoints)}
+        executor = dict(state.executor.health())
+        problem = executor.pop("problem", None)
+        body: dict[str, Any] = {"status": "ok" if problem is None else "degraded"}
+        if problem is not None:
+            body["reason"] = problem
+        body.update(executor, endpoints=sorted(state.endpoints))
+        return JSONResponse(body, status_code=200 if problem is None else 503)
 
     for module in (playground, files, webhook_routes, request_routes, catalogue, fal_storage):
         app.include_router(module.router)

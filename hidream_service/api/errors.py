@@ -9,7 +9,9 @@ renderer:
     WaveSpeed                           {"code", "message", "data": null}
     OpenAI                              {"error": {"message", "type", "param", "code"}}
 
-A request no route matches (an unknown path, a wrong method) gets the service's own shape.
+A request no route matches (an unknown path, a wrong method) gets the service's own shape. A
+request that could not be written because the disk or the database is full is a 507 (Insufficient
+Storage), in the same shape, with nothing of it kept.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match, Route
+
+from hidream_service.storage_full import STORAGE_FULL_MESSAGE, is_storage_full
 
 log = logging.getLogger("hidream_service")
 
@@ -59,9 +63,22 @@ async def shaped(render: ErrorRenderer, request: Request, handler: Handler) -> R
         return error_response(render, exc.status_code, exc.detail, getattr(exc, "headers", None))
     except RequestValidationError as exc:
         return error_response(render, 422, validation_detail(exc))
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(render, 500, "internal server error")
+    except Exception as exc:
+        return unexpected_error_response(render, request, exc)
+
+
+def unexpected_error_response(render: ErrorRenderer, request: Request, exc: Exception) -> JSONResponse:
+    """What an exception no handler answered becomes: a 507 for want of room, else a logged 500."""
+    if is_storage_full(exc):
+        return storage_full_response(render, request, exc)
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(render, 500, "internal server error")
+
+
+def storage_full_response(render: ErrorRenderer, request: Request, exc: Exception) -> JSONResponse:
+    """507 for a request that could not be written for want of room: the client may try again."""
+    log.error("%s %s refused: storage full (%s)", request.method, request.url.path, exc)
+    return error_response(render, 507, STORAGE_FULL_MESSAGE)
 
 
 def shaped_route(render: ErrorRenderer) -> type[APIRoute]:
@@ -120,5 +137,5 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(detail_body, 500, "internal server error")
+        # Only what api/guard.py did not answer first: Starlette re-raises it, and uvicorn drops the connection.
+        return unexpected_error_response(detail_body, request, exc)

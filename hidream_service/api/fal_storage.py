@@ -11,7 +11,6 @@ The returned URLs can be passed to any input that takes an image URL.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 import time
 from typing import Any
@@ -20,9 +19,10 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
 
 from hidream_service.api import submission
+from hidream_service.api.bodies import capped_stream
 from hidream_service.api.rendering import iso
 from hidream_service.api.state import AppState, app_state
-from hidream_service.uploads import Upload, UploadTooLarge, clean_name, new_upload_id, store_upload
+from hidream_service.uploads import Upload, clean_name, new_upload_id, store_upload
 
 router = APIRouter()
 
@@ -30,21 +30,27 @@ TOKEN_SECONDS = 3600
 
 
 def _mac(state: AppState, message: str) -> str:
-    """Storage tokens and upload URLs carry their own proof. The key comes from the webhook signing
-    secret, which every process and container of a deployment shares, so one issued by one web
-    container is honoured by another (and a restart does not void it)."""
-    key = hmac.new(state.keys.current_secret.encode(), b"hidream storage", hashlib.sha256).digest()
-    return hmac.new(key, message.encode(), hashlib.sha256).hexdigest()
+    """Storage tokens and upload URLs carry their own proof, made with a server key kept beside the
+    webhook secrets (signing_keys.py): every process and container of a deployment shares it, so one
+    issued by one web container is honoured by another and a restart does not void it, and no
+    webhook secret rotation does either. (A plain HMAC: not worth a dependency such as itsdangerous.)"""
+    return state.keys.token_mac(message)
 
 
 def _token_for(state: AppState, owner: str, expires_at: int) -> str:
     return f"{owner or '-'}.{expires_at}.{_mac(state, f'token.{owner}.{expires_at}')}"
 
 
+def _is_timestamp(text: str) -> bool:
+    """Seconds since the epoch as we write them; not isdigit(), which takes "²" and 5000 digits,
+    both of which int() refuses."""
+    return len(text) <= 12 and text.isascii() and text.isdigit()
+
+
 def _owner_from_token(state: AppState, token: str) -> str | None:
     owner, _, rest = token.partition(".")
     expires, _, _mac_text = rest.partition(".")
-    if not expires.isdigit() or int(expires) < time.time():
+    if not _is_timestamp(expires) or int(expires) < time.time():
         return None
     owner = "" if owner == "-" else owner
     return owner if hmac.compare_digest(_token_for(state, owner, int(expires)), token) else None
@@ -61,21 +67,16 @@ def _uploader(state: AppState, request: Request) -> str:
 
 
 async def _store(state: AppState, request: Request, name: str | None, upload_id: str | None = None) -> Upload:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > state.settings.max_upload_bytes:
-        raise HTTPException(413, f"uploads are limited to {state.settings.max_upload_bytes} bytes")
-    try:
-        return await store_upload(
-            state.storage,
-            request.stream(),
-            name=name,
-            content_type=request.headers.get("content-type"),
-            max_bytes=state.settings.max_upload_bytes,
-            base_url=submission.base_url(state, request),
-            upload_id=upload_id,
-        )
-    except UploadTooLarge as exc:
-        raise HTTPException(413, str(exc)) from None
+    limit = state.settings.max_upload_bytes
+    return await store_upload(
+        state.storage,
+        capped_stream(request, limit, f"uploads are limited to {limit} bytes"),  # chunked bodies too
+        name=name,
+        content_type=request.headers.get("content-type"),
+        max_bytes=limit,
+        base_url=submission.base_url(state, request),
+        upload_id=upload_id,
+    )
 
 
 @router.post("/storage/auth/token")
@@ -124,7 +125,7 @@ async def put_upload(request: Request, ticket: str, name: str) -> JSONResponse:
     upload_id, _, rest = ticket.partition(".")
     expires, _, mac = rest.partition(".")
     valid = (
-        expires.isdigit()
+        _is_timestamp(expires)
         and int(expires) >= time.time()
         and hmac.compare_digest(_mac(state, f"upload.{upload_id}.{expires}.{name}"), mac)
     )

@@ -1,12 +1,13 @@
 """What every dialect does to start a job: validate the canonical input, check the webhook URL,
-honour Idempotency-Key, persist; and, for synchronous dialects, wait for the job to end."""
+honour Idempotency-Key, persist (within the key's queue limit); and, for synchronous dialects, wait
+for the job to end, cancelling it if the caller hangs up first."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import json
-import math
+import logging
 import urllib.parse
 from collections.abc import AsyncGenerator, Sequence
 from typing import Any
@@ -14,15 +15,21 @@ from typing import Any
 from fastapi import HTTPException, Request
 from pydantic import BaseModel, ValidationError
 
+from hidream_service.api import json_body
 from hidream_service.api.state import AppState, app_state
 from hidream_service.api.webhooks import callback_url_problem
 from hidream_service.image_inputs import ImageInputError
 from hidream_service.jobs.model import Job, JobRequest, JobStatus
 from hidream_service.jobs.service import IdempotencyKeyReused
+from hidream_service.jobs.store import QueueFull
 from hidream_service.models.family import Endpoint
+
+log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1 << 20  # JSON inputs, besides image inputs sent inline as data URIs
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
+#: What a 429 for a full queue asks the client to wait: about one short job's time.
+QUEUE_FULL_RETRY_AFTER_SECONDS = 10
 
 
 def field_errors(exc: ValidationError, prefix: Sequence[str] = ("body",)) -> list[dict[str, Any]]:
@@ -37,7 +44,11 @@ def one_error(loc: Sequence[str | int], msg: str, type_: str) -> list[dict[str, 
 
 
 async def read_json_object(request: Request) -> dict[str, Any]:
-    """The body as a JSON object: 413 past the size cap, 422 for anything that is not an object."""
+    """The body as a JSON object: 415 unless sent as JSON, 413 past the size cap, 422 for anything
+    that is not an object (json_body says what else is refused)."""
+    content_type = request.headers.get("content-type")
+    if content_type is not None and not json_body.is_json(content_type):
+        raise HTTPException(415, "send the body as JSON, with Content-Type: application/json")
     # Room for one image input as a base64 data URI; the image's own limit is checked when it is decoded.
     limit = MAX_BODY_BYTES + app_state(request).settings.max_image_bytes * 4 // 3
     declared = request.headers.get("content-length")
@@ -53,25 +64,15 @@ async def read_json_object(request: Request) -> dict[str, Any]:
     raw = b"".join(chunks)
     if not raw.strip():
         return {}
+    if content_type is None:
+        raise HTTPException(415, "send the body as JSON, with Content-Type: application/json")
     try:
-        payload = json.loads(raw, parse_constant=_not_json, parse_float=_finite_float)
+        payload = json_body.loads(raw)
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors too
         raise HTTPException(422, one_error(["body"], f"body is not valid JSON: {exc}", "json_invalid")) from None
     if not isinstance(payload, dict):
         raise HTTPException(422, one_error(["body"], "body must be a JSON object", "model_attributes_type"))
     return payload
-
-
-def _not_json(constant: str) -> Any:
-    """Python's json reads NaN and Infinity, which JSON does not have."""
-    raise ValueError(f"{constant} is not a JSON number")
-
-
-def _finite_float(text: str) -> float:
-    number = float(text)
-    if not math.isfinite(number):
-        raise ValueError(f"{text} is too large for a number")
-    return number
 
 
 def parse(model: type[BaseModel], payload: dict[str, Any]) -> Any:
@@ -137,6 +138,12 @@ async def submit(
         job, _created = await state.store_call(
             state.service.submit, dataclasses.replace(job_request, input=job_input, client_input=echoed)
         )
+    except QueueFull as exc:
+        raise HTTPException(
+            429,
+            f"{exc}: wait for some to start, or cancel some",
+            headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER_SECONDS)},
+        ) from None
     except IdempotencyKeyReused:
         raise HTTPException(
             422,
@@ -202,9 +209,17 @@ async def prepare_images(
     return job_input
 
 
-async def until_terminal(state: AppState, job_id: str, owner: str, timeout: float, *, with_logs: bool = False) -> Job:
+async def until_terminal(
+    state: AppState, job_id: str, owner: str, timeout: float, *, with_logs: bool = False, request: Request | None = None
+) -> Job:
     """The job once it has ended, or as it stands when `timeout` runs out. Wakes when this job
-    changes (and once a second, should a wake-up ever be missed)."""
+    changes (and once a second, should a wake-up ever be missed).
+
+    With `request`, the synchronous request waiting for it (looked at on each wake-up): if its caller
+    hangs up first, the job is cancelled, unless it has a webhook (someone else still hears how it
+    ends), and returned as it stands. Nobody else knows the id of a synchronous call's job, so it
+    would run for no one.
+    """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     with state.events.watching(job_id) as watch:
@@ -217,6 +232,11 @@ async def until_terminal(state: AppState, job_id: str, owner: str, timeout: floa
             if job.status.is_terminal() or remaining <= 0:
                 return job
             await watch.changed_since(version, min(remaining, 1.0))
+            if request is not None and await request.is_disconnected():
+                if job.webhook_url is None:
+                    await state.store_call(state.service.cancel, job_id, owner)
+                    log.info("cancelled %s: its synchronous caller disconnected", job_id)
+                return job
 
 
 async def watched_job(

@@ -92,7 +92,16 @@ class ModalDeployment:
                 "set HIDREAM_DATABASE_URL (or DATABASE_URL) to a postgresql:// URL in the hidream-database Modal"
                 " Secret: every Modal container shares one database"
             )
-        settings = settings.model_copy(update={"node_id": settings.node_id or container_node_id()})
+        # Nothing here binds HIDREAM_HOST: Modal's proxy serves the app under its own host names, so the
+        # Host check meant for a loopback bind would refuse them all (HIDREAM_ALLOWED_HOSTS still narrows it).
+        settings = settings.model_copy(
+            update={
+                "node_id": settings.node_id or container_node_id(),
+                "allowed_hosts": settings.allowed_hosts or ["*"],
+            }
+        )
+        if settings.allow_private_urls is None:  # the loopback default means a bind, and nothing binds here
+            settings = settings.model_copy(update={"allow_private_urls": False})
         self.settings = settings
         self.handles = handles
         self.registry = registry
@@ -159,6 +168,7 @@ class ModalDeployment:
         )
         listener = ClusterListener(self.settings.sql_url, self.settings.node_id or "", handlers)
         await asyncio.to_thread(listener.start)
+        deliverer = build_deliverer(self.settings, self.outbox, self.keys, client, store_call)
         try:
             yield Runtime(
                 service=self.service(on_changed=events.notify_threadsafe, on_queue_moved=events.queue_moved_threadsafe),
@@ -167,10 +177,11 @@ class ModalDeployment:
                 executor=self.executor,
                 keys=self.keys,
                 outbox=self.outbox,
-                deliverer=build_deliverer(self.settings, self.outbox, self.keys, client, store_call),
+                deliverer=deliverer,
                 store_call=store_call,
             )
         finally:
+            await deliverer.abandon_in_flight()  # replays still sending: not made, as at any shutdown
             await asyncio.to_thread(listener.stop)
             await client.aclose()
             threads.shutdown(wait=True)
@@ -190,6 +201,8 @@ class ModalDeployment:
 
     async def send_due_webhooks(self, linger: float) -> int:
         """Attempt every due delivery; wait here for retries due within `linger` seconds."""
+        # This container hears no notices: a key rotated since it last ran is read here.
+        await asyncio.to_thread(self.keys.reload)
         async with webhook_client(self.settings) as client:
             deliverer = build_deliverer(self.settings, self.outbox, self.keys, client)
             return await deliverer.run_until_idle(linger)

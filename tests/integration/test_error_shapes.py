@@ -15,7 +15,7 @@ from hidream_service.server import create_app
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     app = create_app(Settings(data_dir=tmp_path_factory.mktemp("data")), start_workers=False)
-    with TestClient(app) as running:
+    with TestClient(app, base_url="http://localhost") as running:  # a loopback bind answers its own names
         yield running
 
 

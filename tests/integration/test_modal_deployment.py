@@ -115,8 +115,8 @@ def test_submit_status_result_and_webhook_run_through_the_modal_web_app(
 
     assert containers.run("sender", modal_app.send_webhooks.local) == 1
     (hook,) = receiver.wait_for("/hook")
-    secret = containers.deployment("web").keys.current_secret  # made by the first container, kept in Postgres
-    assert containers.deployment("sender").keys.current_secret == secret
+    secret = containers.deployment("web").keys.webhook_secret("")  # made by the first container, kept in Postgres
+    assert containers.deployment("sender").keys.webhook_secret("") == secret
     assert Webhook(secret).verify(hook.body, hook.headers)["payload"] == result
     assert hook.headers["webhook-id"] == webhook_id(job_id)
     history = client.get(f"/v1/requests/{job_id}/webhooks").json()["deliveries"]

@@ -157,10 +157,11 @@ def _add_endpoint_routes(router: APIRouter, endpoint: Endpoint) -> None:
 
 @_catch_all.post("/run/{endpoint_path:path}", include_in_schema=False)
 async def run(request: Request, endpoint_path: str) -> Any:
-    """fal's synchronous host (`fal.run`): the result in the response, no queue handle."""
+    """fal's synchronous host (`fal.run`): the result in the response, no queue handle. As on fal, a
+    caller that hangs up cancels its request."""
     state = app_state(request)
     job = await _submit(state, request, endpoint_path, None)
-    done = await until_terminal(state, job.id, job.owner, state.settings.sync_timeout_seconds)
+    done = await until_terminal(state, job.id, job.owner, state.settings.sync_timeout_seconds, request=request)
     if not done.status.is_terminal():
         return _json({"detail": "Request timed out", "error_type": "request_timeout"}, 504, job.id)
     return _result_response(done)

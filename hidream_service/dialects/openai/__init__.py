@@ -45,6 +45,8 @@ class OpenAIDialect(Dialect):
         if status == 401:
             kind = "authentication_error"
         code = "not_found" if status == 404 else "invalid_value" if isinstance(detail, list) and detail else None
+        if status == 429:  # as OpenAI's own rate limits answer
+            kind, code = "requests", "rate_limit_exceeded"
         return status, {"error": {"message": error_message(detail), "type": kind, "param": param, "code": code}}
 
 

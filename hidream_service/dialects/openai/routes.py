@@ -10,6 +10,7 @@ from fastapi import APIRouter, HTTPException, Request
 from starlette.datastructures import UploadFile
 
 from hidream_service.api import submission
+from hidream_service.api.bodies import read_form
 from hidream_service.api.errors import add_fallbacks, shaped_route
 from hidream_service.api.openapi import json_body
 from hidream_service.api.state import AppState, app_state
@@ -53,21 +54,24 @@ async def generations(request: Request) -> dict[str, Any]:
     if endpoint is None:
         raise HTTPException(404, f"The model '{body.model}' does not exist; models here: {', '.join(models)}")
     job = await submission.submit(state, request, endpoint_id=endpoint.id, fal_input=body.to_fal(), dialect=OPENAI.id)
-    return await _answer(state, job.id, owner, int(job.created_at), body.output_format)
+    return await _answer(state, request, job.id, owner, int(job.created_at), body.output_format)
 
 
 @router.post("/images/edits")
 async def edits(request: Request) -> dict[str, Any]:
     state = app_state(request)
     owner = state.api_keys.owner(request)
-    # Refuse an oversized body before the form parser spools it all to disk.
+    # The body is capped as it arrives (chunked or not), so no more than this is ever spooled.
     editing = edit_models(state.registry.endpoints.values()).values()
     most_images = max((endpoint.max_images for endpoint in editing), default=1)
     limit = most_images * state.settings.max_image_bytes + (1 << 20)
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise HTTPException(413, f"request body is larger than {limit} bytes")
-    form = await request.form()
+    form = await read_form(
+        request,
+        max_bytes=limit,
+        max_files=most_images + 1,  # the images, and a mask to refuse by name
+        max_fields=len(EDIT_FIELDS),
+        message=f"request body is larger than {limit} bytes",
+    )
     try:
         unknown = sorted(set(form.keys()) - EDIT_FIELDS)
         if unknown:
@@ -102,7 +106,7 @@ async def edits(request: Request) -> dict[str, Any]:
     job = await submission.submit(
         state, request, endpoint_id=endpoint.id, fal_input=body.to_fal(endpoint, image_urls), dialect=OPENAI.id
     )
-    return await _answer(state, job.id, owner, int(job.created_at), body.output_format)
+    return await _answer(state, request, job.id, owner, int(job.created_at), body.output_format)
 
 
 async def _data_uri(image: UploadFile, limit: int) -> str:
@@ -112,9 +116,12 @@ async def _data_uri(image: UploadFile, limit: int) -> str:
     return f"data:application/octet-stream;base64,{base64.b64encode(data).decode()}"
 
 
-async def _answer(state: AppState, job_id: str, owner: str, created: int, output_format: str) -> dict[str, Any]:
-    """Wait for the job, then OpenAI's ImagesResponse, or the error it ended with."""
-    done = await submission.until_terminal(state, job_id, owner, state.settings.sync_timeout_seconds)
+async def _answer(
+    state: AppState, request: Request, job_id: str, owner: str, created: int, output_format: str
+) -> dict[str, Any]:
+    """Wait for the job (cancelled if the caller hangs up), then OpenAI's ImagesResponse, or the
+    error it ended with."""
+    done = await submission.until_terminal(state, job_id, owner, state.settings.sync_timeout_seconds, request=request)
     if not done.status.is_terminal():
         raise HTTPException(
             504, f"the image is not ready after {state.settings.sync_timeout_seconds:g} s (request {job_id})"

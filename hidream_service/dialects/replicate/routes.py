@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from pydantic import Field
 
 from hidream_service.api import submission
+from hidream_service.api.bodies import read_form
 from hidream_service.api.errors import add_fallbacks, shaped_route
 from hidream_service.api.openapi import json_body
 from hidream_service.api.rendering import iso, iso_offset
@@ -27,7 +28,7 @@ router = APIRouter(prefix="/v1", route_class=shaped_route(REPLICATE.render_error
 MAX_WAIT_SECONDS = 60
 PAGE_SIZE = 50
 MAX_CURSOR_DIGITS = 18  # cursors are job sequence numbers; a longer one would overflow SQLite
-PREFER_WAIT = re.compile(r"^\s*wait(?:=(\d+))?\s*$")
+PREFER_WAIT = re.compile(r"^\s*wait(?:=([0-9]{1,9}))?\s*$")  # int() refuses 5000 digits
 
 
 class PredictionRequest(StrictInput):
@@ -80,7 +81,8 @@ async def _create(request: Request, model: str, body: PredictionRequest) -> JSON
         webhook_events=events,
     )
     if wait is not None:
-        job = await submission.until_terminal(state, job.id, owner, wait, with_logs=True)
+        # A caller that hangs up cancels a prediction without a webhook: nobody else knows its id.
+        job = await submission.until_terminal(state, job.id, owner, wait, with_logs=True, request=request)
         if not job.status.is_terminal():
             # As Replicate does: an unfinished prediction comes back as "starting", so that the
             # client keeps polling instead of taking a missing output for the answer.
@@ -143,10 +145,14 @@ async def list_predictions(request: Request, cursor: str | None = None) -> dict[
 async def upload_file(request: Request) -> JSONResponse:
     state = app_state(request)
     state.api_keys.owner(request)
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > state.settings.max_upload_bytes + 64 * 1024:
-        raise HTTPException(413, f"files are limited to {state.settings.max_upload_bytes} bytes")
-    form = await request.form()
+    # The file, its metadata and the multipart framing: capped as the body arrives, chunked or not.
+    form = await read_form(
+        request,
+        max_bytes=state.settings.max_upload_bytes + 64 * 1024,
+        max_files=2,  # `content`, and `metadata` should a client send it as a file
+        max_fields=8,
+        message=f"files are limited to {state.settings.max_upload_bytes} bytes",
+    )
     content = form.get("content")
     if content is None or isinstance(content, str):
         raise HTTPException(422, submission.one_error(["body", "content"], "a file part named content", "missing"))
@@ -190,17 +196,19 @@ async def upload_file(request: Request) -> JSONResponse:
 
 @router.get("/webhooks/default/secret")
 async def signing_secret(request: Request) -> dict[str, str]:
+    """The secret that signs the calling key's webhooks (each key has its own)."""
     state = app_state(request)
-    state.api_keys.owner(request)
-    return {"key": state.keys.current_secret}
+    owner = state.api_keys.owner(request)
+    return {"key": await state.store_call(state.keys.webhook_secret, owner)}
 
 
 @router.post("/webhooks/default/secret/rotate")
 async def rotate_secret(request: Request) -> dict[str, Any]:
+    """A new secret for the calling key; its previous one signs beside it for the grace period."""
     state = app_state(request)
-    state.api_keys.owner(request)
+    owner = state.api_keys.owner(request)
     try:
-        secret, previous_until = await state.store_call(state.keys.rotate)
+        secret, previous_until = await state.store_call(state.keys.rotate, owner)
     except SecretPinned as exc:
         raise HTTPException(400, str(exc)) from None
     return {"key": secret, "previous_key_valid_until": iso_offset(previous_until)}

@@ -34,9 +34,10 @@ def _answer(state: AppState, job: Job) -> JSONResponse:
 
 @router.get("/webhook/secret")
 async def secret(request: Request) -> dict[str, Any]:
+    """The secret that signs the calling key's webhooks (each key has its own)."""
     state = app_state(request)
-    state.api_keys.owner(request)
-    return envelope({"secret": state.keys.current_secret})
+    owner = state.api_keys.owner(request)
+    return envelope({"secret": await state.store_call(state.keys.webhook_secret, owner)})
 
 
 @router.get("/predictions/{task_id}/result")
@@ -95,7 +96,9 @@ async def submit(request: Request, owner: str, model: str, webhook: str | None =
         client_input=payload,
     )
     if inputs.enable_sync_mode:
-        job = await submission.until_terminal(state, job.id, caller, state.settings.sync_timeout_seconds)
+        job = await submission.until_terminal(
+            state, job.id, caller, state.settings.sync_timeout_seconds, request=request
+        )
         if not job.status.is_terminal():
             data = {**_data(state, job), "error": "Sync mode timed out; poll urls.get for the result"}
             return JSONResponse(envelope(data, 5004, "sync mode timed out"))
