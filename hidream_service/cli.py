@@ -27,6 +27,7 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from hidream_service.inference.weights import WeightsError
+    from hidream_service.logs import configure_logging
     from hidream_service.runtime import DataDirInUse, data_dir_lock, database_problem
     from hidream_service.server import create_app
     from hidream_service.serving import uvicorn_config
@@ -47,7 +48,7 @@ def serve(args: argparse.Namespace) -> int:
     except WeightsError as exc:
         print(f"error: {exc} (see docs/weights.md for the layout, or pass --weights tiny)", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_logging(settings.log_format)
     if not settings.api_keys and settings.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("binding %s with no API keys: anyone on the network can submit jobs", settings.host)
     uvicorn.Server(uvicorn_config(app, settings)).run()

@@ -122,6 +122,11 @@ class Settings(BaseSettings):
         "with the signing keys, and rotated over HTTP.",
     )
     workers: int = Field(default=1, ge=1, le=64, description="Worker processes (one per GPU).")
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="How the server and its workers log to stderr: text lines, or one JSON object per line "
+        "(time, level, logger, message, and a job's request_id, endpoint and dialect on the lines about it).",
+    )
     device: Literal["auto", "cpu", "cuda"] = Field(
         default="auto", description="Where workers run models: 'auto' takes CUDA when present."
     )

@@ -30,18 +30,20 @@ from hidream_service.config import Settings
 from hidream_service.db.engine import Database
 from hidream_service.db.listener import ClusterListener, NoticeHandlers
 from hidream_service.db.schema import migrate
-from hidream_service.dialects.registry import DialectEndings, webhook_signers
+from hidream_service.dialects.registry import DIALECTS, DialectEndings, webhook_signers
 from hidream_service.jobs.events import JobEvents
 from hidream_service.jobs.model import Job
 from hidream_service.jobs.pool import LocalExecutor, WorkerPool
 from hidream_service.jobs.protocols import JobStore
+from hidream_service.jobs.reports import Report
 from hidream_service.jobs.service import JobService, build_service
 from hidream_service.jobs.store import open_store
+from hidream_service.metrics import Metrics
 from hidream_service.models.registry import Registry
 from hidream_service.retention import RetentionSweep
 from hidream_service.signing_keys import SigningKeys
 from hidream_service.storage import LocalOutputStorage
-from webhooks.delivery import Deliverer, RetrySchedule
+from webhooks.delivery import AttemptObserver, Deliverer, RetrySchedule
 from webhooks.outbox import Outbox, SqlOutbox
 from webhooks.ssrf import GuardedTransport
 
@@ -110,6 +112,7 @@ def job_service(
     on_queue_moved: Callable[[], None] = lambda: None,
     on_cancel_requested: Callable[[Job], None] = lambda job: None,
     on_delivery_due: Callable[[], None] = lambda: None,
+    on_report: Callable[[Report], None] = lambda report: None,
 ) -> JobService:
     """The JobService of one process, its jobs' webhooks rendered by their dialects."""
     return build_service(
@@ -121,6 +124,7 @@ def job_service(
         on_queue_moved=on_queue_moved,
         on_cancel_requested=on_cancel_requested,
         on_delivery_due=on_delivery_due,
+        on_report=on_report,
     )
 
 
@@ -139,6 +143,7 @@ def build_deliverer(
     keys: SigningKeys,
     client: httpx.AsyncClient,
     store_call: StoreCall = asyncio.to_thread,
+    on_attempt: AttemptObserver = lambda delivery, outcome: None,
 ) -> Deliverer:
     return Deliverer(
         outbox,
@@ -150,6 +155,7 @@ def build_deliverer(
         max_concurrency=settings.webhook_max_concurrency,
         max_per_destination=settings.webhook_max_per_host,
         blocking=store_call,
+        on_attempt=on_attempt,
     )
 
 
@@ -173,9 +179,18 @@ async def embedded_runtime(
         # On SQLite the outbox commits through connections of its own that do not force the disk.
         outbox = SqlOutbox(store.db if shared else Database(settings.sql_url, synchronous="NORMAL"), holder=node)
         client = webhook_client(settings)
-        deliverer = build_deliverer(settings, outbox, keys, client, store_call)
-        events = JobEvents(asyncio.get_running_loop(), on_delivery_due=deliverer.wake)
         executor = LocalExecutor()
+        metrics = Metrics(
+            endpoints=registry.endpoints,
+            dialects=[dialect.id for dialect in DIALECTS],
+            models=registry.models,
+            store=store,
+            outbox=outbox,
+            workers_alive=lambda: executor.pool.alive() if executor.pool is not None else 0,
+            node=node,
+        )
+        deliverer = build_deliverer(settings, outbox, keys, client, store_call, metrics.observe_attempt)
+        events = JobEvents(asyncio.get_running_loop(), on_delivery_due=deliverer.wake)
         service = job_service(
             settings,
             store,
@@ -184,6 +199,7 @@ async def embedded_runtime(
             on_changed=events.notify_threadsafe,
             on_queue_moved=events.queue_moved_threadsafe,
             on_delivery_due=events.delivery_due_threadsafe,
+            on_report=metrics.record,
         )
         listener = await asyncio.to_thread(_listen_to_other_nodes, settings, executor, events, keys) if shared else None
         released = await asyncio.to_thread(outbox.release_claims, time.time())
@@ -208,6 +224,7 @@ async def embedded_runtime(
                 on_delivery_due=events.delivery_due_threadsafe,
                 registry=registry,
                 endings=DialectEndings(registry),
+                on_report=metrics.record,
             )
             executor.pool.start()
         sweep = RetentionSweep(store, settings.outputs_path, ttl_hours=settings.output_ttl_hours, holder=node)
@@ -225,6 +242,7 @@ async def embedded_runtime(
                 outbox=outbox,
                 deliverer=deliverer,
                 store_call=store_call,
+                metrics=metrics,
             )
         finally:
             for task in tasks:

@@ -10,19 +10,17 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Any
 
-from fastapi import Depends, FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import Depends, FastAPI
 
-from hidream_service.api import catalogue, fal_storage, files, playground
+from hidream_service.api import catalogue, fal_storage, files, health, playground, prometheus
 from hidream_service.api import requests as request_routes
 from hidream_service.api import webhooks as webhook_routes
 from hidream_service.api.auth import ApiKeys
 from hidream_service.api.errors import install_error_handlers
 from hidream_service.api.guard import RequestChecks, RequestGuard
 from hidream_service.api.image_fetch import ImageInputs
-from hidream_service.api.state import AppState, Runtime, app_state
+from hidream_service.api.state import AppState, Runtime
 from hidream_service.config import Settings, SettingsError
 from hidream_service.dialects.registry import DIALECTS
 from hidream_service.image_inputs import ImageDecoder
@@ -79,6 +77,7 @@ def create_app(
                 outbox=opened.outbox,
                 deliverer=opened.deliverer,
                 store_call=opened.store_call,
+                metrics=opened.metrics,
                 image_inputs=ImageInputs(
                     image_client,  # image URLs go through the same address guard as webhooks
                     opened.storage,
@@ -101,20 +100,9 @@ def create_app(
     install_error_handlers(app)
     app.add_middleware(RequestGuard, body_timeout=settings.request_body_timeout_seconds)
 
-    @app.get("/health", responses={503: {"description": "Degraded: jobs cannot run here now; `reason` says why"}})
-    async def health(request: Request) -> JSONResponse:
-        """200 `{"status": "ok", ...}`, or 503 `{"status": "degraded", "reason": ...}` while jobs
-        cannot run here (no worker alive, the job store refusing writes)."""
-        state = app_state(request)
-        executor = dict(state.executor.health())
-        problem = executor.pop("problem", None)
-        body: dict[str, Any] = {"status": "ok" if problem is None else "degraded"}
-        if problem is not None:
-            body["reason"] = problem
-        body.update(executor, endpoints=sorted(state.endpoints))
-        return JSONResponse(body, status_code=200 if problem is None else 503)
-
-    for module in (playground, files, webhook_routes, request_routes, catalogue, fal_storage):
+    # Jobs run here unless a runtime is given (Modal's web containers hold no weights, start no workers).
+    app.include_router(health.router(health.Readiness(local=runtime is None)))
+    for module in (playground, files, webhook_routes, request_routes, catalogue, fal_storage, prometheus):
         app.include_router(module.router)
     for dialect in sorted(DIALECTS, key=lambda dialect: dialect.routes_last):
         app.include_router(dialect.router(endpoints))

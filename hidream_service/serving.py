@@ -17,6 +17,7 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from hidream_service.config import Settings
+from hidream_service.logs import logging_config
 
 #: Largest request head (request line and headers), h11's default, named here; more is a 400.
 MAX_REQUEST_HEAD_BYTES = 16 * 1024
@@ -103,6 +104,7 @@ def uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
         host=settings.host,
         port=settings.port,
         log_level="info",
+        log_config=logging_config(settings.log_format),  # uvicorn's lines, the access log too, in ours
         timeout_graceful_shutdown=5,
         http=bounded_h11_protocol(settings.request_header_timeout_seconds, settings.request_body_timeout_seconds),
         h11_max_incomplete_event_size=MAX_REQUEST_HEAD_BYTES,

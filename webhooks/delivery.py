@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from webhooks.outbox import RESPONSE_HEAD_BYTES, AttemptRecord, Delivery, DeliveryState, Outbox
-from webhooks.ssrf import from_private_address
+from webhooks.ssrf import BlockedRequest, BlockedURL, from_private_address
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,20 @@ class AttemptOutcome:
     stop: bool = False  # 410, or `webhook-delivery: abort-message`: the receiver asked us to stop
     throttled: bool = False  # 429 or a timeout: back off at least the throttle delay
     retry_after: float | None = None
+    timed_out: bool = False
+    blocked: bool = False  # the address guard refused the URL: nothing was sent
+
+    @property
+    def kind(self) -> str:
+        """The attempt's outcome in a word from a fixed set: "2xx" ... "5xx", "timeout", "blocked", "error"."""
+        code = self.record.status_code
+        if code is not None:
+            return f"{code // 100}xx" if 100 <= code < 600 else "error"
+        return "timeout" if self.timed_out else "blocked" if self.blocked else "error"
+
+
+#: Hears every attempt once it is recorded: (the delivery as claimed, its outcome). Never raises.
+AttemptObserver = Callable[[Delivery, AttemptOutcome], None]
 
 
 def _parse_retry_after(value: str | None) -> float | None:
@@ -109,6 +123,8 @@ async def attempt(
             AttemptRecord(started, latency, error=failure, replay=replay),
             delivered=False,
             throttled=isinstance(exc, httpx.TimeoutException),
+            timed_out=isinstance(exc, httpx.TimeoutException),
+            blocked=isinstance(exc, BlockedURL | BlockedRequest),
         )
     latency = (time.perf_counter() - clock) * 1000
     code = response.status_code
@@ -206,6 +222,7 @@ class Deliverer:
         max_per_destination: int = 4,
         idle_poll_seconds: float = 1.0,
         blocking: Callable[..., Awaitable[Any]] = asyncio.to_thread,
+        on_attempt: AttemptObserver = lambda delivery, outcome: None,
     ) -> None:
         self._outbox = outbox
         self._signers = signers
@@ -217,6 +234,7 @@ class Deliverer:
         self._max_per_destination = max_per_destination
         self._idle_poll = idle_poll_seconds
         self._blocking = blocking  # runs an outbox call off the event loop: a database call
+        self._on_attempt = on_attempt
         self._wakeup = asyncio.Event()
         self._in_flight: dict[asyncio.Task[bool], str] = {}  # the loop's attempts, by destination
         self._replays: dict[str, asyncio.Task[None]] = {}  # by delivery id: one replay of each at a time
@@ -354,6 +372,7 @@ class Deliverer:
         await self._blocking(
             self._outbox.record_attempt, delivery.id, outcome.record, state=state, next_attempt_at=next_at
         )
+        self._on_attempt(delivery, outcome)
         log.info(
             "webhook %s attempt %d to %s: %s",
             delivery.id,
@@ -404,6 +423,7 @@ class Deliverer:
         signer = self._signers.get(delivery.signer) or _no_signer(delivery.signer)
         outcome = await attempt(self._client, delivery, signer, timeout=self._timeout, replay=True)
         await self._blocking(self._outbox.record_replay, delivery.id, outcome.record, delivered=outcome.delivered)
+        self._on_attempt(delivery, outcome)
         log.info(
             "webhook %s replayed to %s: %s",
             delivery.id,

@@ -55,6 +55,15 @@ class Delivery:
 
 
 @dataclass(frozen=True)
+class Backlog:
+    """Pending deliveries: those due now, those already tried at least once, and when the oldest was made."""
+
+    due: int
+    retrying: int
+    oldest_created_at: float | None
+
+
+@dataclass(frozen=True)
 class AttemptRecord:
     started_at: float
     latency_ms: float
@@ -262,6 +271,20 @@ class SqlOutbox:
                 f"SELECT MIN(next_attempt_at) FROM webhook_deliveries WHERE state = 'pending'{skipping}", params
             )
         return None if due is None else float(due)
+
+    def backlog(self, now: float) -> Backlog:
+        """The pending deliveries, as the metrics report them."""
+        with self._db.read() as tx:
+            row = tx.row(
+                "SELECT COALESCE(SUM(CASE WHEN next_attempt_at <= :now THEN 1 ELSE 0 END), 0) AS due,"
+                " COALESCE(SUM(CASE WHEN attempts > 0 THEN 1 ELSE 0 END), 0) AS retrying,"
+                " MIN(created_at) AS oldest FROM webhook_deliveries WHERE state = 'pending'",
+                {"now": now},
+            )
+        if row is None:
+            return Backlog(0, 0, None)
+        oldest = row["oldest"]
+        return Backlog(int(row["due"]), int(row["retrying"]), None if oldest is None else float(oldest))
 
     def record_attempt(
         self,

@@ -15,6 +15,7 @@ from hidream_service.config import Settings
 from hidream_service.jobs.events import JobEvents
 from hidream_service.jobs.protocols import Executor
 from hidream_service.jobs.service import JobService
+from hidream_service.metrics import Metrics
 from hidream_service.models.family import Endpoint
 from hidream_service.models.registry import Registry
 from hidream_service.signing_keys import SigningKeys
@@ -54,6 +55,7 @@ class Runtime:
     outbox: Outbox
     deliverer: Deliverer  # replays by hand; the embedded runtime also runs its delivery loop
     store_call: StoreCall = field(default=asyncio.to_thread)
+    metrics: Metrics | None = None  # None where this runtime collects none (GET /metrics is then a 404)
 
 
 @dataclass
@@ -72,6 +74,7 @@ class AppState:
     deliverer: Deliverer
     image_inputs: ImageInputs
     store_call: StoreCall = field(default=asyncio.to_thread)
+    metrics: Metrics | None = None
 
 
 def app_state(request: Request) -> AppState:

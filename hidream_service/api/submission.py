@@ -22,6 +22,7 @@ from hidream_service.image_inputs import ImageInputError
 from hidream_service.jobs.model import Job, JobRequest, JobStatus
 from hidream_service.jobs.service import IdempotencyKeyReused
 from hidream_service.jobs.store import QueueFull
+from hidream_service.logs import bind_job
 from hidream_service.models.family import Endpoint
 
 log = logging.getLogger(__name__)
@@ -135,7 +136,7 @@ async def submit(
         echoed = (
             None if client_input is None else _inline_images_replaced(client_input, endpoint, as_submitted, job_input)
         )
-        job, _created = await state.store_call(
+        job, created = await state.store_call(
             state.service.submit, dataclasses.replace(job_request, input=job_input, client_input=echoed)
         )
     except QueueFull as exc:
@@ -153,6 +154,9 @@ async def submit(
                 "idempotency_key_reused",
             ),
         ) from None
+    # The rest of this request's lines (uvicorn's access line too) concern this job.
+    bind_job(job.id, job.endpoint, job.dialect)
+    log.info("job %s %s", job.id, "queued" if created else "already submitted with this Idempotency-Key")
     return job
 
 
@@ -235,6 +239,7 @@ async def until_terminal(
             if request is not None and await request.is_disconnected():
                 if job.webhook_url is None:
                     await state.store_call(state.service.cancel, job_id, owner)
+                    bind_job(job.id, job.endpoint, job.dialect)
                     log.info("cancelled %s: its synchronous caller disconnected", job_id)
                 return job
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -185,11 +186,19 @@ class PipelineCache:
     """A worker's loaded models: up to `max_loaded` of them, least recently used out first. Parts
     that several models share (HiDream's Llama encoder) are loaded once and kept (`shared`)."""
 
-    def __init__(self, layout: WeightsLayout, device: str, load: Loader, max_loaded: int = 1) -> None:
+    def __init__(
+        self,
+        layout: WeightsLayout,
+        device: str,
+        load: Loader,
+        max_loaded: int = 1,
+        on_loaded: Callable[[str, float], None] = lambda model, seconds: None,
+    ) -> None:
         self.layout = layout
         self.device = device
         self.max_loaded = max_loaded
         self._load = load
+        self._on_loaded = on_loaded  # (model key, seconds the load took), for the metrics
         self._loaded: OrderedDict[str, LoadedPipeline] = OrderedDict()
         self._shared: dict[str, Any] = {}
 
@@ -204,7 +213,9 @@ class PipelineCache:
             _free_accelerator_memory()
         quiet_loading()
         log.info("loading %s from %s on %s", model, self.layout.root, self.device)
+        started = time.perf_counter()
         loaded = self._load(self, model)
+        self._on_loaded(model, time.perf_counter() - started)
         self._loaded[model] = loaded
         return loaded
 

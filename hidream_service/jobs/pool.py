@@ -25,6 +25,7 @@ from typing import Any
 from hidream_service.config import Settings
 from hidream_service.jobs.model import Job
 from hidream_service.jobs.protocols import JobEndings
+from hidream_service.jobs.reports import Report
 from hidream_service.jobs.service import JobService
 from hidream_service.jobs.worker import DELIVERY_DUE, QUEUE_MOVED, worker_main
 from hidream_service.models.registry import Registry
@@ -88,12 +89,14 @@ class WorkerPool:
         on_delivery_due: Callable[[], None],
         registry: Registry,
         endings: JobEndings,
+        on_report: Callable[[Report], None] = lambda report: None,
     ) -> None:
         self.settings = settings
         self.service = service
         self.on_job_changed = on_job_changed
         self.on_queue_moved = on_queue_moved
         self.on_delivery_due = on_delivery_due
+        self.on_report = on_report  # the workers' reports, for the metrics
         self.registry = registry
         self.endings = endings
         self._ctx = multiprocessing.get_context("spawn")
@@ -229,7 +232,9 @@ class WorkerPool:
             job_id = self._changes.get()
             if job_id is None:
                 return
-            if job_id == QUEUE_MOVED:
+            if not isinstance(job_id, str):
+                self.on_report(job_id)
+            elif job_id == QUEUE_MOVED:
                 self.on_queue_moved()
             elif job_id.endswith(DELIVERY_DUE):
                 self.on_delivery_due()

@@ -28,6 +28,7 @@ from typing import Any
 from hidream_service.config import Settings
 from hidream_service.jobs.model import ErrorType, Job, JobRequest, JobStatus, Lease, LogLine, Progress
 from hidream_service.jobs.protocols import JobEndings, JobStore
+from hidream_service.jobs.reports import JobEnded, JobStarted, JobSubmitted, Report
 from hidream_service.jobs.store import DuplicateIdempotencyKey
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ class JobService:
         on_queue_moved: Callable[[], None] = lambda: None,
         on_cancel_requested: Callable[[Job], None] = lambda job: None,
         on_delivery_due: Callable[[], None] = lambda: None,
+        on_report: Callable[[Report], None] = lambda report: None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -90,6 +92,7 @@ class JobService:
         # A webhook delivery was enqueued: wake the sender. Always told just before the job's own
         # change, so that a worker can send both as one message.
         self._on_delivery_due = on_delivery_due
+        self._on_report = on_report  # starts and endings, for the metrics
         self._clock = clock
         self._logs_events: dict[str, tuple[float, int]] = {}  # job id -> (last logs event, events sent)
 
@@ -119,6 +122,7 @@ class JobService:
         assert job is not None
         self._on_submitted(job)
         self._on_queue_moved()  # in the fair order a new job may go ahead of other owners' queued ones
+        self._on_report(JobSubmitted(job.endpoint, job.dialect))
         return job, True
 
     def repeat_of(self, request: JobRequest) -> Job | None:
@@ -202,6 +206,7 @@ class JobService:
             self._on_delivery_due()
         self._on_changed(job.id)
         self._on_queue_moved()
+        self._on_report(JobStarted(job.endpoint, job.dialect, max(now - job.created_at, 0.0)))
         return Lease(job, token)
 
     def heartbeat(self, lease: Lease, logs: list[LogLine], progress: Progress | None = None) -> tuple[bool, bool]:
@@ -377,6 +382,7 @@ class JobService:
             self._on_changed(job.id)
             if JobStatus.IN_QUEUE in expected:
                 self._on_queue_moved()
+            self._on_report(JobEnded.of(ended))
         return written
 
 
@@ -390,6 +396,7 @@ def build_service(
     on_queue_moved: Callable[[], None] = lambda: None,
     on_cancel_requested: Callable[[Job], None] = lambda job: None,
     on_delivery_due: Callable[[], None] = lambda: None,
+    on_report: Callable[[Report], None] = lambda report: None,
 ) -> JobService:
     """The JobService every process of one deployment builds, from the one Settings object."""
     first_delay = settings.webhook_retry_schedule[0]
@@ -405,6 +412,7 @@ def build_service(
         on_queue_moved=on_queue_moved,
         on_cancel_requested=on_cancel_requested,
         on_delivery_due=on_delivery_due,
+        on_report=on_report,
     )
 
 

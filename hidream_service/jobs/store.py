@@ -207,6 +207,18 @@ class SqlJobStore:
     def in_progress(self) -> list[Job]:
         return self._select("SELECT * FROM jobs WHERE status = 'IN_PROGRESS'")
 
+    def active(self) -> tuple[dict[tuple[str, JobStatus], int], list[str]]:
+        """Queued and running jobs counted by (endpoint, status), and the running jobs' lease tokens,
+        in one read: what every node reports as the backlog (the metrics)."""
+        with self.db.read() as tx:
+            counts = tx.rows(
+                "SELECT endpoint, status, COUNT(*) AS n FROM jobs WHERE status IN ('IN_QUEUE', 'IN_PROGRESS')"
+                " GROUP BY endpoint, status"
+            )
+            tokens = tx.rows("SELECT lease_token FROM jobs WHERE status = 'IN_PROGRESS'")
+        active = {(row["endpoint"], JobStatus(row["status"])): int(row["n"]) for row in counts}
+        return active, [row["lease_token"] for row in tokens if row["lease_token"]]
+
     def lease_token(self, job_id: str) -> str | None:
         with self.db.read() as tx:
             token: str | None = tx.scalar("SELECT lease_token FROM jobs WHERE id = :id", {"id": job_id})

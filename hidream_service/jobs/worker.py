@@ -28,8 +28,10 @@ from pydantic import ValidationError
 from hidream_service.config import Settings
 from hidream_service.jobs.model import ErrorType, Job, Lease, LogLine, Progress
 from hidream_service.jobs.protocols import JobEndings
+from hidream_service.jobs.reports import GpuMemory, ModelLoaded, Report, RunMeasured
 from hidream_service.jobs.service import JobService, build_service
 from hidream_service.jobs.store import open_store
+from hidream_service.logs import configure_logging, job_logging
 from hidream_service.models.base import BatchRunner, ImageFile, InputError, JobCancelled, Runner
 from hidream_service.models.family import Endpoint
 from hidream_service.models.registry import Registry
@@ -62,6 +64,8 @@ class WorkerRunContext:
     _pending: list[LogLine] = field(default_factory=list)
     _progress: Progress | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _first_step: tuple[float, int] | None = None  # (perf_counter, step) of the run's first progress event
+    _last_step: tuple[float, int] | None = None
 
     def log(self, message: str, level: str = "INFO") -> None:
         with self._lock:
@@ -69,8 +73,11 @@ class WorkerRunContext:
 
     def progress(self, step: int, total: int) -> None:
         event = Progress(step, total)
+        now = time.perf_counter()
         with self._lock:
             self._progress = event
+            self._first_step = self._first_step or (now, step)
+            self._last_step = (now, step)
             self._pending.append(LogLine(time.time(), "INFO", event.log_line()))
 
     def take_events(self) -> tuple[list[LogLine], Progress | None]:
@@ -79,6 +86,15 @@ class WorkerRunContext:
             lines, self._pending = self._pending, []
             progress, self._progress = self._progress, None
         return lines, progress
+
+    def steps_per_second(self) -> float | None:
+        """The run's denoising rate, between its first and last progress events (the first step's
+        time includes the model's warm-up, so it is left out)."""
+        with self._lock:
+            first, last = self._first_step, self._last_step
+        if first is None or last is None or last[0] <= first[0] or last[1] <= first[1]:
+            return None
+        return (last[1] - first[1]) / (last[0] - first[0])
 
     def cancelled(self) -> bool:
         return self.cancel_event.is_set()
@@ -182,7 +198,8 @@ class Heartbeat:
                     held.last_flush = now
                 ours, cancel = self._service.lease_state(held.lease)
         except Exception:
-            log.exception("heartbeat of %s failed; retrying", held.lease.job.id)
+            with job_logged(held.lease.job):
+                log.exception("heartbeat of %s failed; retrying", held.lease.job.id)
             return True
         if cancel or not ours:
             held.ctx.cancel_event.set()
@@ -200,9 +217,12 @@ class Runners:
     """Endpoint id -> its family's runner, made on first use; weights load only when a runner first
     asks for its model."""
 
-    def __init__(self, settings: Settings, registry: Registry) -> None:
+    def __init__(
+        self, settings: Settings, registry: Registry, on_report: Callable[[Report], None] = lambda report: None
+    ) -> None:
         self.settings = settings
         self.registry = registry
+        self.on_report = on_report
         self._runners: dict[str, Runner] = {}
         self._pipelines: PipelineCache | None = None
 
@@ -235,7 +255,12 @@ class Runners:
             if layout.tiny:
                 self.registry.ensure_tiny_weights(layout)
             device = pick_device(self.settings.device)
-            self._pipelines = self.registry.pipelines(layout, device, self.settings.max_loaded_pipelines)
+            self._pipelines = self.registry.pipelines(
+                layout,
+                device,
+                self.settings.max_loaded_pipelines,
+                on_loaded=lambda model, seconds: self.on_report(ModelLoaded(model, seconds)),
+            )
         return self._pipelines
 
 
@@ -278,7 +303,8 @@ class Worker:
             if lease is None:
                 self.wake.wait(IDLE_POLL_SECONDS)
                 continue
-            self.run_one(lease)
+            with job_logged(lease.job):
+                self.run_one(lease)
 
     def run_one(self, lease: Lease) -> None:
         """Run a leased job, with compatible queued jobs as one batch when its runner can."""
@@ -299,6 +325,7 @@ class Worker:
                 with contextlib.suppress(Exception):
                     self.service.record(run.lease, *run.ctx.take_events())
             raise
+        self._report_run(lease.job.endpoint, runs)
         for run, outcome in zip(runs, outcomes, strict=True):
             self._finish(run, outcome, started)
 
@@ -352,6 +379,14 @@ class Worker:
             self.wake.clear()
             self.wake.wait(min(remaining, IDLE_POLL_SECONDS))
 
+    def _report_run(self, endpoint_id: str, runs: list[_Run]) -> None:
+        on_report = self.runners.on_report
+        on_report(RunMeasured(endpoint_id, len(runs), runs[0].ctx.steps_per_second()))
+        model = self.runners.endpoint(endpoint_id).model
+        memory = None if model is None else _cuda_memory()
+        if model is not None and memory is not None:
+            on_report(GpuMemory(self.name, model, *memory))
+
     def _finish(self, run: _Run, outcome: _Outcome, started: float) -> None:
         lease, ctx = run.lease, run.ctx
         ctx.log("cancelled" if outcome.cancelled else "failed" if outcome.error else "done")
@@ -364,8 +399,11 @@ class Worker:
         else:
             error_type, message, detail = outcome.error or (ErrorType.INFERENCE, "no result", None)
             ended = self.service.fail(lease, error_type, message, detail, logs, progress)
-        if not ended:
-            log.warning("job %s: lease lost before the outcome could be written; dropped this run", lease.job.id)
+        with job_logged(lease.job):
+            if not ended:
+                log.warning("job %s: lease lost before the outcome could be written; dropped this run", lease.job.id)
+            else:
+                log.info("job %s %s in %.3f s", lease.job.id, _ending_word(outcome), time.perf_counter() - started)
 
     def _execute(self, endpoint: str, run: _Run) -> _Outcome:
         if run.failure is not None:
@@ -388,6 +426,17 @@ class Worker:
         ]
 
 
+def job_logged(job: Job) -> contextlib.AbstractContextManager[None]:
+    """Lines logged inside the block carry the job's request id, endpoint and dialect."""
+    return job_logging(job.id, job.endpoint, job.dialect)
+
+
+def _ending_word(outcome: _Outcome) -> str:
+    if outcome.cancelled:
+        return "cancelled"
+    return "completed" if outcome.error is None and outcome.result is not None else "failed"
+
+
 def _failure(exc: Exception, job_id: str) -> _Outcome:
     """How a runner's exception ends its job."""
     if isinstance(exc, JobCancelled):
@@ -400,6 +449,16 @@ def _failure(exc: Exception, job_id: str) -> _Outcome:
         return _Outcome(error=(ErrorType.VALIDATION, "input failed validation", errors))
     log.error("job %s failed", job_id, exc_info=exc)
     return _Outcome(error=(ErrorType.INFERENCE, f"{type(exc).__name__}: {exc}", None))
+
+
+def _cuda_memory() -> tuple[int, int] | None:
+    """(allocated, peak) bytes on this worker's CUDA device, or None where CUDA is not in use."""
+    import sys
+
+    torch = sys.modules.get("torch")  # a worker that never imported torch uses no GPU
+    if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return None
+    return int(torch.cuda.memory_allocated()), int(torch.cuda.max_memory_allocated())
 
 
 def _die_with_parent() -> None:
@@ -418,7 +477,7 @@ def worker_main(
     name: str,
     settings: Settings,
     wake: Event,
-    changes: Queue[str],
+    changes: Queue[str | Report],
     parent_pid: int,
     registry: Registry,
     endings: JobEndings,
@@ -432,7 +491,7 @@ def worker_main(
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker {name} %(levelname)s %(message)s")
+    configure_logging(settings.log_format, worker=name)
     store = open_store(settings)
 
     delivery_due = threading.Event()  # set just before the change of the job whose delivery it is
@@ -455,8 +514,9 @@ def worker_main(
         on_changed=changed,
         on_queue_moved=queue_moved,
         on_delivery_due=delivery_due.set,
+        on_report=changes.put,
     )
-    runners = Runners(settings, registry)
+    runners = Runners(settings, registry, on_report=changes.put)
     for endpoint_id in settings.preload:
         # Before the first lease, so the first request does not pay for imports and the weight load.
         started = time.perf_counter()

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from hidream_service.jobs.model import Job, JobStatus
 from hidream_service.jobs.service import JobService
-from hidream_service.jobs.worker import Worker
+from hidream_service.jobs.worker import Worker, job_logged
 from hidream_service.modal_backend.calls import SpawnedCalls
 from hidream_service.models.family import Endpoint
 
@@ -144,7 +144,8 @@ def run_spawned_job(
         log.info("%s: nothing to run (ended, or held by another call)", job_id)
         return False
     try:
-        worker.run_one(lease)
+        with job_logged(lease.job):
+            worker.run_one(lease)
     except cancellations:
         service.acknowledge_cancel(lease)
         raise

@@ -7,7 +7,7 @@ to `create_app`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -127,10 +127,16 @@ class Registry:
         family.check_weights(pipelines.layout, model)
         return family.load(model, pipelines)
 
-    def pipelines(self, layout: WeightsLayout, device: str, max_loaded: int = 1) -> PipelineCache:
+    def pipelines(
+        self,
+        layout: WeightsLayout,
+        device: str,
+        max_loaded: int = 1,
+        on_loaded: Callable[[str, float], None] = lambda model, seconds: None,
+    ) -> PipelineCache:
         from hidream_service.inference.pipelines import PipelineCache
 
-        return PipelineCache(layout, device, self.load, max_loaded)
+        return PipelineCache(layout, device, self.load, max_loaded, on_loaded)
 
 
 #: The registry `hidream serve` and the Modal deployment serve.
