@@ -232,6 +232,10 @@ class WorkerPool:
             job_id = self._changes.get()
             if job_id is None:
                 return
+            if isinstance(job_id, tuple):  # a change carrying the worker's reports since the last one
+                job_id, reports = job_id
+                for report in reports:
+                    self.on_report(report)
             if not isinstance(job_id, str):
                 self.on_report(job_id)
             elif job_id == QUEUE_MOVED:

@@ -204,9 +204,10 @@ class JobService:
         if started is not None:
             self.store.enqueue_webhook(started, now)
             self._on_delivery_due()
+        # Reports go before the change: a worker's reports ride along with its next change message.
+        self._on_report(JobStarted(job.endpoint, job.dialect, max(now - job.created_at, 0.0)))
         self._on_changed(job.id)
         self._on_queue_moved()
-        self._on_report(JobStarted(job.endpoint, job.dialect, max(now - job.created_at, 0.0)))
         return Lease(job, token)
 
     def heartbeat(self, lease: Lease, logs: list[LogLine], progress: Progress | None = None) -> tuple[bool, bool]:
@@ -377,12 +378,12 @@ class JobService:
             logs=logs,
         )
         if written:
+            self._on_report(JobEnded.of(ended))
             if message is not None:
                 self._on_delivery_due()
             self._on_changed(job.id)
             if JobStatus.IN_QUEUE in expected:
                 self._on_queue_moved()
-            self._on_report(JobEnded.of(ended))
         return written
 
 

@@ -477,7 +477,7 @@ def worker_main(
     name: str,
     settings: Settings,
     wake: Event,
-    changes: Queue[str | Report],
+    changes: Queue[str | Report | tuple[str, tuple[Report, ...]]],
     parent_pid: int,
     registry: Registry,
     endings: JobEndings,
@@ -495,16 +495,23 @@ def worker_main(
     store = open_store(settings)
 
     delivery_due = threading.Event()  # set just before the change of the job whose delivery it is
+    # Reports for the metrics ride along with the next change message (every report is followed by
+    # one: a lease, an ending): one message per change, as without metrics.
+    reports = ReportsInWaiting()
+
+    def send(message: str) -> None:
+        waiting = reports.take()
+        changes.put((message, waiting) if waiting else message)
 
     def changed(job_id: str) -> None:
         if delivery_due.is_set():
             delivery_due.clear()
-            changes.put(job_id + DELIVERY_DUE)
+            send(job_id + DELIVERY_DUE)
         else:
-            changes.put(job_id)
+            send(job_id)
 
     def queue_moved() -> None:
-        changes.put(QUEUE_MOVED)
+        send(QUEUE_MOVED)
 
     service = build_service(
         settings,
@@ -514,9 +521,9 @@ def worker_main(
         on_changed=changed,
         on_queue_moved=queue_moved,
         on_delivery_due=delivery_due.set,
-        on_report=changes.put,
+        on_report=reports.add,
     )
-    runners = Runners(settings, registry, on_report=changes.put)
+    runners = Runners(settings, registry, on_report=reports.add)
     for endpoint_id in settings.preload:
         # Before the first lease, so the first request does not pay for imports and the weight load.
         started = time.perf_counter()
@@ -526,4 +533,24 @@ def worker_main(
             log.exception("could not preload %s; it will load on its first job", endpoint_id)
         else:
             log.info("preloaded %s in %.1f s", endpoint_id, time.perf_counter() - started)
+    for report in reports.take():  # the loads: no change follows them before the first job
+        changes.put(report)
     Worker(name, settings, service, runners, wake).run_forever(parent_pid)
+
+
+class ReportsInWaiting:
+    """Reports gathered by the worker's threads until the next change message carries them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiting: list[Report] = []
+
+    def add(self, report: Report) -> None:
+        with self._lock:
+            self._waiting.append(report)
+
+    def take(self) -> tuple[Report, ...]:
+        with self._lock:
+            taken = tuple(self._waiting)
+            self._waiting.clear()
+        return taken
