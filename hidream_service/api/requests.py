@@ -4,6 +4,7 @@ GET /v1/requests[?limit=N&before=REQUEST_ID]   newest first; `next` is the `befo
 GET /v1/requests/{request_id}                  one request: the summary plus its input, result and logs
 GET /v1/requests/{request_id}/stream           server-sent events: the summary each time the request
                                                changes, with the log lines added since the last event
+                                               and the forming image's latest preview when it is new
 
 Like every other route, a caller sees only the requests its API key made. Deliveries and replays
 are at /v1/requests/{id}/webhooks and /v1/webhooks/deliveries/{id}/replay (api/webhooks.py);
@@ -14,7 +15,6 @@ cancelling goes through the fal `cancel_url` each summary carries. A running req
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -23,7 +23,8 @@ from fastapi.responses import StreamingResponse
 
 from hidream_service.api.rendering import iso, queue_urls
 from hidream_service.api.state import app_state
-from hidream_service.api.submission import one_error, watched_job
+from hidream_service.api.streaming import KEEPALIVE, KEEPALIVE_SECONDS, event_stream, job_updates, sse
+from hidream_service.api.submission import one_error
 from hidream_service.jobs.model import Job, JobStatus, LogLine
 from webhooks.outbox import Delivery, DeliveryState
 
@@ -32,7 +33,6 @@ router = APIRouter(tags=["requests"])
 DEFAULT_PAGE = 20
 MAX_PAGE = 100
 MAX_ID_LENGTH = 100
-SSE_KEEPALIVE_SECONDS = 15.0
 
 
 def _outcome(job: Job) -> str:
@@ -138,34 +138,37 @@ async def get_request(request: Request, request_id: str) -> dict[str, Any]:
 @router.get("/v1/requests/{request_id}/stream", summary="One request's changes as server-sent events")
 async def stream_request(request: Request, request_id: str) -> StreamingResponse:
     """Each event is the request's summary with `logs`, the lines added since the previous event
-    (all of them in the first); the last event is the one where the request has ended, and it
-    carries `result` and `error_detail` too. Wakes only when this request changes."""
+    (all of them in the first), and `preview` ({step, image}: a JPEG data URI) when the running
+    request has a new preview of its forming image; the last event is the one where the request has
+    ended, and it carries `result` and `error_detail` too. Wakes only when this request changes."""
     state = app_state(request)
     owner = state.api_keys.owner(request)
     if await state.store_call(state.service.get, request_id, owner) is None:
         raise HTTPException(404, f"request {request_id} not found")
 
     async def events() -> AsyncIterator[str]:
-        sent_lines = 0
         last_summary = None
         async with contextlib.aclosing(
-            watched_job(state, request_id, owner, with_logs=True, keepalive=SSE_KEEPALIVE_SECONDS)
-        ) as changes:
-            async for job in changes:
-                if job is None:
-                    yield ": keep-alive\n\n"
+            job_updates(state, request_id, owner, with_logs=True, with_previews=True, keepalive=KEEPALIVE_SECONDS)
+        ) as updates:
+            async for update in updates:
+                if update is None:
+                    yield KEEPALIVE
                     continue
-                ended = job.status.is_terminal()
+                job = update.job
                 delivery = (
-                    (await state.store_call(state.outbox.final_for_subjects, [job.id])).get(job.id) if ended else None
+                    (await state.store_call(state.outbox.final_for_subjects, [job.id])).get(job.id)
+                    if update.ended
+                    else None
                 )
                 summary = request_summary(job, delivery)
-                new_lines = job.logs[sent_lines:]
-                if summary != last_summary or new_lines:
-                    event = {**summary, "logs": [_log_json(line) for line in new_lines]}
-                    if ended:
+                if summary != last_summary or update.new_logs or update.preview is not None:
+                    event = {**summary, "logs": [_log_json(line) for line in update.new_logs]}
+                    if update.preview is not None:
+                        event["preview"] = {"step": update.preview.step, "image": update.preview.image}
+                    if update.ended:
                         event.update(result=job.result, error_detail=job.error_detail)
-                    yield f"data: {json.dumps(event)}\n\n"
-                    sent_lines, last_summary = len(job.logs), summary
+                    yield sse(event)
+                    last_summary = summary
 
-    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    return event_stream(events())

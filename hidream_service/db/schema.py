@@ -219,11 +219,20 @@ def _fair_queue(conn: Connection, db: Database) -> None:
     conn.execute(text("CREATE INDEX jobs_started_by_owner ON jobs (owner, started_at) WHERE started_at IS NOT NULL"))
 
 
+def _previews(conn: Connection, db: Database) -> None:
+    """The latest preview of each running job, apart from its row: a few KiB that only the streams
+    read, rewritten every few steps, and deleted when the job ends."""
+    conn.execute(
+        text("CREATE TABLE job_previews (job_id TEXT PRIMARY KEY, step INTEGER NOT NULL, image TEXT NOT NULL)")
+    )
+
+
 MIGRATIONS: tuple[tuple[int, str, Callable[[Connection, Database], None]], ...] = (
     (1, "first release", _release_1),
     (2, "job record as a document; several nodes", _record_as_document),
     (3, "spawned calls", _spawned_calls),
     (4, "a fair queue between API keys", _fair_queue),
+    (5, "previews of forming images", _previews),
 )
 LATEST = MIGRATIONS[-1][0]
 

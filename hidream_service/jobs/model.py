@@ -60,6 +60,14 @@ class Progress:
 
 
 @dataclass(frozen=True)
+class Preview:
+    """The forming image of a running job, as it looked after `step`: a small JPEG data URI."""
+
+    step: int
+    image: str
+
+
+@dataclass(frozen=True)
 class JobRequest:
     """What a dialect hands the JobService: an endpoint, validated input and where to call back."""
 
@@ -103,6 +111,7 @@ class Job:
     webhook_events: tuple[str, ...] = ()
     seq: int = 0
     progress: Progress | None = None  # the last progress event of its run
+    preview: Preview | None = None  # its run's latest preview; read only when asked for (kept apart)
     files_expired_at: float | None = None  # when the retention sweep removed its output files
 
     @property

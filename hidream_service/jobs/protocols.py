@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
-from hidream_service.jobs.model import Job, JobRequest, JobStatus, LogLine, Progress
+from hidream_service.jobs.model import Job, JobRequest, JobStatus, LogLine, Preview, Progress
 from webhooks.outbox import OutboxMessage
 
 
@@ -47,8 +47,9 @@ class JobStore(Protocol):
     def find_by_idempotency_key(self, owner: str, key: str) -> tuple[Job, str] | None:
         """The job holding this key and the fingerprint of the request that created it."""
 
-    def get(self, job_id: str, *, with_logs: bool = False) -> Job | None:
-        """The job with its queue position while queued (jobs that lease before it, in the fair order)."""
+    def get(self, job_id: str, *, with_logs: bool = False, with_preview: bool = False) -> Job | None:
+        """The job with its queue position while queued (jobs that lease before it, in the fair order),
+        and its latest preview while running when asked for."""
 
     def logs(self, job_id: str) -> list[LogLine]: ...
 
@@ -83,10 +84,17 @@ class JobStore(Protocol):
         """Read-only: (still leased by this token, cancel requested)."""
 
     def append_logs(
-        self, job_id: str, lines: Iterable[LogLine], progress: Progress | None = None, *, token: str | None = None
+        self,
+        job_id: str,
+        lines: Iterable[LogLine],
+        progress: Progress | None = None,
+        *,
+        token: str | None = None,
+        preview: Preview | None = None,
     ) -> None:
-        """Add log lines and set the job's progress, in one write; the progress only while `token`
-        still holds the job's lease (a run whose lease was taken away reports nothing more)."""
+        """Add log lines and set the job's progress and preview, in one write; the progress and the
+        preview only while `token` still holds the job's lease (a run whose lease was taken away
+        reports nothing more)."""
 
     def requeue(self, job_id: str, token: str) -> bool: ...
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from hidream_service.jobs.model import Job, LogLine
+from hidream_service.jobs.model import Job, LogLine, Preview
 
 _JOB = TypeAdapter(Job)
 
@@ -32,7 +32,7 @@ COLUMN_FIELDS = frozenset(
     }
 )
 #: Computed when read, never stored.
-DERIVED_FIELDS = frozenset({"queue_position", "logs"})
+DERIVED_FIELDS = frozenset({"queue_position", "logs", "preview"})
 #: Stored in columns under their own names: cancel_requested (0/1), progress (progress_step, progress_total).
 SPECIAL_FIELDS = frozenset({"cancel_requested", "progress"})
 DOCUMENT_FIELDS = frozenset(
@@ -46,7 +46,11 @@ def document(job: Job) -> str:
 
 
 def job_from_row(
-    row: Mapping[Any, Any], *, queue_position: int | None = None, logs: list[LogLine] | None = None
+    row: Mapping[Any, Any],
+    *,
+    queue_position: int | None = None,
+    logs: list[LogLine] | None = None,
+    preview: Preview | None = None,
 ) -> Job:
     values: dict[str, Any] = json.loads(row["doc"])
     values.update({name: row[name] for name in COLUMN_FIELDS})
@@ -54,6 +58,6 @@ def job_from_row(
     if row["progress_total"] is not None:
         values["progress"] = {"step": row["progress_step"], "total": row["progress_total"]}
     job = _JOB.validate_python(values)
-    if queue_position is None and not logs:
+    if queue_position is None and not logs and preview is None:
         return job
-    return dataclasses.replace(job, queue_position=queue_position, logs=logs or [])
+    return dataclasses.replace(job, queue_position=queue_position, logs=logs or [], preview=preview)

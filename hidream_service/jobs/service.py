@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from hidream_service.config import Settings
-from hidream_service.jobs.model import ErrorType, Job, JobRequest, JobStatus, Lease, LogLine, Progress
+from hidream_service.jobs.model import ErrorType, Job, JobRequest, JobStatus, Lease, LogLine, Preview, Progress
 from hidream_service.jobs.protocols import JobEndings, JobStore
 from hidream_service.jobs.reports import JobEnded, JobStarted, JobSubmitted, Report
 from hidream_service.jobs.store import DuplicateIdempotencyKey
@@ -142,9 +142,9 @@ class JobService:
             raise IdempotencyKeyReused(request.idempotency_key)
         return self.store.get(job.id)
 
-    def get(self, job_id: str, owner: str, *, with_logs: bool = False) -> Job | None:
+    def get(self, job_id: str, owner: str, *, with_logs: bool = False, with_preview: bool = False) -> Job | None:
         """The job, or None when it does not exist or belongs to another API key."""
-        job = self.store.get(job_id, with_logs=with_logs)
+        job = self.store.get(job_id, with_logs=with_logs, with_preview=with_preview)
         if job is None or job.owner != owner:
             return None
         return job
@@ -210,15 +210,19 @@ class JobService:
         self._on_queue_moved()
         return Lease(job, token)
 
-    def heartbeat(self, lease: Lease, logs: list[LogLine], progress: Progress | None = None) -> tuple[bool, bool]:
+    def heartbeat(
+        self, lease: Lease, logs: list[LogLine], progress: Progress | None = None, preview: Preview | None = None
+    ) -> tuple[bool, bool]:
         """Record a run's events and renew the lease. Returns (still ours, cancel requested)."""
-        self.record(lease, logs, progress)
+        self.record(lease, logs, progress, preview)
         return self.store.renew_lease(lease.job.id, lease.token, self._clock() + self.lease_seconds)
 
-    def record(self, lease: Lease, logs: list[LogLine], progress: Progress | None = None) -> None:
-        """A run's log lines and its latest progress, in one write; then the job's watchers wake."""
-        if logs or progress is not None:
-            self.store.append_logs(lease.job.id, logs, progress, token=lease.token)
+    def record(
+        self, lease: Lease, logs: list[LogLine], progress: Progress | None = None, preview: Preview | None = None
+    ) -> None:
+        """A run's log lines, its latest progress and preview, in one write; then the job's watchers wake."""
+        if logs or progress is not None or preview is not None:
+            self.store.append_logs(lease.job.id, logs, progress, token=lease.token, preview=preview)
             if logs:
                 self._send_logs_event(lease.job)
             self._on_changed(lease.job.id)

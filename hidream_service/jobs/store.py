@@ -20,7 +20,7 @@ from typing import Any
 
 from hidream_service.config import Settings
 from hidream_service.db.engine import Database, IntegrityError, Notice, Tx
-from hidream_service.jobs.model import Job, JobRequest, JobStatus, LogLine, Progress
+from hidream_service.jobs.model import Job, JobRequest, JobStatus, LogLine, Preview, Progress
 from hidream_service.jobs.record import document, job_from_row
 from webhooks import outbox
 from webhooks.outbox import storable
@@ -163,7 +163,7 @@ class SqlJobStore:
 
     # -- reads ----------------------------------------------------------------------------------
 
-    def get(self, job_id: str, *, with_logs: bool = False) -> Job | None:
+    def get(self, job_id: str, *, with_logs: bool = False, with_preview: bool = False) -> Job | None:
         if not storable(job_id):
             return None  # no job can have this id (a caller's URL said `%00`)
         with self.db.read() as tx:
@@ -174,7 +174,8 @@ class SqlJobStore:
             if row["status"] == JobStatus.IN_QUEUE.value:
                 position = _queue_position(tx, row["owner"], row["seq"])
             logs = _logs(tx, job_id) if with_logs else None
-        return job_from_row(row, queue_position=position, logs=logs)
+            preview = _preview(tx, job_id) if with_preview and row["status"] == JobStatus.IN_PROGRESS.value else None
+        return job_from_row(row, queue_position=position, logs=logs, preview=preview)
 
     def logs(self, job_id: str) -> list[LogLine]:
         with self.db.read() as tx:
@@ -295,7 +296,13 @@ class SqlJobStore:
         return (False, False) if cancel is None else (True, bool(cancel))
 
     def append_logs(
-        self, job_id: str, lines: Iterable[LogLine], progress: Progress | None = None, *, token: str | None = None
+        self,
+        job_id: str,
+        lines: Iterable[LogLine],
+        progress: Progress | None = None,
+        *,
+        token: str | None = None,
+        preview: Preview | None = None,
     ) -> None:
         with self.db.write() as tx:
             _insert_logs(tx, job_id, lines)
@@ -304,6 +311,13 @@ class SqlJobStore:
                     "UPDATE jobs SET progress_step = :step, progress_total = :total"
                     " WHERE id = :id AND lease_token = :token",
                     {"step": progress.step, "total": progress.total, "id": job_id, "token": token},
+                )
+            if preview is not None and token is not None:
+                tx.run(  # only while the run still holds the job (a run whose lease was taken writes nothing)
+                    "INSERT INTO job_previews (job_id, step, image) SELECT :id, :step, :image WHERE EXISTS"
+                    " (SELECT 1 FROM jobs WHERE id = :id AND lease_token = :token AND status = 'IN_PROGRESS')"
+                    " ON CONFLICT (job_id) DO UPDATE SET step = excluded.step, image = excluded.image",
+                    {"id": job_id, "step": preview.step, "image": preview.image, "token": token},
                 )
             self.db.notify(tx, Notice.CHANGED, job_id)
 
@@ -317,6 +331,7 @@ class SqlJobStore:
                 {"id": job_id, "token": token},
             )
             if requeued:
+                tx.run("DELETE FROM job_previews WHERE job_id = :id", {"id": job_id})
                 self.db.notify(tx, Notice.QUEUED)
                 self.db.notify(tx, Notice.CHANGED, job_id)
                 self.db.notify(tx, Notice.MOVED)
@@ -385,6 +400,7 @@ class SqlJobStore:
             )
             if not ended:
                 return False
+            tx.run("DELETE FROM job_previews WHERE job_id = :id", {"id": job.id})
             if message is not None:
                 outbox.enqueue(tx, message, due_at=deliver_at)
                 self.db.notify(tx, Notice.DELIVERY_DUE)
@@ -414,6 +430,11 @@ def _queue_position(tx: Tx, owner: str, seq: int) -> int:
 def _logs(tx: Tx, job_id: str) -> list[LogLine]:
     rows = tx.rows("SELECT timestamp, level, message FROM job_logs WHERE job_id = :id ORDER BY seq", {"id": job_id})
     return [LogLine(row["timestamp"], row["level"], row["message"]) for row in rows]
+
+
+def _preview(tx: Tx, job_id: str) -> Preview | None:
+    row = tx.row("SELECT step, image FROM job_previews WHERE job_id = :id", {"id": job_id})
+    return None if row is None else Preview(row["step"], row["image"])
 
 
 def _insert_logs(tx: Tx, job_id: str, lines: Iterable[LogLine]) -> None:

@@ -17,6 +17,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing.queues import Queue
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from hidream_service.config import Settings
-from hidream_service.jobs.model import ErrorType, Job, Lease, LogLine, Progress
+from hidream_service.jobs.model import ErrorType, Job, Lease, LogLine, Preview, Progress
 from hidream_service.jobs.protocols import JobEndings
 from hidream_service.jobs.reports import GpuMemory, ModelLoaded, Report, RunMeasured
 from hidream_service.jobs.service import JobService, build_service
@@ -52,6 +53,40 @@ QUEUE_MOVED = ""
 DELIVERY_DUE = "+delivery"
 
 
+class PreviewRenderer:
+    """Encodes previews on one background thread per worker, so that the denoising loop only hands
+    over a small tensor. A run offers its next preview only once its last one is encoded: a slow
+    encoder skips previews rather than queueing them up behind the loop."""
+
+    def __init__(self, every_steps: int) -> None:
+        self.every_steps = every_steps
+        self._executor: ThreadPoolExecutor | None = None
+
+    def due(self, step: int, total: int) -> bool:
+        """Every `every_steps` steps, never at the last (the result follows at once)."""
+        return self.every_steps > 0 and step % self.every_steps == 0 and step < total
+
+    def render(self, pixels: Any, done: Callable[[str | None], None]) -> None:
+        """Encode 8-bit pixels [h, w, 3] on the encoder thread, then call `done` with the data URI
+        (None if it failed)."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="previews")
+        self._executor.submit(self._encode, pixels, done)
+
+    @staticmethod
+    def _encode(pixels: Any, done: Callable[[str | None], None]) -> None:
+        from hidream_service.inference.previews import preview_data_uri
+
+        try:
+            done(preview_data_uri(pixels))
+        except Exception:
+            log.exception("a preview could not be rendered; the job goes on without it")
+            done(None)
+
+
+NO_PREVIEWS = PreviewRenderer(0)
+
+
 @dataclass
 class WorkerRunContext:
     """RunContext for one job: events are queued in memory, cancel is an in-memory flag."""
@@ -60,9 +95,12 @@ class WorkerRunContext:
     base_url: str
     storage: OutputStorage
     safety: SafetyChecker
+    previews: PreviewRenderer = NO_PREVIEWS
     cancel_event: threading.Event = field(default_factory=threading.Event)
     _pending: list[LogLine] = field(default_factory=list)
     _progress: Progress | None = None
+    _preview: Preview | None = None
+    _preview_rendering: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _first_step: tuple[float, int] | None = None  # (perf_counter, step) of the run's first progress event
     _last_step: tuple[float, int] | None = None
@@ -80,12 +118,34 @@ class WorkerRunContext:
             self._last_step = (now, step)
             self._pending.append(LogLine(time.time(), "INFO", event.log_line()))
 
-    def take_events(self) -> tuple[list[LogLine], Progress | None]:
-        """The log lines queued since the last take, and the progress if it moved since."""
+    def preview(self, step: int, total: int, forming: Callable[[], Any]) -> None:
+        with self._lock:
+            if self._preview_rendering or not self.previews.due(step, total):
+                return
+            self._preview_rendering = True
+
+        def rendered(image: str | None) -> None:
+            with self._lock:
+                self._preview_rendering = False
+                if image is not None:
+                    self._preview = Preview(step, image)
+
+        from hidream_service.inference.previews import preview_pixels
+
+        try:
+            pixels = preview_pixels(forming())
+        except Exception:
+            rendered(None)
+            raise
+        self.previews.render(pixels, rendered)
+
+    def take_events(self) -> tuple[list[LogLine], Progress | None, Preview | None]:
+        """The log lines queued since the last take, and the progress and preview if they moved since."""
         with self._lock:
             lines, self._pending = self._pending, []
             progress, self._progress = self._progress, None
-        return lines, progress
+            preview, self._preview = self._preview, None
+        return lines, progress, preview
 
     def steps_per_second(self) -> float | None:
         """The run's denoising rate, between its first and last progress events (the first step's
@@ -260,7 +320,13 @@ class Runners:
                 device,
                 self.settings.max_loaded_pipelines,
                 on_loaded=lambda model, seconds: self.on_report(ModelLoaded(model, seconds)),
+                memory_mode=self.settings.memory_mode,
             )
+            from hidream_service.inference.lora_cache import LoraCache
+            from hidream_service.inference.loras import RequestLoras
+
+            lora_files = LoraCache(self.settings.lora_cache_path, self.settings.lora_cache_bytes)
+            self._pipelines.loras = RequestLoras(lora_files, self.settings.max_loaded_loras)
         return self._pipelines
 
 
@@ -294,6 +360,7 @@ class Worker:
         self.storage = storage or LocalOutputStorage(settings.outputs_path)
         self.safety = SafetyChecker(settings.nsfw_threshold)
         self.heartbeat = Heartbeat(service, settings)
+        self.previews = PreviewRenderer(settings.preview_every_steps)
 
     def run_forever(self, parent_pid: int) -> None:
         assert self.wake is not None, "a polling worker needs its wake-up event"
@@ -331,7 +398,7 @@ class Worker:
 
     def _parsed(self, lease: Lease) -> _Run:
         """The run of a leased job, with its input parsed into its endpoint's model (the one parse)."""
-        ctx = WorkerRunContext(lease.job.id, lease.job.base_url, self.storage, self.safety)
+        ctx = WorkerRunContext(lease.job.id, lease.job.base_url, self.storage, self.safety, self.previews)
         run = _Run(lease, ctx)
         try:
             run.params = self.runners.endpoint(lease.job.endpoint).parse(lease.job.input)
@@ -370,7 +437,7 @@ class Worker:
         deadline = time.monotonic() + (self.settings.batch_wait_seconds if self.wake is not None else 0.0)
         while True:
             for lease in self.service.lease_batch_mates(first.lease, holder, is_mate, limit - len(mates)):
-                ctx = WorkerRunContext(lease.job.id, lease.job.base_url, self.storage, self.safety)
+                ctx = WorkerRunContext(lease.job.id, lease.job.base_url, self.storage, self.safety, self.previews)
                 mates.append(_Run(lease, ctx, parsed[lease.job.id]))
                 self.on_batched(lease.job.id)
             remaining = deadline - time.monotonic()
@@ -390,7 +457,7 @@ class Worker:
     def _finish(self, run: _Run, outcome: _Outcome, started: float) -> None:
         lease, ctx = run.lease, run.ctx
         ctx.log("cancelled" if outcome.cancelled else "failed" if outcome.error else "done")
-        logs, progress = ctx.take_events()  # every event lands with the ending, in its transaction
+        logs, progress, _ = ctx.take_events()  # every event lands with the ending, in its transaction
         if outcome.result is not None:
             inference_time = outcome.result.get("timings", {}).get("inference", time.perf_counter() - started)
             ended = self.service.complete(lease, outcome.result, inference_time, logs, progress)

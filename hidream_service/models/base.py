@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -54,6 +54,10 @@ class RunContext(Protocol):
 
     def progress(self, step: int, total: int) -> None:
         """Report that `step` of `total` is done (a typed event; fal's clients see it as `step i/n`)."""
+
+    def preview(self, step: int, total: int, forming: Callable[[], Any]) -> None:
+        """Offer a preview after `step`: `forming()` answers the forming image [3, h, w] in [-1, 1],
+        and is called only when a preview is due (cheap device work; encoding happens off the loop)."""
 
     def cancelled(self) -> bool:
         """True once a cancel was requested; runners stop at the next step."""

@@ -23,11 +23,13 @@ def generators_for(seed: int, count: int) -> list[Any]:
     return [torch.Generator(device="cpu").manual_seed((seed + index) % 2**64) for index in range(count)]
 
 
-def step_reporter(ctx: RunContext) -> Callable[[int, int], bool]:
-    """Reports each finished step as progress and says whether to stop."""
+def step_reporter(ctx: RunContext, image: int = 0) -> Callable[[int, int, Callable[[], Any]], bool]:
+    """Reports each finished step as progress (and offers a preview of the batch's `image`, the
+    job's first), and says whether to stop."""
 
-    def on_step(index: int, total: int) -> bool:
+    def on_step(index: int, total: int, forming: Callable[[], Any]) -> bool:
         ctx.progress(index + 1, total)
+        ctx.preview(index + 1, total, lambda: forming()[image])
         return ctx.cancelled()
 
     return on_step

@@ -165,6 +165,13 @@ function showLogs(logs) {
   $("log-count").textContent = lines.length ? `(${lines.length})` : "";
 }
 
+// The forming image, beside the progress bar while the request runs (a small JPEG data URI).
+function showPreview(image) {
+  if (image) $("preview").src = image;
+  else $("preview").removeAttribute("src");
+  $("preview").hidden = !image;
+}
+
 function percent(progress) {
   return progress && progress.total > 0 ? (100 * progress.step) / progress.total : 0;
 }
@@ -185,6 +192,7 @@ function onEvent(run, event) {
     const { progress } = event;
     if (progress) setProgress(percent(progress), `step ${progress.step}/${progress.total}`);
     else setProgress(0, "starting", "waiting");
+    if (event.preview) showPreview(event.preview.image);
   }
 }
 
@@ -195,6 +203,7 @@ function stopRun(run) {
 
 function finishRun(run, event) {
   stopRun(run);
+  showPreview(null);
   const seconds = (performance.now() - run.started) / 1000;
   $("run-elapsed").textContent = formatSeconds(seconds);
   if (event.error) {
@@ -264,6 +273,7 @@ function startRun(handle) {
   $("run-id").textContent = handle.request_id;
   $("run-error").hidden = true;
   $("result").hidden = true;
+  showPreview(null);
   $("cancel").disabled = false;
   showLogs([]);
   setBadge("queued", "queued");

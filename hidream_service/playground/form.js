@@ -9,7 +9,7 @@ import { uploadFile } from "./api.js";
 import { element } from "./dom.js";
 
 // Shown under "More options": tuning most requests leave alone.
-const ADVANCED = new Set(["negative_prompt", "enable_safety_checker", "output_format", "sync_mode", "fail_with"]);
+const ADVANCED = new Set(["negative_prompt", "enable_safety_checker", "output_format", "sync_mode", "fail_with", "loras"]);
 const LABELS = {
   num_inference_steps: "Steps",
   num_images: "Number of images",

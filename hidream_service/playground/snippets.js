@@ -57,7 +57,7 @@ function falClient(base, model, input, webhook) {
     "",
     "# fal-client has no base-URL option: point its module-level hosts at this server.",
     `fal_client.client.QUEUE_URL_FORMAT = ${JSON.stringify(`${base}/`)}`,
-    `fal_client.client.RUN_URL_FORMAT = ${JSON.stringify(`${base}/`)}`,
+    `fal_client.client.RUN_URL_FORMAT = ${JSON.stringify(`${base}/run/`)}`,
   ];
   if ((model.image_fields || []).length) {
     // client.upload_file(path) then gives a URL for an image input.

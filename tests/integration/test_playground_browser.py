@@ -26,6 +26,10 @@ RECORD_PROGRESS = """() => {
   const bar = document.getElementById("progress");
   new MutationObserver(() => window.progressSeen.push(Number(bar.getAttribute("aria-valuenow"))))
     .observe(bar, { attributes: true, attributeFilter: ["aria-valuenow"] });
+  window.previewsSeen = [];
+  const preview = document.getElementById("preview");
+  new MutationObserver(() => preview.src && window.previewsSeen.push(preview.src))
+    .observe(preview, { attributes: true, attributeFilter: ["src"] });
 }"""
 
 
@@ -83,6 +87,9 @@ def test_generate_with_tiny_weights_shows_the_progress_and_the_image(
     assert any(0 < value < 100 for value in seen), f"the bar never stood between empty and full: {seen}"
     assert seen[-1] == 100
     expect(page.locator("#logs")).to_contain_text("step 50/50")
+    previews = page.evaluate("window.previewsSeen")
+    assert previews and all(src.startswith("data:image/jpeg;base64,") for src in previews), previews
+    expect(page.locator("#preview")).to_be_hidden()  # the result replaced it
     screenshot(page, "generate")
 
 

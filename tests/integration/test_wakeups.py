@@ -27,7 +27,7 @@ STREAMS = 100
 @pytest.fixture
 def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FastAPI:
     # No keep-alive re-reads within a test: only wake-ups make a stream read.
-    monkeypatch.setattr(fal_routes, "SSE_KEEPALIVE_SECONDS", 300.0)
+    monkeypatch.setattr(fal_routes, "KEEPALIVE_SECONDS", 300.0)
     # No workers: nothing but the test moves the jobs.
     return create_app(Settings(data_dir=tmp_path, sqlite_synchronous="NORMAL"), start_workers=False)
 
