@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 
 from fastapi import Depends, FastAPI
 
-from hidream_service.api import catalogue, fal_storage, files, health, playground, prometheus
+from hidream_service.api import catalogue, fal_proxy, fal_storage, files, health, playground, prometheus
 from hidream_service.api import requests as request_routes
 from hidream_service.api import webhooks as webhook_routes
 from hidream_service.api.auth import ApiKeys
@@ -99,6 +99,7 @@ def create_app(
 
     install_error_handlers(app)
     app.add_middleware(RequestGuard, body_timeout=settings.request_body_timeout_seconds)
+    app.add_middleware(fal_proxy.FalProxy, public_url=settings.public_url)  # fal.config({proxyUrl}) lands here
 
     # Jobs run here unless a runtime is given (Modal's web containers hold no weights, start no workers).
     app.include_router(health.router(health.Readiness(local=runtime is None)))

@@ -31,7 +31,7 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
         ("GET", "/api/v3/a/b/c", 404, "wavespeed"),
         ("GET", "/api/v3/wavespeed-ai/hidream-i1-fast", 405, "wavespeed"),
         ("POST", "/acme/nothing", 404, "fal"),
-        ("GET", "/nowhere/at/all/x", 405, "fal"),  # fal's submit route takes a POST to any path
+        ("GET", "/nowhere/at/all/x", 404, "fal"),  # no route: not the 405 of fal's any-path submit route
     ],
 )
 def test_a_request_none_of_a_dialect_s_routes_takes_is_answered_in_its_shape(

@@ -21,7 +21,7 @@ TINY_I1_ARGS = {"prompt": "a red fox in snow", "seed": 7, "num_inference_steps":
 def fal(server: ServerProcess, monkeypatch: pytest.MonkeyPatch) -> Iterator[fal_client.SyncClient]:
     # fal-client reads its hosts into module constants; point them at our server.
     monkeypatch.setattr(fal_client.client, "QUEUE_URL_FORMAT", f"{server.url}/")
-    monkeypatch.setattr(fal_client.client, "RUN_URL_FORMAT", f"{server.url}/")
+    monkeypatch.setattr(fal_client.client, "RUN_URL_FORMAT", f"{server.url}/run/")
     client = fal_client.SyncClient(key="unused-on-an-open-server")
     yield client
     close_fal_client(client)

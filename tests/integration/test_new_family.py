@@ -51,7 +51,7 @@ def test_the_catalogue_lists_it_with_its_names_and_only_what_has_weights(toy_ser
 
 def test_fal_s_client_runs_it_with_progress(toy_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fal_client.client, "QUEUE_URL_FORMAT", f"{toy_server}/")
-    monkeypatch.setattr(fal_client.client, "RUN_URL_FORMAT", f"{toy_server}/")
+    monkeypatch.setattr(fal_client.client, "RUN_URL_FORMAT", f"{toy_server}/run/")
     client = fal_client.SyncClient(key="unused")
     try:
         handle = client.submit("acme/toy", arguments={"prompt": "a sunset", "num_inference_steps": 4})

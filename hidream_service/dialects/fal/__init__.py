@@ -16,14 +16,14 @@ api/fal_storage.py: every dialect's clients may use the files.)
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from hidream_service.api.rendering import queue_urls
 from hidream_service.dialects.base import Dialect
 from hidream_service.dialects.common import compact_json, signing_context
-from hidream_service.jobs.model import Job, JobStatus
+from hidream_service.jobs.model import Job, JobStatus, LogLine
 from hidream_service.models.family import Endpoint
 from hidream_service.owners import OPEN
 from hidream_service.signing_keys import SigningKeys
@@ -32,6 +32,8 @@ from webhooks.signing import fal_sign_headers, sign_headers
 
 if TYPE_CHECKING:
     from fastapi import APIRouter
+
+    from hidream_service.api.streaming import JobUpdate
 
 ANONYMOUS_USER = "anonymous"  # the fal user id of jobs on a server without API keys
 
@@ -102,7 +104,8 @@ def webhook_body(job: Job) -> dict[str, Any]:
     }
 
 
-def _logs(job: Job) -> list[dict[str, Any]]:
+def log_lines(lines: Iterable[LogLine]) -> list[dict[str, Any]]:
+    """Log lines as fal's status objects carry them."""
     return [
         {
             "message": line.message,
@@ -110,14 +113,28 @@ def _logs(job: Job) -> list[dict[str, Any]]:
             "source": "USER",
             "timestamp": datetime.fromtimestamp(line.timestamp, UTC).isoformat(),
         }
-        for line in job.logs
+        for line in lines
     ]
+
+
+def stream_event(update: JobUpdate) -> dict[str, Any]:
+    """One event of a streamed run before its end: the status object, its progress, the new log
+    lines, and the forming image when there is a new preview of it."""
+    job = update.job
+    event = {**render_status(job, with_logs=False), "logs": log_lines(update.new_logs)}
+    if job.progress is not None:
+        event["progress"] = job.progress.to_json()
+    if update.preview is not None:
+        event["images"] = [
+            {"url": update.preview.image, "content_type": "image/jpeg", "preview_step": update.preview.step}
+        ]
+    return event
 
 
 def render_status(job: Job, *, with_logs: bool) -> dict[str, Any]:
     """fal's status object. Failed and cancelled jobs are COMPLETED with `error` (fal-client knows
     no other status strings); `logs` is always present, null unless asked for."""
-    body: dict[str, Any] = {"request_id": job.id, **queue_urls(job), "logs": _logs(job) if with_logs else None}
+    body: dict[str, Any] = {"request_id": job.id, **queue_urls(job), "logs": log_lines(job.logs) if with_logs else None}
     if job.status is JobStatus.IN_QUEUE:
         body.update(status="IN_QUEUE", queue_position=job.queue_position or 0)
     elif job.status is JobStatus.IN_PROGRESS:

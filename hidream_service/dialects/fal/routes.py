@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -15,13 +14,13 @@ from hidream_service.api.errors import shaped_route
 from hidream_service.api.openapi import json_body
 from hidream_service.api.rendering import app_of
 from hidream_service.api.state import AppState, app_state
-from hidream_service.api.submission import one_error, read_json_object, until_terminal, watched_job
-from hidream_service.dialects.fal import FAL, error_payload, render_status
+from hidream_service.api.streaming import KEEPALIVE, KEEPALIVE_SECONDS, event_stream, job_updates, run_updates, sse
+from hidream_service.api.submission import one_error, read_json_object, until_terminal
+from hidream_service.dialects.fal import FAL, error_payload, log_lines, render_status, stream_event
 from hidream_service.jobs.model import Job
 from hidream_service.jobs.service import CancelOutcome
 from hidream_service.models.family import Endpoint
 
-SSE_KEEPALIVE_SECONDS = 15.0
 TRUE_WORDS = {"1", "true", "yes"}
 FALSE_WORDS = {"0", "false", "no", ""}
 
@@ -46,11 +45,14 @@ def _json(body: Any, status_code: int = 200, request_id: str | None = None) -> J
     return JSONResponse(body, status_code=status_code, headers=headers)
 
 
+def _error_body(job: Job) -> dict[str, Any]:
+    return {**error_payload(job), "error_type": job.error_type.value if job.error_type else None}
+
+
 def _result_response(job: Job) -> JSONResponse:
     if job.succeeded:
         return _json(job.result, 200, job.id)
-    body = {**error_payload(job), "error_type": job.error_type.value if job.error_type else None}
-    response = _json(body, job.error_http_status, job.id)
+    response = _json(_error_body(job), job.error_http_status, job.id)
     if job.error_type is not None:
         response.headers["X-Fal-Error-Type"] = job.error_type.value
     return response
@@ -88,30 +90,32 @@ async def status(request: Request, owner: str, app: str, request_id: str, logs: 
 async def status_stream(
     request: Request, owner: str, app: str, request_id: str, logs: str | None = Query(None)
 ) -> StreamingResponse:
+    """Status objects as server-sent events, the last one COMPLETED. With logs, each event's `logs`
+    holds only the lines new since the previous event: fal's JS client appends them."""
     state = app_state(request)
     with_logs = _parse_flag(logs, "logs")
-    await _owned_job(state, request, owner, app, request_id, with_logs)  # 404 before the stream starts
+    await _owned_job(state, request, owner, app, request_id, False)  # 404 before the stream starts
     caller = state.api_keys.owner(request)
 
     async def events() -> AsyncIterator[str]:
         last_sent = None
         async with contextlib.aclosing(
-            watched_job(state, request_id, caller, with_logs=with_logs, keepalive=SSE_KEEPALIVE_SECONDS)
-        ) as changes:
-            async for job in changes:
-                if job is None:
-                    yield ": keep-alive\n\n"
+            job_updates(
+                state, request_id, caller, with_logs=with_logs, with_previews=False, keepalive=KEEPALIVE_SECONDS
+            )
+        ) as updates:
+            async for update in updates:
+                if update is None:
+                    yield KEEPALIVE
                     continue
-                body = render_status(job, with_logs=with_logs)
+                body = {**render_status(update.job, with_logs=False), "logs": None}
+                if with_logs:
+                    body["logs"] = log_lines(update.new_logs)
                 if body != last_sent:
-                    yield f"data: {json.dumps(body)}\n\n"
+                    yield sse(body)
                     last_sent = body
 
-    return StreamingResponse(
-        events(),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Fal-Request-Id": request_id},
-    )
+    return event_stream(events(), {"X-Fal-Request-Id": request_id})
 
 
 @_requests.get("/{owner}/{app}/requests/{request_id}")
@@ -153,6 +157,37 @@ def _add_endpoint_routes(router: APIRouter, endpoint: Endpoint) -> None:
         f"/run/{endpoint.id}", run_endpoint, methods=["POST"], openapi_extra=body, tags=["fal sync"],
         summary=f"Run {endpoint.title} and answer with the result", operation_id=f"fal_run_{endpoint.id}",
     )  # fmt: skip
+
+
+# Decorators register bottom-up: the /run/ path must be matched first.
+@_catch_all.post("/{endpoint_path:path}/stream", include_in_schema=False)
+@_catch_all.post("/run/{endpoint_path:path}/stream", include_in_schema=False)
+async def stream(request: Request, endpoint_path: str) -> Any:
+    """fal's streaming call (`fal.stream`, `fal_client.stream`): the run as server-sent events, one per
+    change, the last one being the result (what the clients' `done()` answers). Until then each event
+    is a status object with `progress` {step, total}, the new log lines in `logs`, and, when a new
+    preview of the forming image exists, `images` holding it as a JPEG data URI. A failed run's last
+    event is its error ({detail, error_type}). A caller that hangs up cancels the run, as on fal."""
+    state = app_state(request)
+    job = await _submit(state, request, endpoint_path, None)
+
+    async def events() -> AsyncIterator[str]:
+        async with contextlib.aclosing(run_updates(state, job, with_logs=True, with_previews=True)) as updates:
+            async for update in updates:
+                if update is None:
+                    yield KEEPALIVE
+                elif update.ended:
+                    yield sse(update.job.result if update.job.succeeded else _error_body(update.job))
+                else:
+                    yield sse(stream_event(update))
+
+    return event_stream(events(), {"X-Fal-Request-Id": job.id})
+
+
+@_catch_all.get("/{path:path}", include_in_schema=False)
+async def no_such_path(path: str) -> Any:
+    """A GET that no route takes: 404, not the 405 that the submit catch-all's path would earn."""
+    raise HTTPException(404, f"no such path: /{path}")
 
 
 @_catch_all.post("/run/{endpoint_path:path}", include_in_schema=False)

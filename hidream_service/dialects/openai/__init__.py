@@ -12,6 +12,7 @@ request id, whose result stays available through the fal queue API. No webhooks.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
@@ -21,6 +22,7 @@ from pydantic import Field, field_validator
 from hidream_service.dialects.base import Dialect, error_message, field_name
 from hidream_service.models.base import StrictInput
 from hidream_service.models.family import Endpoint, Task
+from hidream_service.models.loras import MAX_LORAS, LoraWeight
 
 if TYPE_CHECKING:
     from fastapi import APIRouter
@@ -56,9 +58,10 @@ OPENAI = OpenAIDialect()
 # -- requests -------------------------------------------------------------------------------------
 
 
-class _ImagesRequest(StrictInput):
+class ImagesRequest(StrictInput):
     """Fields generations and edits share. Beyond OpenAI's, `seed`, `negative_prompt`,
-    `num_inference_steps` and `guidance_scale` may be sent (extra_body in the openai client)."""
+    `num_inference_steps`, `guidance_scale` and `loras` may be sent (extra_body in the openai client;
+    in an edit's form, `loras` is a JSON string)."""
 
     prompt: str = Field(min_length=1, max_length=10_000)
     n: int = Field(default=1, ge=1, le=4)
@@ -70,6 +73,21 @@ class _ImagesRequest(StrictInput):
     negative_prompt: str | None = Field(default=None, max_length=10_000)
     num_inference_steps: int | None = Field(default=None, ge=1, le=50)
     guidance_scale: float | None = Field(default=None, ge=0.0, le=20.0)
+    # Streaming, as the GPT image models stream: `partial_images` previews of the forming image, then
+    # the image itself (always as b64_json).
+    stream: bool = False
+    partial_images: int = Field(default=0, ge=0, le=3)
+    loras: list[LoraWeight] | None = Field(default=None, max_length=MAX_LORAS, description="[{path, scale}]")
+
+    @field_validator("loras", mode="before")
+    @classmethod
+    def _loras_from_a_form(cls, value: object) -> object:
+        if isinstance(value, str):  # a multipart form field holds text: the list as JSON
+            try:
+                return json.loads(value)
+            except ValueError:
+                raise ValueError('loras must be a JSON list, e.g. [{"path": "https://...", "scale": 1}]') from None
+        return value
 
     @field_validator("size")
     @classmethod
@@ -83,7 +101,7 @@ class _ImagesRequest(StrictInput):
             prompt_field: self.prompt,
             "num_images": self.n,
             "output_format": self.output_format,
-            "sync_mode": self.response_format == "b64_json",
+            "sync_mode": self.response_format == "b64_json" or self.stream,
         }
         if self.size != "auto" and with_size:
             width, height = (int(side) for side in self.size.split("x"))
@@ -92,10 +110,12 @@ class _ImagesRequest(StrictInput):
             value = getattr(self, name)
             if value is not None:
                 fal[name] = value
+        if self.loras is not None:
+            fal["loras"] = [lora.model_dump(exclude_none=True) for lora in self.loras]
         return fal
 
 
-class GenerationRequest(_ImagesRequest):
+class GenerationRequest(ImagesRequest):
     """`POST /v1/images/generations`."""
 
     model: str = DEFAULT_MODEL
@@ -105,7 +125,7 @@ class GenerationRequest(_ImagesRequest):
         return self._fal_common("prompt", with_size=True)
 
 
-class EditRequest(_ImagesRequest):
+class EditRequest(ImagesRequest):
     """`POST /v1/images/edits` form fields besides the images."""
 
     model: str = DEFAULT_EDIT_MODEL
