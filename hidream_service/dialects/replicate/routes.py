@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import hmac
+import itertools
 import json
 import re
+from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import Field
 
 from hidream_service.api import submission
@@ -16,9 +20,19 @@ from hidream_service.api.errors import add_fallbacks, shaped_route
 from hidream_service.api.openapi import json_body
 from hidream_service.api.rendering import iso, iso_offset
 from hidream_service.api.state import AppState, app_state
+from hidream_service.api.streaming import KEEPALIVE, KEEPALIVE_SECONDS, event_stream, job_updates, sse
+from hidream_service.dialects.common import image_urls
 from hidream_service.dialects.replicate import REPLICATE, input_model, render_prediction
-from hidream_service.jobs.model import Job
+from hidream_service.dialects.replicate.versions import (
+    ModelVersion,
+    find_version,
+    render_model,
+    render_version,
+    version_of,
+)
+from hidream_service.jobs.model import Job, JobStatus
 from hidream_service.models.base import StrictInput
+from hidream_service.models.family import Endpoint
 from hidream_service.signing_keys import SecretPinned
 from hidream_service.uploads import UploadTooLarge, store_upload
 
@@ -29,6 +43,10 @@ MAX_WAIT_SECONDS = 60
 PAGE_SIZE = 50
 MAX_CURSOR_DIGITS = 18  # cursors are job sequence numbers; a longer one would overflow SQLite
 PREFER_WAIT = re.compile(r"^\s*wait(?:=([0-9]{1,9}))?\s*$")  # int() refuses 5000 digits
+#: The header that asks a stream for previews of the forming image (as `?previews=true` does): the
+#: official clients cannot change the stream URL, but can send a header with every request.
+PREVIEWS_HEADER = "hidream-previews"
+TRUE_WORDS = {"1", "true", "yes", "on"}
 
 
 class PredictionRequest(StrictInput):
@@ -36,7 +54,7 @@ class PredictionRequest(StrictInput):
     version: str | None = None
     webhook: str | None = None
     webhook_events_filter: list[Literal["start", "output", "logs", "completed"]] | None = None
-    stream: bool = False
+    stream: bool = False  # the clients' replicate.stream() sends it; every prediction has `urls.stream`
 
 
 def _prefer_wait(request: Request) -> int | None:
@@ -52,22 +70,24 @@ def _prefer_wait(request: Request) -> int | None:
     return seconds
 
 
+def _stream_token(state: AppState, job: Job) -> str:
+    """What lets `urls.stream` be opened without the API key (the JS client sends none there):
+    signed with the server key, so only the answers the prediction's own key gets hold it."""
+    return state.keys.token_mac(f"replicate stream.{job.id}.{job.owner}")
+
+
 def _rendered(state: AppState, job: Job) -> dict[str, Any]:
-    return render_prediction(job, state.registry.endpoints.get(job.endpoint))
+    return render_prediction(job, state.registry.endpoints.get(job.endpoint), stream_token=_stream_token(state, job))
 
 
 def _prediction(state: AppState, job: Job, status_code: int = 200) -> JSONResponse:
     return JSONResponse(_rendered(state, job), status_code=status_code)
 
 
-async def _create(request: Request, model: str, body: PredictionRequest) -> JSONResponse:
+async def _create(request: Request, endpoint: Endpoint, body: PredictionRequest) -> JSONResponse:
     state = app_state(request)
     owner = state.api_keys.owner(request)
     wait = _prefer_wait(request)
-    models = REPLICATE.models(state.registry.endpoints.values())
-    endpoint = models.get(model)
-    if endpoint is None:
-        raise HTTPException(404, f"model {model} not found; models here: {', '.join(sorted(models))}")
     inputs = submission.parse(input_model(endpoint), body.input)
     events = body.webhook_events_filter or ["output", "completed"]  # Replicate's default
     job = await submission.submit(
@@ -90,10 +110,23 @@ async def _create(request: Request, model: str, body: PredictionRequest) -> JSON
     return _prediction(state, job, 201)
 
 
+def _models(state: AppState, *, served_only: bool) -> dict[str, Endpoint]:
+    """Replicate's model table: of the endpoints served here, or of all (whose submit then says
+    which are not served)."""
+    endpoints = state.endpoints if served_only else state.registry.endpoints
+    return REPLICATE.models(endpoints.values())
+
+
 @router.post("/models/{owner}/{name}/predictions", openapi_extra=json_body(PredictionRequest))
 async def create_for_model(request: Request, owner: str, name: str) -> JSONResponse:
     body = submission.parse(PredictionRequest, await submission.read_json_object(request))
-    return await _create(request, f"{owner}/{name}", body)
+    state = app_state(request)
+    state.api_keys.owner(request)
+    models = _models(state, served_only=False)
+    endpoint = models.get(f"{owner}/{name}")
+    if endpoint is None:
+        raise HTTPException(404, f"model {owner}/{name} not found; models here: {', '.join(sorted(models))}")
+    return await _create(request, endpoint, body)
 
 
 @router.post("/predictions", openapi_extra=json_body(PredictionRequest))
@@ -101,8 +134,22 @@ async def create(request: Request) -> JSONResponse:
     body = submission.parse(PredictionRequest, await submission.read_json_object(request))
     if not body.version:
         raise HTTPException(422, submission.one_error(["body", "version"], "version is required", "missing"))
-    model = body.version.split(":", 1)[0]
-    return await _create(request, model, body)
+    state = app_state(request)
+    state.api_keys.owner(request)
+    # All of the reference is checked before anything is submitted: a version that names nothing
+    # served here must not start a job (the clients' run() looks the version up only afterwards).
+    version = find_version(_models(state, served_only=False), body.version)
+    if version is None:
+        raise HTTPException(
+            422,
+            submission.one_error(
+                ["body", "version"],
+                f"version {body.version} does not exist here; GET /v1/models/{{owner}}/{{name}} gives a "
+                "model's latest_version (or send owner/name)",
+                "invalid_version",
+            ),
+        )
+    return await _create(request, version.endpoint, body)
 
 
 async def _owned(state: AppState, request: Request, prediction_id: str) -> Job:
@@ -116,6 +163,60 @@ async def _owned(state: AppState, request: Request, prediction_id: str) -> Job:
 async def get_prediction(request: Request, prediction_id: str) -> JSONResponse:
     state = app_state(request)
     return _prediction(state, await _owned(state, request, prediction_id))
+
+
+@router.get("/predictions/{prediction_id}/stream", response_class=StreamingResponse)
+async def stream_prediction(
+    request: Request, prediction_id: str, token: str | None = None, previews: bool = False
+) -> StreamingResponse:
+    """The prediction's server-sent events (the package's docstring lists them). Closing the stream
+    leaves the prediction running: it is a view of it, as on Replicate."""
+    state = app_state(request)
+    job = await _streamed(state, request, prediction_id, token)
+    asked = request.headers.get(PREVIEWS_HEADER, "").strip().lower() in TRUE_WORDS
+    return event_stream(_prediction_events(state, job, with_previews=previews or asked))
+
+
+async def _streamed(state: AppState, request: Request, prediction_id: str, token: str | None) -> Job:
+    """The prediction a stream may show: one of the caller's key, or, where no key is sent, the one
+    whose signed stream URL this is."""
+    if token is None or "authorization" in request.headers or not state.api_keys.enabled:
+        return await _owned(state, request, prediction_id)
+    job = await state.store_call(state.service.store.get, prediction_id)
+    if job is None or job.dialect != REPLICATE.id or not hmac.compare_digest(token, _stream_token(state, job)):
+        raise HTTPException(404, f"prediction {prediction_id} not found")
+    return job
+
+
+async def _prediction_events(state: AppState, job: Job, *, with_previews: bool) -> AsyncIterator[str]:
+    numbers = itertools.count(1)
+
+    def event(name: str, data: Any) -> str:
+        return f"id: {next(numbers)}\n{sse(data, name)}"  # the Python client drops events without an id
+
+    async with contextlib.aclosing(
+        job_updates(state, job.id, job.owner, with_logs=True, with_previews=with_previews, keepalive=KEEPALIVE_SECONDS)
+    ) as updates:
+        async for update in updates:
+            if update is None:
+                yield KEEPALIVE
+                continue
+            for line in update.new_logs:
+                yield event("logs", line.message)
+            if update.preview is not None:
+                yield event("output", update.preview.image)
+            if not update.ended:
+                continue
+            ended = update.job
+            if ended.succeeded:
+                for url in image_urls(ended):
+                    yield event("output", url)
+                yield event("done", {})
+            elif ended.status is JobStatus.CANCELLED:
+                yield event("done", {"reason": "canceled"})
+            else:
+                yield event("error", {"detail": ended.error})
+                yield event("done", {"reason": "error"})
 
 
 @router.post("/predictions/{prediction_id}/cancel")
@@ -139,6 +240,40 @@ async def list_predictions(request: Request, cursor: str | None = None) -> dict[
     if len(jobs) == PAGE_SIZE:
         following = f"{submission.base_url(state, request)}/v1/predictions?cursor={jobs[-1].seq}"
     return {"previous": None, "next": following, "results": [_rendered(state, job) for job in jobs]}
+
+
+@router.get("/models/{owner}/{name}")
+async def get_model(request: Request, owner: str, name: str) -> dict[str, Any]:
+    state = app_state(request)
+    return render_model(_model_version(state, request, owner, name), submission.base_url(state, request))
+
+
+@router.get("/models/{owner}/{name}/versions")
+async def list_versions(request: Request, owner: str, name: str) -> dict[str, Any]:
+    state = app_state(request)
+    version = _model_version(state, request, owner, name)
+    return {"previous": None, "next": None, "results": [render_version(version)]}
+
+
+@router.get("/models/{owner}/{name}/versions/{version_id:path}")
+async def get_version(request: Request, owner: str, name: str, version_id: str) -> dict[str, Any]:
+    """One version of a model. The model's own name stands for its version here as it does in a
+    prediction's `version`: run("owner/name:owner/name") creates its prediction, then asks this."""
+    state = app_state(request)
+    version = _model_version(state, request, owner, name)
+    if version_id not in (version.id, version.model):
+        raise HTTPException(404, f"version {version_id} of {version.model} not found; its version is {version.id}")
+    return render_version(version)
+
+
+def _model_version(state: AppState, request: Request, owner: str, name: str) -> ModelVersion:
+    """A model served here, as its version."""
+    state.api_keys.owner(request)
+    models = _models(state, served_only=True)
+    endpoint = models.get(f"{owner}/{name}")
+    if endpoint is None:
+        raise HTTPException(404, f"model {owner}/{name} not found; models here: {', '.join(sorted(models))}")
+    return version_of(f"{owner}/{name}", endpoint)
 
 
 @router.post("/files")
