@@ -24,6 +24,12 @@ from pathlib import Path
 
 from hidream_service.commands.common import settings_from
 from hidream_service.config import LOOPBACK_HOSTS, Settings
+from hidream_service.inference.memory_modes import (
+    MemoryMode,
+    needed_gib,
+    peak_weights_gib,
+    recommended_mode,
+)
 from hidream_service.inference.weights import WeightsError, WeightsLayout, resolve_weights
 from hidream_service.models.registry import DEFAULT_REGISTRY, Registry
 from hidream_service.signing_keys import KEYS_FILE
@@ -280,17 +286,21 @@ def check_disk(settings: Settings, free_bytes: Callable[[Path], int] | None = No
     return Check("free disk", Level.OK, message)
 
 
-def visible_gpus() -> list[str]:
-    """CUDA devices torch can see, by name and memory. Raises ImportError without torch."""
+def visible_gpu_memory() -> list[tuple[str, int]]:
+    """(name, bytes of memory) of each CUDA device torch can see. Raises ImportError without torch."""
     import torch
 
     if not torch.cuda.is_available():
         return []
-    devices = []
-    for index in range(torch.cuda.device_count()):
-        memory = torch.cuda.get_device_properties(index).total_memory / GIB
-        devices.append(f"{torch.cuda.get_device_name(index)} ({memory:.0f} GiB)")
-    return devices
+    return [
+        (torch.cuda.get_device_name(index), torch.cuda.get_device_properties(index).total_memory)
+        for index in range(torch.cuda.device_count())
+    ]
+
+
+def visible_gpus() -> list[str]:
+    """CUDA devices torch can see, by name and memory. Raises ImportError without torch."""
+    return [f"{name} ({memory / GIB:.0f} GiB)" for name, memory in visible_gpu_memory()]
 
 
 def check_gpu(settings: Settings, cuda: Callable[[], list[str]] = visible_gpus) -> Check:
@@ -321,6 +331,39 @@ def check_gpu(settings: Settings, cuda: Callable[[], list[str]] = visible_gpus) 
     )
 
 
+def check_memory_mode(settings: Settings, gpus: Callable[[], list[tuple[str, int]]] = visible_gpu_memory) -> Check:
+    """Whether HIDREAM_MEMORY_MODE fits the smallest visible GPU (each worker may get any of them),
+    and which mode keeps the most on it, by the computed figures of memory_modes.py."""
+    mode = MemoryMode(settings.memory_mode)
+    try:
+        devices = [] if settings.device == "cpu" else gpus()
+    except ImportError:
+        return Check("memory mode", Level.OK, f"{mode} (torch is not installed: no GPU to size it for)")
+    if not devices:
+        return Check("memory mode", Level.OK, f"{mode} (no GPU in use: models run in CPU memory)")
+    name, memory = min(devices, key=lambda device: device[1])
+    size = memory / GIB
+    recommended = recommended_mode(size)
+    fix = f"set HIDREAM_MEMORY_MODE={recommended}" if recommended else None
+    figures = f"{mode} needs about {needed_gib(mode):.0f} GiB (computed), {name} has {size:.0f} GiB"
+    if recommended is None:
+        smallest = needed_gib(MemoryMode.BLOCK_OFFLOAD)
+        return Check(
+            "memory mode",
+            Level.WARN,
+            f"{name} has {size:.0f} GiB: HiDream-I1 and E1 need about {smallest:.0f} GiB even in "
+            f"{MemoryMode.BLOCK_OFFLOAD} (O1 needs about 17 GiB and more for 2K images)",
+            "use a GPU with 24 GB or more",
+        )
+    if peak_weights_gib(mode) > size:
+        return Check("memory mode", Level.FAIL, f"{figures}: its weights alone do not fit", fix)
+    if needed_gib(mode) > size:
+        return Check("memory mode", Level.WARN, f"{figures}: the first large image may run out of memory", fix)
+    if mode is not recommended:
+        return Check("memory mode", Level.OK, f"{figures}; {recommended} fits too and moves less (faster)")
+    return Check("memory mode", Level.OK, f"{figures}: the mode that keeps the most on it")
+
+
 def check_access(settings: Settings) -> Check:
     if settings.api_keys:
         return Check("api keys", Level.OK, f"{len(settings.api_keys)} configured: every request needs one")
@@ -343,6 +386,7 @@ def run_checks(settings: Settings) -> list[Check]:
         check_webhook_secret,
         check_disk,
         check_gpu,
+        check_memory_mode,
         check_access,
     ]
     return [check(settings) for check in checks]
@@ -378,7 +422,7 @@ def doctor(args: argparse.Namespace) -> int:
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = commands.add_parser(
         "doctor",
-        help="check weights, data dir, database, webhook secret, disk, GPU",
+        help="check weights, data dir, database, webhook secret, disk, GPU and its memory mode",
         description="Check that this machine can serve, with the same settings `hidream serve` would use.",
     )
     parser.add_argument("--weights", help="'tiny' or a directory of HiDream weights (HIDREAM_WEIGHTS)")

@@ -14,8 +14,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-#: Called after each step with (step index, total steps); returning True stops the loop (a cancel).
-StepCallback = Callable[[int, int], bool]
+#: Called after each step with (step index, total steps, the forming image); returning True stops the
+#: loop (a cancel). The forming image is a thunk, called only when a preview is due: it answers the
+#: current estimate of each image as RGB in [-1, 1], [batch, 3, h, w], at whatever size is cheap.
+StepCallback = Callable[[int, int, Callable[[], Any]], bool]
 
 
 @dataclass
@@ -84,13 +86,24 @@ def initial_noise(pipe: Any, like: Any, generators: list[Any]) -> Any:
     return randn_tensor(tuple(like.shape), generator=generators, device=like.device, dtype=like.dtype)
 
 
+def predict_unpadded(pipe: Any, latents: Any, timestep: Any, embeds: PromptEmbeds) -> Any:
+    """`predict` with the transformer's sequence exactly as long as the latents' own image tokens.
+
+    diffusers pads a non-square latent's tokens to `transformer.max_seq` and only zeroes the padded
+    keys, so each padded token still takes softmax weight (exp(0)) and adds its value to every row's
+    attention: the padding is not masked. With the exact length there is none. (The official E1.1
+    script sets max_seq to 8192, which pads a non-square source's tokens, and in its refine stage,
+    where the latent is half as wide, about half the sequence; E1-Full's 4608 is exact for its
+    768x768 joined latent, and its refine latent is square, which diffusers never pads.)
+    """
+    patch = pipe.transformer.config.patch_size
+    with sequence_room(pipe.transformer, (latents.shape[-2] // patch) * (latents.shape[-1] // patch)):
+        return predict(pipe, latents, timestep, embeds)
+
+
 @contextlib.contextmanager
 def sequence_room(transformer: Any, patches: int) -> Iterator[None]:
-    """Let the transformer take `patches` image tokens for one call.
-
-    Non-square latents are padded (and masked) to `max_seq` tokens, so the exact count is enough;
-    the official E1 scripts set a fixed larger value, which only adds masked padding.
-    """
+    """Set the length non-square latents are padded to (`max_seq`) to `patches` for one call."""
     original = transformer.max_seq
     transformer.max_seq = max(patches, 1)
     try:

@@ -10,13 +10,13 @@ algorithm (HiDream-ai/HiDream-E1, pipeline_hidream_image_editing.py):
   the norm of the full prediction, then the image direction is scaled by `image_guidance_scale`.
 - The refine stage: for the last `refine_strength` of the steps the image condition is dropped and
   the target description alone guides a plain two-way CFG, as image-to-image refinement.
+- Every transformer call sees exactly its own tokens, never padding (see `predict_unpadded`).
 
 Weights, as published (layout in docs/weights.md):
 - E1-Full is a LoRA (rank 16) plus some full tensors over the I1-Full transformer, in one file
-  `HiDream-E1-Full/HiDream-E1-Full.safetensors`. Its refine stage runs the plain I1-Full
-  transformer: adapters off and the I1-Full values of the replaced tensors put back. (The official
-  script keeps those values through `state_dict()` views, which the E1 load then overwrites; we
-  keep real copies so the refine stage is the I1-Full refinement its README describes.)
+  `HiDream-E1-Full/HiDream-E1-Full.safetensors`. Its refine stage turns the LoRA off and keeps E1's
+  full tensors, as the official script ends up doing (the I1-Full values it means to restore are
+  `state_dict()` views, which the E1 load overwrites in place); the published results came from that.
 - E1.1 is a full transformer (`HiDream-E1-1/transformer/`, sharded safetensors) in the I1-Full
   architecture. Its refine stage keeps the E1.1 weights, which is what the official script does.
 Everything else (VAE, text encoders, scheduler) comes from HiDream-I1-Full.
@@ -37,10 +37,10 @@ from hidream_service.inference.denoising import (
     encode,
     encode_image,
     initial_noise,
-    predict,
-    sequence_room,
+    predict_unpadded,
     step_noise_from,
 )
+from hidream_service.inference.previews import latent_previews
 
 SHARD_INDEX = "diffusion_pytorch_model.safetensors.index.json"
 SINGLE_SHARD = "diffusion_pytorch_model.safetensors"
@@ -61,6 +61,8 @@ LORA_TARGETS = (
     "w3",
     "final_layer.linear",
 )
+#: Its adapter's name in the transformer (PEFT's default name, which its checkpoint's keys carry).
+E1_ADAPTER = "default"
 TARGET_MARKER = "Target Image Description:"
 CLIP_EPSILON = 1e-8
 
@@ -69,12 +71,21 @@ class EditWeightsError(Exception):
     """The E1 checkpoint does not fit the I1-Full transformer it is loaded over."""
 
 
-def edit_prompt(instruction: str, target_description: str | None) -> str:
-    """The prompt format E1 was trained on; the description also drives the refine stage."""
+def edit_prompt(instruction: str, target_description: str | None, *, always_formatted: bool) -> str:
+    """The prompt E1 was trained on, `Editing Instruction: {instruction}. Target Image Description:
+    {description}` (the instruction without its end dots, as the release's refinement script writes
+    it); the description also drives the refine stage.
+
+    Without a description, an `always_formatted` model (E1-Full) gets the format with the description
+    left empty: fal's "leave blank to let the model use its own imagination" (docs/weights.md says
+    why not the instruction). Other models (E1.1) take the bare instruction. An instruction already
+    in the format is kept as it is.
+    """
     instruction = instruction.strip()
-    if not target_description or not target_description.strip():
+    description = (target_description or "").strip()
+    if not description and (not always_formatted or TARGET_MARKER in instruction):
         return instruction
-    return f"Editing Instruction: {instruction.rstrip('.')}. {TARGET_MARKER} {target_description.strip()}"
+    return f"Editing Instruction: {instruction.strip('.')}. {TARGET_MARKER} {description}".rstrip()
 
 
 def target_of(prompt: str) -> str:
@@ -98,48 +109,43 @@ def lora_config() -> Any:
 
 @dataclass
 class RefineSwitch:
-    """Moves an E1-Full transformer between its editing weights and the I1-Full weights."""
+    """E1-Full's two stages on one transformer: editing with the LoRA, refining without it. E1's
+    full tensors stay in both, as in the official release (module docstring).
+
+    A job's own LoRAs (`requested`, set by inference/loras.py while it runs) stay on in both stages;
+    once any was loaded, each switch names the active adapters and their scales outright."""
 
     transformer: Any
-    editing_values: dict[str, Any]
-    base_values: dict[str, Any]
+    requested: tuple[tuple[str, float], ...] = ()  # (adapter name, scale) of the running job's LoRAs
 
     def editing(self) -> None:
         self.transformer.enable_adapters()
-        self._assign(self.editing_values)
+        if len(self.transformer.peft_config) > 1:  # request LoRAs were loaded beside E1's
+            names, scales = zip((E1_ADAPTER, 1.0), *self.requested, strict=True)
+            self.transformer.set_adapters(list(names), list(scales))
 
     def refining(self) -> None:
-        self.transformer.disable_adapters()
-        self._assign(self.base_values)
-
-    def _assign(self, values: dict[str, Any]) -> None:
-        import torch
-
-        parameters = self.transformer.state_dict()
-        with torch.no_grad():
-            for name, value in values.items():
-                parameters[name].copy_(value)
+        if not self.requested:
+            self.transformer.disable_adapters()
+            return
+        names, scales = zip(*self.requested, strict=True)
+        self.transformer.set_adapters(list(names), list(scales))
 
 
 def apply_e1_full(transformer: Any, checkpoint: Path) -> RefineSwitch:
-    """Add the E1 LoRA to an I1-Full transformer and load the checkpoint into it."""
+    """Add the E1 LoRA to an I1-Full transformer and load the checkpoint (LoRA and full tensors) into it."""
     from safetensors.torch import load_file
 
-    transformer.add_adapter(lora_config())
+    transformer.add_adapter(lora_config(), adapter_name=E1_ADAPTER)
     state = load_file(str(checkpoint))
-    current = transformer.state_dict()
-    unexpected = sorted(set(state) - set(current))
+    unexpected = sorted(set(state) - set(transformer.state_dict()))
     if unexpected:
         raise EditWeightsError(
             f"{checkpoint} has {len(unexpected)} tensor(s) the I1-Full transformer does not, e.g. {unexpected[0]}; "
             "is the I1-Full transformer the one E1-Full was trained on?"
         )
-    replaced = [name for name in state if "lora" not in name]
-    # Copies, not views: load_state_dict writes in place and would change state_dict() views too.
-    base_values = {name: current[name].detach().clone() for name in replaced}
     transformer.load_state_dict(state, strict=False)
-    editing_values = {name: state[name].to(current[name].dtype) for name in replaced}
-    return RefineSwitch(transformer, editing_values, base_values)
+    return RefineSwitch(transformer)
 
 
 def load_sharded_state(directory: Path) -> dict[str, Any]:
@@ -219,11 +225,9 @@ def edit(
         pipe.scheduler.set_timesteps(num_inference_steps, device=latents.device)
         timesteps = pipe.scheduler.timesteps
         refine_from = int(num_inference_steps * (1.0 - refine_strength))
-        patch = pipe.transformer.config.patch_size
-        patches = (latents.shape[-2] // patch) * (2 * latents.shape[-1] // patch)
         switched = False
         try:
-            with sequence_room(pipe.transformer, patches), step_noise_from(pipe.scheduler, generators):
+            with step_noise_from(pipe.scheduler, generators):
                 for index, timestep in enumerate(timesteps):
                     refining = index >= refine_from
                     if refining and not switched and refine is not None:
@@ -231,18 +235,18 @@ def edit(
                         switched = True
                     if refining:
                         batch = torch.cat([latents] * 2) if guided else latents
-                        velocity = predict(pipe, batch, timestep, refine_embeds)
+                        velocity = predict_unpadded(pipe, batch, timestep, refine_embeds)
                         if guided:
                             uncond, cond = velocity.chunk(2)
                             velocity = uncond + guidance_scale * (cond - uncond)
                     else:
                         batch = torch.cat([latents] * 3) if guided else latents
                         joined = torch.cat([batch, source], dim=-1)
-                        velocity = predict(pipe, joined, timestep, edit_embeds)[..., : latents.shape[-1]]
+                        velocity = predict_unpadded(pipe, joined, timestep, edit_embeds)[..., : latents.shape[-1]]
                         if guided:
                             velocity = _edit_guidance(velocity, guidance_scale, image_guidance_scale)
                     latents = pipe.scheduler.step(velocity, timestep, latents, return_dict=False)[0]
-                    if on_step(index, len(timesteps)):
+                    if on_step(index, len(timesteps), latent_previews(pipe.vae, latents)):
                         return []
         finally:
             if switched and refine is not None:

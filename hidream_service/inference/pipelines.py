@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from hidream_service.inference.hidream_o1.recipes import Recipe
+from hidream_service.inference.memory_modes import MemoryMode, Placement
 from hidream_service.inference.recipes import EditRecipe, Variant
 from hidream_service.inference.weights import WeightsLayout
 
@@ -79,6 +80,8 @@ class LoadedPipeline:
     area_side: int  # rendered images cover area_side**2 pixels
     vae_scale_factor: int
     refine: Any = None  # E1-Full: switches its transformer between editing and refine weights
+    #: Loaded on the CPU, to be put on the device as the worker's memory mode says (the cache does it).
+    placed_by_mode: bool = False
 
 
 def dtype_for(device: str) -> Any:
@@ -97,7 +100,8 @@ def load_i1(
     refine: Any = None,
 ) -> LoadedPipeline:
     """diffusers' HiDreamImagePipeline from an I1 variant's folder, with the shared Llama encoder and,
-    for E1, its own transformer in place of the variant's."""
+    for E1, its own transformer in place of the variant's; on the CPU, in `device`'s dtype, until the
+    cache places it (memory_modes.py)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from diffusers import HiDreamImagePipeline
 
@@ -112,7 +116,6 @@ def load_i1(
         local_files_only=True,
         **extra,
     )
-    pipeline.to(device)
     pipeline.set_progress_bar_config(disable=True)
     pipeline.default_sample_size = sample_size
     return LoadedPipeline(
@@ -120,6 +123,7 @@ def load_i1(
         area_side=pipeline.default_sample_size * pipeline.vae_scale_factor,
         vae_scale_factor=pipeline.vae_scale_factor,
         refine=refine,
+        placed_by_mode=True,
     )
 
 
@@ -168,14 +172,15 @@ def load_o1(directory: Path, recipe: Recipe, device: str, metadata: dict[str, in
 
 
 def load_llama(directory: Path, device: str) -> tuple[Any, Any]:
-    """Llama-3.1-8B-Instruct (text_encoder_4), loaded from its own directory."""
+    """Llama-3.1-8B-Instruct (text_encoder_4), loaded from its own directory, on the CPU until the
+    pipelines it is in are placed."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoTokenizer, LlamaForCausalLM
 
     tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
     # The pipeline asks this model for every hidden state on each call.
     model = LlamaForCausalLM.from_pretrained(directory, dtype=dtype_for(device), local_files_only=True)
-    return tokenizer, model.to(device).eval()
+    return tokenizer, model.eval()
 
 
 #: How a cache loads one model by its key: the registry asks the model's family.
@@ -184,7 +189,8 @@ Loader = Callable[["PipelineCache", str], LoadedPipeline]
 
 class PipelineCache:
     """A worker's loaded models: up to `max_loaded` of them, least recently used out first. Parts
-    that several models share (HiDream's Llama encoder) are loaded once and kept (`shared`)."""
+    that several models share (HiDream's Llama encoder) are loaded once and kept (`shared`). I1 and
+    E1 pipelines go on the device as `memory_mode` says; `parking_device` holds what is off it."""
 
     def __init__(
         self,
@@ -193,14 +199,19 @@ class PipelineCache:
         load: Loader,
         max_loaded: int = 1,
         on_loaded: Callable[[str, float], None] = lambda model, seconds: None,
+        memory_mode: MemoryMode | str = MemoryMode.GPU,
+        parking_device: str = "cpu",
     ) -> None:
         self.layout = layout
         self.device = device
+        self.placement = Placement.for_device(memory_mode, device, parking_device)
         self.max_loaded = max_loaded
         self._load = load
         self._on_loaded = on_loaded  # (model key, seconds the load took), for the metrics
         self._loaded: OrderedDict[str, LoadedPipeline] = OrderedDict()
         self._shared: dict[str, Any] = {}
+        #: Request LoRAs (inference/loras.py RequestLoras): set by the worker, None where none are served.
+        self.loras: Any = None
 
     def get(self, model: str) -> LoadedPipeline:
         """The loaded pipeline of a model key (full, e1-1, o1-dev, ...)."""
@@ -210,11 +221,14 @@ class PipelineCache:
         while len(self._loaded) >= self.max_loaded:
             evicted, _ = self._loaded.popitem(last=False)
             log.info("unloading %s to make room", evicted)
+            self.placement.release()
             _free_accelerator_memory()
         quiet_loading()
-        log.info("loading %s from %s on %s", model, self.layout.root, self.device)
+        log.info("loading %s from %s on %s, memory mode %s", model, self.layout.root, self.device, self.placement.mode)
         started = time.perf_counter()
         loaded = self._load(self, model)
+        if loaded.placed_by_mode:
+            self.placement.place(loaded.pipeline)
         self._on_loaded(model, time.perf_counter() - started)
         self._loaded[model] = loaded
         return loaded

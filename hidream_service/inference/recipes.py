@@ -49,10 +49,15 @@ class EditRecipe:
     square: bool
     #: Latent side of the real weights: E1-Full edits at 768x768, E1.1 at about 1 MP.
     sample_size: int
+    #: E1-Full was trained only on `Editing Instruction: ... Target Image Description: ...`; E1.1
+    #: also takes a bare instruction (HiDream-E1 README).
+    always_formatted: bool
 
 
 E1_FULL = EditRecipe(
-    "e1-full", "HiDream-E1-Full", "HiDream-ai/HiDream-E1-Full", "HiDream-E1-Full.safetensors", True, True, 96
+    "e1-full", "HiDream-E1-Full", "HiDream-ai/HiDream-E1-Full", "HiDream-E1-Full.safetensors", True, True, 96, True
 )
-E1_1 = EditRecipe("e1-1", "HiDream-E1-1", "HiDream-ai/HiDream-E1-1", "transformer", False, False, REAL_SAMPLE_SIZE)
+E1_1 = EditRecipe(
+    "e1-1", "HiDream-E1-1", "HiDream-ai/HiDream-E1-1", "transformer", False, False, REAL_SAMPLE_SIZE, False
+)
 EDIT_RECIPES = {recipe.key: recipe for recipe in (E1_FULL, E1_1)}

@@ -13,11 +13,12 @@ ones do not): `{"default_sample_size": N}` for I1 and E1, `{"resolution_divisor"
 from __future__ import annotations
 
 import json
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 TINY = "tiny"
-TINY_VERSION = "tiny-v3"  # bump when the tiny architecture changes, so old builds are not reused
+TINY_VERSION = "tiny-v4"  # bump when the tiny architecture changes, so old builds are not reused
 SERVICE_METADATA = "hidream_service.json"
 
 
@@ -72,14 +73,15 @@ def folder_weights_problem(folder: Path) -> str | None:
     return None
 
 
-def diffusers_folder_problem(directory: Path) -> str | None:
-    """Every component a diffusers folder's model_index.json lists must be there with its weights."""
+def diffusers_folder_problem(directory: Path, supplied: Collection[str] = ()) -> str | None:
+    """Every component a diffusers folder's model_index.json lists must be there with its weights,
+    but those the loader `supplied` from elsewhere (HiDream's Llama encoder)."""
     try:
         index = json.loads((directory / "model_index.json").read_text())
     except (OSError, ValueError) as exc:
         return f"{directory}/model_index.json cannot be read: {exc}"
     for name, spec in index.items():
-        if name.startswith("_") or not isinstance(spec, list) or spec[0] is None:
+        if name.startswith("_") or name in supplied or not isinstance(spec, list) or spec[0] is None:
             continue
         folder = directory / name
         if not folder.is_dir() or not any(folder.iterdir()):
@@ -88,4 +90,21 @@ def diffusers_folder_problem(directory: Path) -> str | None:
             problem = folder_weights_problem(folder)
             if problem:
                 return problem
+    return None
+
+
+def misnamed_folder(root: Path, expected: str, other_names: Iterable[str]) -> str | None:
+    """When `expected` is not under `root` but the same repository is, under a name other tools give
+    it (HiDream's own scripts, say): what to rename. None otherwise.
+
+    Only one name is loaded: the lock file, `hidream weights download` and the Modal Volume all use
+    it, and a root holding both folders would leave open which one is served."""
+    if (root / expected).exists():
+        return None
+    for name in other_names:
+        if (root / name).is_dir():
+            return (
+                f"{root / name} is there, but the service loads this repository from {root / expected}: "
+                f"rename the folder (mv {root / name} {root / expected})"
+            )
     return None

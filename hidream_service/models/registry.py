@@ -133,10 +133,11 @@ class Registry:
         device: str,
         max_loaded: int = 1,
         on_loaded: Callable[[str, float], None] = lambda model, seconds: None,
+        memory_mode: str = "gpu",
     ) -> PipelineCache:
         from hidream_service.inference.pipelines import PipelineCache
 
-        return PipelineCache(layout, device, self.load, max_loaded, on_loaded)
+        return PipelineCache(layout, device, self.load, max_loaded, on_loaded, memory_mode)
 
 
 #: The registry `hidream serve` and the Modal deployment serve.

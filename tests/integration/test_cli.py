@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 from hidream_service.client import ServiceClient
 from hidream_service.commands.common import UsageError
 from hidream_service.commands.run import image_arguments
+from hidream_service.inference.weights import TINY_VERSION
 from hidream_service.models.image_fields import image_fields
 from tests.integration.harness import Reply, ServerProcess, WebhookReceiver, free_port, wait_until
 
@@ -50,7 +51,7 @@ def test_run_in_process_builds_tiny_weights_on_first_use(tmp_path: Path) -> None
         assert image.format == "PNG"
         assert image.size == (64, 64)
     assert "step 2/2" in done.stderr
-    assert (tmp_path / "d" / "weights" / "tiny-v3" / "HiDream-I1-Full" / "model_index.json").is_file()
+    assert (tmp_path / "d" / "weights" / TINY_VERSION / "HiDream-I1-Full" / "model_index.json").is_file()
 
 
 def test_run_against_a_running_server(server: ServerProcess, tmp_path: Path) -> None:

@@ -14,13 +14,15 @@ classes and add or override only what O1 changes:
   implementation and used by the text decoder only.
 
 Parameter names match the published checkpoint (`model.x_embedder.proj1.weight`, ...), so it loads
-with `from_pretrained` as the Qwen3VLForConditionalGeneration it declares itself to be.
+with `from_pretrained` as the Qwen3VLForConditionalGeneration it declares itself to be; `load_checked`
+refuses a checkpoint that does not fill the model exactly.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -34,6 +36,7 @@ from transformers.models.qwen3_vl.modeling_qwen3_vl import (
 )
 
 from hidream_service.inference.hidream_o1.geometry import PATCH_SIZE
+from hidream_service.inference.weights import WeightsError
 
 ATTENTION = "hidream_o1"
 #: Config attribute of the patch side; absent in the published config, which means 32.
@@ -41,6 +44,12 @@ PATCH_SIZE_ATTRIBUTE = "pixel_patch_size"
 TIMESTEP_FREQUENCIES = 256
 MAX_PERIOD = 10_000.0
 CHANNELS = 3
+#: How many names of each kind a loading error lists before it says "and N more".
+NAMES_SHOWN = 10
+
+
+class CheckpointMismatch(WeightsError):
+    """An O1 checkpoint whose tensors are not exactly the model's: some missing, unexpected or misshapen."""
 
 
 def prefix_causal_attention(
@@ -213,3 +222,39 @@ class HiDreamO1ForConditionalGeneration(Qwen3VLForConditionalGeneration):
         """The text decoder attends with the O1 mask; the vision encoder keeps plain SDPA."""
         self.config.text_config._attn_implementation = ATTENTION
         self.model.language_model.config._attn_implementation = ATTENTION
+
+    @classmethod
+    def load_checked(cls, directory: Path, dtype: torch.dtype) -> HiDreamO1ForConditionalGeneration:
+        """`from_pretrained`, refusing any missing, unexpected or misshapen checkpoint tensor.
+
+        transformers 5 only warns about those and leaves missing layers at their random
+        initialisation (the release pins transformers 4.57); a model like that renders noise."""
+        # Misshapen tensors are reported in `info` (and refused below, by name) instead of raised unnamed.
+        model, info = cls.from_pretrained(
+            directory, dtype=dtype, local_files_only=True, output_loading_info=True, ignore_mismatched_sizes=True
+        )
+        problem = loading_problem(info)
+        if problem is not None:
+            raise CheckpointMismatch(f"{directory} does not fit HiDream-O1: {problem}")
+        model.use_o1_attention()
+        return model  # type: ignore[no-any-return]
+
+
+def loading_problem(info: dict[str, Any]) -> str | None:
+    """What `from_pretrained(..., output_loading_info=True)` found wrong, naming the tensors; None if nothing."""
+    kinds = {
+        "missing from the checkpoint": sorted(info.get("missing_keys") or ()),
+        "in the checkpoint but not in the model": sorted(info.get("unexpected_keys") or ()),
+        "of another shape than the model's": sorted(
+            f"{name} ({tuple(stored)} stored, {tuple(expected)} expected)"
+            for name, stored, expected in info.get("mismatched_keys") or ()
+        ),
+    }
+    parts = [f"{len(names)} tensor(s) {kind}: {_listed(names)}" for kind, names in kinds.items() if names]
+    parts += [str(message) for message in info.get("error_msgs") or ()]
+    return "; ".join(parts) or None
+
+
+def _listed(names: list[str]) -> str:
+    shown = ", ".join(names[:NAMES_SHOWN])
+    return shown if len(names) <= NAMES_SHOWN else f"{shown} and {len(names) - NAMES_SHOWN} more"

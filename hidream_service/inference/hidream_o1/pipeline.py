@@ -40,11 +40,13 @@ from hidream_service.inference.hidream_o1.model import (
 )
 from hidream_service.inference.hidream_o1.pixels import image_to_tensor, patchify, tensor_to_images, unpatchify
 from hidream_service.inference.hidream_o1.recipes import Recipe, sampling_for
-from hidream_service.inference.hidream_o1.sampling import flow_of, sampler_for
+from hidream_service.inference.hidream_o1.sampling import clean_of, flow_of, sampler_for
 from hidream_service.inference.hidream_o1.sequence import UNCONDITIONAL_PROMPT, PromptBuilder
+from hidream_service.inference.previews import shrunk
 
-#: Called after each step with (step index, total steps); returning True stops the loop (a cancel).
-StepCallback = Callable[[int, int], bool]
+#: Called after each step with (step index, total steps, the forming image: a thunk answering the
+#: current prediction as RGB in [-1, 1]); returning True stops the loop (a cancel).
+StepCallback = Callable[[int, int, Callable[[], Any]], bool]
 
 
 @dataclass
@@ -67,9 +69,7 @@ class HiDreamO1Pipeline:
         """The published checkpoint folder (or a tiny one), in bfloat16 on CUDA and float32 on CPU.
         `divisor` and `condition_image_size` shrink the sizes it works at (tiny weights)."""
         dtype = torch.bfloat16 if device == "cuda" else torch.float32
-        model = HiDreamO1ForConditionalGeneration.from_pretrained(directory, dtype=dtype, local_files_only=True)
-        model.use_o1_attention()
-        model = model.to(device).eval()
+        model = HiDreamO1ForConditionalGeneration.load_checked(directory, dtype).to(device).eval()
         prompts = PromptBuilder.load(directory, int(model.config.image_token_id))
         geometry = Geometry(patch_size_of(model.config), divisor, condition_image_size)
         return cls(model, prompts, geometry, recipe)
@@ -113,10 +113,21 @@ class HiDreamO1Pipeline:
             for index, timestep in enumerate(sampler.timesteps):
                 flows = [self._flow(denoiser_prompt, z, references, timestep) for denoiser_prompt in denoiser_prompts]
                 flow = flows[0] if len(flows) == 1 else flows[1] + guidance_scale * (flows[0] - flows[1])
-                z = sampler.step(index, flow, z).to(self.dtype)
-                if on_step(index, len(sampler.timesteps)):
+                previous, z = z, sampler.step(index, flow, z).to(self.dtype)
+                if on_step(index, len(sampler.timesteps), self._forming(previous, flow, timestep, plan)):
                     return []
             return tensor_to_images(unpatchify(z, patch, plan.height, plan.width))
+
+    def _forming(self, z: torch.Tensor, flow: torch.Tensor, timestep: Any, plan: ReferencePlan) -> Callable[[], Any]:
+        """The forming-image thunk: the clean image the model predicts at this step, shrunk on the
+        device so that only a preview's worth of pixels leaves it."""
+
+        def forming() -> Any:
+            clean = clean_of(flow, z, int(timestep))
+            pixels = unpatchify(clean, self.geometry.patch_size, plan.height, plan.width)
+            return shrunk(pixels.float().clamp(-1.0, 1.0))
+
+        return forming
 
     def _prompts(self, captions: list[str], plan: ReferencePlan, target: tuple[int, int]) -> list[DenoiserPrompt]:
         if not plan.references:

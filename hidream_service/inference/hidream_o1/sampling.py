@@ -26,6 +26,12 @@ class Sampler(Protocol):
         """The sample after step `index`, in float32."""
 
 
+def clean_of(flow: torch.Tensor, z: torch.Tensor, timestep: int) -> torch.Tensor:
+    """The clean image a flow points at from z: the inverse of flow_of."""
+    sigma = max(timestep / TRAIN_TIMESTEPS, MIN_SIGMA)
+    return z.float() - sigma * flow.float()
+
+
 def flow_of(clean: torch.Tensor, z: torch.Tensor, timestep: int) -> torch.Tensor:
     sigma = max(timestep / TRAIN_TIMESTEPS, MIN_SIGMA)
     return (z.float() - clean.float()) / sigma
