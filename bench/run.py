@@ -10,6 +10,9 @@
 2. inference  a tiny-weights HiDream-I1 job through the whole service against the same pipeline
               called directly in this process, same size and steps.
 3. batching   8 tiny I1 jobs in flight, batching off against on: jobs/s and the ratio.
+3b. previews  tiny I1 jobs with live previews off, at the default (every 4 steps) and at every step.
+3c. loras     tiny I1 jobs without a LoRA, with a LoRA used for the first time (downloaded from a
+              local HTTP server at submit, checked, cached, loaded and switched on) and with it again.
 4. coldstart  process start -> /health 200 -> first image with tiny weights, and where the time goes.
 5. gpu        bench/gpu.py, the full-size HiDream-I1 transformer in bf16 (random weights): s per image,
               MFU, peak memory, eager and with compiled blocks. Only where CUDA exists.
@@ -383,6 +386,92 @@ def batch_wave(server: Hidream, client: httpx.Client, wave: int, in_flight: int)
     return time.perf_counter() - started
 
 
+# -- 4b. live previews -----------------------------------------------------------------------------
+
+PREVIEW_ARGS = {"prompt": "a lighthouse at dusk", "num_inference_steps": 32, "image_size": "square"}
+
+
+def previews(quick: bool, workdir: Path) -> dict[str, Any]:
+    """Tiny I1 jobs on a server that renders no previews, one at the default (every 4 steps) and one
+    at every step (the worst case), in turn, one job at a time: what previews cost a job."""
+    runs = 2 if quick else 15
+    weights = workdir / "tiny"
+    every = {"off": "0", "default": "4", "every_step": "1"}
+    spent: dict[str, list[float]] = {label: [] for label in every}
+    with contextlib.ExitStack() as running:
+        servers = {}
+        for label, steps in every.items():
+            env = {"HIDREAM_PREVIEW_EVERY_STEPS": steps}
+            servers[label] = Hidream(workdir / f"previews-{label}", weights=str(weights), env=env)
+            running.callback(servers[label].close)
+        client = running.enter_context(httpx.Client(timeout=120))
+        for n in range(runs + 1):
+            for label, server in servers.items():
+                if n == 0:
+                    server.ready()
+                started = time.perf_counter()
+                key = server.job(client, "fal-ai/hidream-i1-full", {**PREVIEW_ARGS, "seed": n})
+                arrived = server.receiver.wait(key, timeout=300)
+                if n > 0:  # the first job of each loads the pipeline
+                    spent[label].append((arrived - started) * 1000)
+    off = statistics.median(spent["off"])
+    return {
+        "steps": PREVIEW_ARGS["num_inference_steps"],
+        **{f"{label}_ms": summary(values) for label, values in spent.items()},
+        "cost_default": round(statistics.median(spent["default"]) / off - 1, 4),
+        "cost_every_step": round(statistics.median(spent["every_step"]) / off - 1, 4),
+    }
+
+
+# -- 3c. LoRAs ------------------------------------------------------------------------------------
+
+LORA_ARGS = {"prompt": "a lighthouse at dusk", "num_inference_steps": 16, "image_size": "square"}
+
+
+def loras(quick: bool, workdir: Path) -> dict[str, Any]:
+    """Tiny I1 Fast jobs one at a time, in turn: without a LoRA; with a LoRA never seen before (its
+    download, checks and storing at submit, then its load and switch in the worker); and with the
+    same LoRA again (the cached file, the adapter already loaded: switched on and off only). Each
+    round makes a new LoRA file, so that every first use is one."""
+    from tests.lora_files import FileHost, layer_shapes, lora_file
+
+    runs = 2 if quick else 15
+    weights = workdir / "tiny"
+    shapes = layer_shapes(weights / "HiDream-I1-Fast" / "transformer")
+    spent: dict[str, list[float]] = {"base": [], "first_use": [], "cached": []}
+    submit: dict[str, list[float]] = {label: [] for label in spent}
+    size = 0
+    with contextlib.ExitStack() as running:
+        files = FileHost()  # a remote host's stand-in, on loopback
+        running.callback(files.close)
+        server = Hidream(workdir / "loras-data", weights=str(weights), env={"HIDREAM_MAX_LOADED_LORAS": "3"})
+        running.callback(server.close)
+        server.ready()
+        client = running.enter_context(httpx.Client(timeout=120))
+        for n in range(runs + 1):
+            content = lora_file(shapes, seed=n)
+            size = len(content)
+            url = files.add(f"/lora-{n}.safetensors", content)
+            with_lora = {"loras": [{"path": url}]}
+            for label, extra in (("base", {}), ("first_use", with_lora), ("cached", with_lora)):
+                started = time.perf_counter()
+                key = server.job(client, "fal-ai/hidream-i1-fast", {**LORA_ARGS, "seed": n, **extra})
+                submitted = time.perf_counter()
+                arrived = server.receiver.wait(key, timeout=300)
+                if n > 0:  # the first round loads the pipeline
+                    spent[label].append((arrived - started) * 1000)
+                    submit[label].append((submitted - started) * 1000)
+    base = statistics.median(spent["base"])
+    return {
+        "steps": LORA_ARGS["num_inference_steps"],
+        "lora_bytes": size,
+        **{f"{label}_ms": summary(values) for label, values in spent.items()},
+        **{f"{label}_submit_ms": summary(values) for label, values in submit.items()},
+        "ratio_first_use": round(statistics.median(spent["first_use"]) / base, 3),
+        "ratio_cached": round(statistics.median(spent["cached"]) / base, 3),
+    }
+
+
 # -- 5. GPU (only where CUDA exists) ----------------------------------------------------------------
 
 
@@ -518,6 +607,36 @@ def print_table(results: dict[str, Any]) -> None:
                 f"{ceiling['ratio']:.2f}",
             )
         )
+    if "previews" in results:
+        shown = results["previews"]
+        for label in ("default", "every_step"):
+            rows.append(
+                (
+                    f"tiny I1 {shown['steps']} steps, previews {label.replace('_', ' ')} p50 (ms)",
+                    f"{shown[f'{label}_ms']['p50']}",
+                    f"{shown['off_ms']['p50']} (no previews)",
+                    f"{1 + shown[f'cost_{label}']:.3f}",
+                )
+            )
+    if "loras" in results:
+        lora = results["loras"]
+        for label, words in (("first_use", "a new LoRA (download, load, switch)"), ("cached", "a cached LoRA")):
+            rows.append(
+                (
+                    f"tiny I1 {lora['steps']} steps, {words} p50 (ms)",
+                    f"{lora[f'{label}_ms']['p50']}",
+                    f"{lora['base_ms']['p50']} (no LoRA)",
+                    f"{lora[f'ratio_{label}']:.3f}",
+                )
+            )
+        rows.append(
+            (
+                "  of which submit, new LoRA (ms)",
+                f"{lora['first_use_submit_ms']['p50']}",
+                f"{lora['base_submit_ms']['p50']} (no LoRA)",
+                f"{lora['first_use_submit_ms']['p50'] / lora['base_submit_ms']['p50']:.2f}",
+            )
+        )
     if "gpu" in results:
         measured = results["gpu"]
         if "skipped" in measured:
@@ -552,18 +671,20 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a few jobs each, to prove the benchmarks run")
     parser.add_argument("--json", type=Path, help="write the figures here")
-    parser.add_argument("--only", default="overhead,inference,batching,coldstart,gpu")
+    parser.add_argument("--only", default="overhead,inference,batching,previews,loras,coldstart,gpu")
     args = parser.parse_args()
     sections = args.only.split(",")
     results: dict[str, Any] = {"quick": args.quick}
     with tempfile.TemporaryDirectory() as scratch:
         workdir = Path(scratch)
-        if {"inference", "batching", "coldstart"} & set(sections):
+        if {"inference", "batching", "previews", "loras", "coldstart"} & set(sections):
             build_tiny(workdir)
         for name, section in (
             ("overhead", overhead),
             ("inference", inference),
             ("batching", batching),
+            ("previews", previews),
+            ("loras", loras),
             ("coldstart", coldstart),
             ("gpu", gpu),
         ):

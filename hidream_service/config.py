@@ -12,6 +12,8 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from hidream_service.inference.memory_modes import MemoryMode
+
 #: Svix's published schedule: immediately, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h.
 DEFAULT_WEBHOOK_RETRY_SCHEDULE = (0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
 
@@ -130,6 +132,14 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = Field(
         default="auto", description="Where workers run models: 'auto' takes CUDA when present."
     )
+    memory_mode: MemoryMode = Field(
+        default=MemoryMode.GPU,
+        description="Where an I1 or E1 pipeline's components live: 'gpu' (all on the GPU, about 62 GiB), "
+        "'encoders-offloaded' (the text encoders wait in CPU memory between requests, about 51 GiB), "
+        "'model-offload' (each component comes to the GPU for its turn, about 36 GiB) or 'block-offload' "
+        "(the same, the transformer one block at a time, about 19 GiB; slow). `hidream doctor` recommends one; "
+        "docs/weights.md has the arithmetic. O1 stays whole on the GPU.",
+    )
     lease_seconds: float = Field(
         default=30.0,
         gt=0,
@@ -139,6 +149,12 @@ class Settings(BaseSettings):
         default=0.25,
         gt=0,
         description="How often a busy worker renews its lease, flushes logs and checks for a cancel.",
+    )
+    preview_every_steps: int = Field(
+        default=4,
+        ge=0,
+        description="A live preview of the forming image every this many denoising steps (0: none):"
+        " what streams, the playground and OpenAI's partial images show.",
     )
     max_job_attempts: int = Field(
         default=3, ge=1, description="Runs of one job before a crashing job is failed instead of re-queued."
@@ -211,6 +227,38 @@ class Settings(BaseSettings):
     )
     image_fetch_timeout_seconds: float = Field(
         default=20.0, gt=0, description="Time limit for downloading one image input from its URL."
+    )
+    max_lora_bytes: int = Field(
+        default=1 << 30,
+        gt=0,
+        description="Largest LoRA file a request may name (downloaded, uploaded or from the hub); more is a 413. "
+        "The API holds a file in memory while it checks it.",
+    )
+    lora_fetch_timeout_seconds: float = Field(
+        default=120.0, gt=0, description="Time limit for downloading one LoRA file at submit."
+    )
+    lora_cache_dir: Path | None = Field(
+        default=None,
+        description="Where LoRA files are kept, by content, for the workers to load: the API and every worker "
+        "must see the same directory (with several nodes, a shared mount such as one beside the outputs; on "
+        "Modal, a Volume). Unset: loras/ in the data dir.",
+    )
+    lora_cache_bytes: int = Field(
+        default=20 << 30,
+        gt=0,
+        description="Bytes of LoRA files kept; past it the least recently used files are removed (and fetched "
+        "again when named again).",
+    )
+    max_loaded_loras: int = Field(
+        default=4,
+        ge=3,
+        description="LoRA adapters a worker keeps loaded in each pipeline (at least one request's three); the "
+        "least recently used is unloaded first.",
+    )
+    lora_hub: bool = Field(
+        default=False,
+        description="Let `loras` name Hugging Face repositories (owner/repo[/file][@revision]), downloaded by the "
+        "API with huggingface_hub (the `download` extra; HF_TOKEN for private ones). Off: such a path is a 422.",
     )
     nsfw_threshold: float = Field(
         default=0.5,
@@ -290,6 +338,12 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _one_lora_fits_the_cache(self) -> Settings:
+        if self.max_lora_bytes > self.lora_cache_bytes:
+            raise ValueError("max_lora_bytes must not exceed lora_cache_bytes")
+        return self
+
+    @model_validator(mode="after")
     def _batch_wait_within_lease(self) -> Settings:
         # A worker holds its first job's lease while it waits for batch mates, without renewing it.
         if self.batch_wait_seconds >= self.lease_seconds / 3:
@@ -305,6 +359,10 @@ class Settings(BaseSettings):
     @property
     def database_path(self) -> Path:
         return self.data_dir / "hidream.sqlite3"
+
+    @property
+    def lora_cache_path(self) -> Path:
+        return self.lora_cache_dir if self.lora_cache_dir is not None else self.data_dir / "loras"
 
     @property
     def outputs_path(self) -> Path:

@@ -48,6 +48,9 @@ class ImageInputs:
     max_bytes: int
     decoder: ImageDecoder  # the pixel and decoded-size limits, and how many decode at once
     timeout: float
+    # What is fetched, in messages: LoRA files come through the same download (api/lora_inputs.py).
+    noun: str = "image"
+    unreachable: str = UNREACHABLE
 
     async def prepare(self, url: str, *, own_hosts: set[str]) -> PreparedImage:
         """Fetch and check one image input; return where its normalized PNG is stored, and its size."""
@@ -58,7 +61,7 @@ class ImageInputs:
             clean = await self.decoder.to_png(data)
         except ImageInputError:
             if private:
-                raise ImageInputError(422, UNREACHABLE) from None
+                raise ImageInputError(422, self.unreachable) from None
             raise
         return await asyncio.to_thread(self._store_clean_copy, clean)
 
@@ -87,7 +90,7 @@ class ImageInputs:
         key = files_key(url)
         if key is not None and urllib.parse.urlsplit(url).netloc in own_hosts:
             return await asyncio.to_thread(self._own_file, key), False
-        return await self._download(url)
+        return await self.download(url)
 
     def _data_uri(self, url: str) -> bytes:
         header, comma, payload = url[len(_DATA_URI_PREFIX) :].partition(",")
@@ -109,15 +112,17 @@ class ImageInputs:
             raise ImageInputError(413, f"the image is larger than {self.max_bytes} bytes")
         return stored.read_bytes() if isinstance(stored, Path) else stored
 
-    async def _download(self, url: str) -> tuple[bytes, bool]:
+    async def download(self, url: str) -> tuple[bytes, bool]:
+        """A URL's bytes through the guarded client within `max_bytes` and `timeout`, and whether they
+        came from a private address (whose faults, and whose content if unusable, go undescribed)."""
         try:
             async with asyncio.timeout(self.timeout):
                 return await self._stream(url)
         except BlockedRequest as exc:  # the address guard's reason: about the URL, not about what answered
-            raise ImageInputError(422, f"could not download the image: {exc}") from None
+            raise ImageInputError(422, f"could not download the {self.noun}: {exc}") from None
         except (TimeoutError, httpx.HTTPError, httpx.InvalidURL, UnicodeError):
             # Refused, reset, timed out, unresolvable: all alike, whoever the host is.
-            raise ImageInputError(422, UNREACHABLE) from None
+            raise ImageInputError(422, self.unreachable) from None
 
     async def _stream(self, url: str) -> tuple[bytes, bool]:
         async with self.client.stream("GET", url, timeout=self.timeout) as response:
@@ -127,28 +132,28 @@ class ImageInputs:
                 location = response.headers.get("location", "?")
                 raise ImageInputError(
                     422,
-                    f"the image URL answered {response.status_code} (redirect to {location}); redirects are "
+                    f"the {self.noun} URL answered {response.status_code} (redirect to {location}); redirects are "
                     "not followed, so send the final URL",
                 )
             if response.status_code != 200:
-                raise ImageInputError(422, f"the image URL answered HTTP {response.status_code}")
+                raise ImageInputError(422, f"the {self.noun} URL answered HTTP {response.status_code}")
             declared = response.headers.get("content-length")
             if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-                raise ImageInputError(413, f"the image is larger than {self.max_bytes} bytes")
+                raise ImageInputError(413, f"the {self.noun} is larger than {self.max_bytes} bytes")
             data = bytearray()
             async for chunk in response.aiter_bytes():
                 data += chunk
                 if len(data) > self.max_bytes:
-                    raise ImageInputError(413, f"the image is larger than {self.max_bytes} bytes")
+                    raise ImageInputError(413, f"the {self.noun} is larger than {self.max_bytes} bytes")
             return bytes(data), False
 
     async def _read_private(self, response: httpx.Response) -> bytes:
-        """A private address's answer, all of whose faults read the same (`UNREACHABLE`)."""
+        """A private address's answer, all of whose faults read the same (`unreachable`)."""
         if response.status_code != 200:
-            raise ImageInputError(422, UNREACHABLE)
+            raise ImageInputError(422, self.unreachable)
         data = bytearray()
         async for chunk in response.aiter_bytes():
             data += chunk
             if len(data) > self.max_bytes:
-                raise ImageInputError(422, UNREACHABLE)
+                raise ImageInputError(422, self.unreachable)
         return bytes(data)

@@ -16,6 +16,7 @@ from fastapi import HTTPException, Request
 from pydantic import BaseModel, ValidationError
 
 from hidream_service.api import json_body
+from hidream_service.api.lora_inputs import LoraInputError, LoraInputs
 from hidream_service.api.state import AppState, app_state
 from hidream_service.api.webhooks import callback_url_problem
 from hidream_service.image_inputs import ImageInputError
@@ -24,6 +25,7 @@ from hidream_service.jobs.service import IdempotencyKeyReused
 from hidream_service.jobs.store import QueueFull
 from hidream_service.logs import bind_job
 from hidream_service.models.family import Endpoint
+from hidream_service.models.loras import TakesLoras
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +135,7 @@ async def submit(
         if repeat is not None:
             return repeat
         job_input = await prepare_images(state, request, endpoint, dict(as_submitted))
+        job_input = await prepare_loras(state, request, endpoint, job_input)
         echoed = (
             None if client_input is None else _inline_images_replaced(client_input, endpoint, as_submitted, job_input)
         )
@@ -213,6 +216,29 @@ async def prepare_images(
     return job_input
 
 
+async def prepare_loras(
+    state: AppState, request: Request, endpoint: Endpoint, job_input: dict[str, Any]
+) -> dict[str, Any]:
+    """Fetch and check every LoRA now (api/lora_inputs.py); the job gets each file's digest."""
+    model = endpoint.input_model
+    if not issubclass(model, TakesLoras) or not job_input.get("loras"):
+        return job_input
+    inputs = LoraInputs.for_settings(state.settings, state.image_inputs, state.storage)
+    own_hosts = {request.url.netloc, urllib.parse.urlsplit(base_url(state, request)).netloc}
+    prepared = []
+    for index, lora in enumerate(job_input["loras"]):
+        try:
+            digest = await inputs.prepare(
+                lora["path"], own_hosts=own_hosts, target=model.lora_target, pinned=lora.get("sha256")
+            )
+        except LoraInputError as exc:
+            loc: list[str | int] = ["body", "loras", index, "path"]
+            detail = exc.message if exc.status == 413 else one_error(loc, exc.message, "lora_input")
+            raise HTTPException(exc.status, detail) from None
+        prepared.append({**lora, "sha256": digest})
+    return {**job_input, "loras": prepared}
+
+
 async def until_terminal(
     state: AppState, job_id: str, owner: str, timeout: float, *, with_logs: bool = False, request: Request | None = None
 ) -> Job:
@@ -245,14 +271,16 @@ async def until_terminal(
 
 
 async def watched_job(
-    state: AppState, job_id: str, owner: str, *, with_logs: bool, keepalive: float
+    state: AppState, job_id: str, owner: str, *, with_logs: bool, keepalive: float, with_preview: bool = False
 ) -> AsyncGenerator[Job | None, None]:
     """The job now, then each time it changes, until it has ended (or is gone); None when nothing
     changed for `keepalive` seconds (a stream's cue for a keep-alive). What a status stream reads."""
     with state.events.watching(job_id) as watch:
         while True:
             version = watch.version
-            job = await state.store_call(state.service.get, job_id, owner, with_logs=with_logs)
+            job = await state.store_call(
+                state.service.get, job_id, owner, with_logs=with_logs, with_preview=with_preview
+            )
             if job is None:
                 return
             watch.read(queued=job.status is JobStatus.IN_QUEUE)

@@ -96,7 +96,7 @@ def find_model(models: list[dict[str, Any]], endpoint: str) -> dict[str, Any]:
 
 def prompt_field(model: dict[str, Any]) -> str:
     """Where the positional text goes: `prompt`, else the first required text input that is not an
-    image (an editing endpoint's `edit_instruction`)."""
+    image."""
     schema = model["input_schema"]
     properties = schema.get("properties", {})
     if "prompt" in properties:

@@ -1,10 +1,10 @@
 """HiDream-E1 instruction editing (E1-Full, E1.1): fal's input schemas, the weights, the runner.
 
 fal-ai/hidream-e1-full edits at 768x768 (the whole image squeezed to a square, as the official
-script does) and the result is resized back to the source's aspect ratio at that pixel count.
-fal-ai/hidream-e1-1 edits at about 1 MP in the source's aspect ratio. Both run on HiDream-I1-Full's
-components (VAE, text encoders, scheduler) around their own transformer weights. The algorithm lives
-in hidream_service/inference/hidream_e1.py.
+script does), fal-ai/hidream-e1-1 at about 1 MP in the source's aspect ratio. Both return the edit at
+the source's size, as the official scripts do, unless that has more pixels than the model rendered
+(`output_size`). Both run on HiDream-I1-Full's components (VAE, text encoders, scheduler) around
+their own transformer weights. The algorithm lives in hidream_service/inference/hidream_e1.py.
 """
 
 from __future__ import annotations
@@ -15,15 +15,16 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 
 from hidream_service.inference.recipes import E1_1, E1_FULL, EDIT_RECIPES, FULL, EditRecipe
 from hidream_service.inference.sources import WeightSource
 from hidream_service.inference.weights import WeightsError, WeightsLayout
 from hidream_service.models import hidream_i1
-from hidream_service.models.base import InputError, JobCancelled, RunContext, Runner, StrictInput
+from hidream_service.models.base import InputError, JobCancelled, RunContext, Runner
 from hidream_service.models.family import Endpoint, ModelFamily, Task
 from hidream_service.models.hidream_i1 import LLAMA_3_1_8B_INSTRUCT, check_i1_weights, sample_size_of, shared_llama
+from hidream_service.models.loras import Loras, TakesLoras, loras_applied
 from hidream_service.models.running import MAX_SEED, generators_for, image_result, seed_for, step_reporter
 from hidream_service.models.sizes import MAX_IMAGE_URL_LENGTH, too_elongated
 
@@ -39,17 +40,27 @@ SOURCES = {
 }
 
 
-class _E1InputBase(StrictInput):
+class _E1InputBase(TakesLoras):
     image_url: str = Field(
         min_length=1,
         max_length=MAX_IMAGE_URL_LENGTH,
         description="The image to edit: an http(s) URL, a data URI, or a URL of a file uploaded here.",
     )
-    edit_instruction: str = Field(min_length=1, max_length=10_000, description="What to change, e.g. 'make it snow'.")
+    # fal's E1 endpoints call the instruction `prompt` (what fal's clients send); `edit_instruction`,
+    # this service's earlier name, is still accepted.
+    edit_instruction: str = Field(
+        min_length=1,
+        max_length=10_000,
+        validation_alias=AliasChoices("prompt", "edit_instruction"),
+        description="The edit instruction: what to change, e.g. 'make it snow'.",
+    )
     target_image_description: str | None = Field(
         default=None,
         max_length=10_000,
-        description="What the edited image shows. Sharpens the edit and drives the refine stage.",
+        description=(
+            "What the edited image shows. Sharpens the edit and drives the refine stage; "
+            "left blank, the model uses its own imagination."
+        ),
     )
     negative_prompt: str = Field(default="low resolution, blur", max_length=10_000)
     num_inference_steps: int = Field(default=50, ge=1, le=50)
@@ -68,6 +79,8 @@ class _E1InputBase(StrictInput):
     enable_safety_checker: bool = True
     output_format: str = Field(default="jpeg", pattern="^(jpeg|png|webp)$")
     sync_mode: bool = Field(default=False, description="Return data URIs instead of stored file URLs.")
+    # On in the edit stage and in the refine stage alike (inference/loras.py says why).
+    loras: Loras = []  # pydantic copies it for each input
 
 
 class HiDreamE1FullInput(_E1InputBase):
@@ -91,6 +104,17 @@ def same_area_size(width: int, height: int, area: int) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
+def output_size(source: tuple[int, int], rendered: tuple[int, int]) -> tuple[int, int]:
+    """The size an edit is returned at: the source's, as the official scripts resize it back, unless
+    the source has more pixels than the model rendered; then the source's aspect ratio at the rendered
+    pixel count, so that the result is never enlarged past the model's resolution."""
+    width, height = source
+    area = rendered[0] * rendered[1]
+    if width * height <= area:
+        return source
+    return same_area_size(width, height, area)
+
+
 class HiDreamE1Runner:
     def __init__(self, recipe: EditRecipe, pipelines: Callable[[], PipelineCache]) -> None:
         self.recipe = recipe
@@ -108,31 +132,33 @@ class HiDreamE1Runner:
         side = loaded.area_side
         if self.recipe.square:
             model_input = resize_to_square(source, side)
-            output_size = same_area_size(source.width, source.height, side * side)
         else:
             model_input = resize_to_area(source, side, 2 * loaded.vae_scale_factor)
-            output_size = model_input.size
+        returned_size = output_size(source.size, model_input.size)
         ctx.log(f"source {source.width}x{source.height}, edited at {model_input.width}x{model_input.height}")
-        prompt = edit_prompt(params.edit_instruction, params.target_image_description)
+        prompt = edit_prompt(
+            params.edit_instruction, params.target_image_description, always_formatted=self.recipe.always_formatted
+        )
         seed = params.seed if params.seed is not None else seed_for(ctx.job_id)
         started = time.perf_counter()
-        images = edit(
-            loaded.pipeline,
-            prompt=prompt,
-            negative_prompt=params.negative_prompt,
-            image=model_input,
-            num_inference_steps=params.num_inference_steps,
-            guidance_scale=params.guidance_scale,
-            image_guidance_scale=params.image_guidance_scale,
-            refine_strength=params.refine_strength,
-            generators=generators_for(seed, params.num_images),
-            refine=loaded.refine,
-            on_step=step_reporter(ctx),
-        )
+        with loras_applied(self.pipelines(), loaded.pipeline, params, [ctx], refine=loaded.refine):
+            images = edit(
+                loaded.pipeline,
+                prompt=prompt,
+                negative_prompt=params.negative_prompt,
+                image=model_input,
+                num_inference_steps=params.num_inference_steps,
+                guidance_scale=params.guidance_scale,
+                image_guidance_scale=params.image_guidance_scale,
+                refine_strength=params.refine_strength,
+                generators=generators_for(seed, params.num_images),
+                refine=loaded.refine,
+                on_step=step_reporter(ctx),
+            )
         if ctx.cancelled():
             raise JobCancelled()
         inference_seconds = time.perf_counter() - started
-        images = [_resized(image, output_size) for image in images]
+        images = [_resized(image, returned_size) for image in images]
         return image_result(ctx, images, params, seed=seed, prompt=prompt, inference_seconds=inference_seconds)
 
 

@@ -18,6 +18,7 @@ from pydantic import Field, model_validator
 
 from hidream_service.inference.denoising import step_noise_from
 from hidream_service.inference.image_to_image import steps_to_run
+from hidream_service.inference.previews import latent_previews
 from hidream_service.inference.recipes import LLAMA_DIRECTORY, REAL_SAMPLE_SIZE, VARIANTS, Variant
 from hidream_service.inference.sources import WeightSource
 from hidream_service.inference.weights import (
@@ -25,9 +26,11 @@ from hidream_service.inference.weights import (
     WeightsLayout,
     diffusers_folder_problem,
     folder_weights_problem,
+    misnamed_folder,
 )
-from hidream_service.models.base import JobCancelled, RunContext, Runner, StrictInput
+from hidream_service.models.base import JobCancelled, RunContext, Runner
 from hidream_service.models.family import Endpoint, ModelFamily, Task
+from hidream_service.models.loras import Loras, TakesLoras, loras_applied
 from hidream_service.models.running import MAX_SEED, generators_for, image_result, seed_for, step_reporter
 from hidream_service.models.sizes import (
     MAX_IMAGE_URL_LENGTH,
@@ -85,7 +88,7 @@ INDEX = "model_index.json"  # what makes a folder a diffusers pipeline
 SHARED_LLAMA = "llama-3.1-8b-instruct"
 
 
-class _I1InputBase(StrictInput):
+class _I1InputBase(TakesLoras):
     prompt: str = Field(min_length=1, max_length=10_000, description="What to draw.")
     negative_prompt: str = Field(default="", max_length=10_000, description="What to steer away from.")
     image_size: ImageSizeName | ImageSize = Field(
@@ -99,6 +102,7 @@ class _I1InputBase(StrictInput):
     sync_mode: bool = Field(default=False, description="Return data URIs instead of stored file URLs.")
     num_inference_steps: int = Field(default=50, ge=1, le=50)
     guidance_scale: float = Field(default=5.0, ge=0.0, le=20.0, description="Above 1 turns on CFG.")
+    loras: Loras = []  # pydantic copies it for each input
 
     @model_validator(mode="after")
     def _aspect_ratio_in_range(self) -> _I1InputBase:
@@ -176,9 +180,11 @@ class HiDreamI1Runner:
         return outcome
 
     def batch_key(self, params: _I1InputBase) -> Hashable | None:
-        """Jobs that differ only in prompt, seed and output options can share one pipeline call."""
+        """Jobs that differ only in prompt, seed and output options can share one pipeline call (their
+        LoRAs and scales too are the same)."""
         size = requested_size(params.image_size)
-        return (size, params.num_inference_steps, params.guidance_scale, params.num_images, params.negative_prompt)
+        steps, guidance = params.num_inference_steps, params.guidance_scale
+        return (size, steps, guidance, params.num_images, params.negative_prompt, params.lora_key())
 
     def run_batch(self, jobs: list[tuple[_I1InputBase, RunContext]]) -> list[dict[str, Any] | Exception]:
         """One pipeline call for every job (prompts as a batch); each job keeps its own seeds, so its
@@ -202,16 +208,17 @@ class HiDreamI1Runner:
             if len(jobs) > 1:
                 ctx.log(f"batched with {len(jobs) - 1} other job(s) in one pipeline call")
         generators = [g for seed in seeds for g in generators_for(seed, first.num_images)]
-        reporters = [step_reporter(ctx) for ctx in contexts]
+        reporters = [step_reporter(ctx, index * first.num_images) for index, ctx in enumerate(contexts)]
 
         def on_step_end(pipeline: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-            stops = [report(step, first.num_inference_steps) for report in reporters]
+            forming = latent_previews(pipeline.vae, tensors["latents"])
+            stops = [report(step, first.num_inference_steps, forming) for report in reporters]
             if all(stops):
                 pipeline._interrupt = True  # diffusers skips the remaining steps
             return tensors
 
         started = time.perf_counter()
-        with step_noise_from(pipe.scheduler, generators):
+        with loras_applied(self.pipelines(), pipe, first, contexts), step_noise_from(pipe.scheduler, generators):
             result = pipe(
                 prompt=[p.prompt for p in params],
                 negative_prompt=[first.negative_prompt] * len(params) if first.negative_prompt else None,
@@ -256,17 +263,18 @@ class HiDreamI1ImageToImageRunner:
         ctx.log(f"input image {source.width}x{source.height}, output {width}x{height}")
         seed = params.seed if params.seed is not None else seed_for(ctx.job_id)
         started = time.perf_counter()
-        images = image_to_image(
-            loaded.pipeline,
-            prompt=params.prompt,
-            negative_prompt=params.negative_prompt,
-            image=cover_and_crop(source, width, height),
-            strength=params.strength,
-            num_inference_steps=params.num_inference_steps,
-            guidance_scale=params.guidance_scale,
-            generators=generators_for(seed, params.num_images),
-            on_step=step_reporter(ctx),
-        )
+        with loras_applied(self.pipelines(), loaded.pipeline, params, [ctx]):
+            images = image_to_image(
+                loaded.pipeline,
+                prompt=params.prompt,
+                negative_prompt=params.negative_prompt,
+                image=cover_and_crop(source, width, height),
+                strength=params.strength,
+                num_inference_steps=params.num_inference_steps,
+                guidance_scale=params.guidance_scale,
+                generators=generators_for(seed, params.num_images),
+                on_step=step_reporter(ctx),
+            )
         if ctx.cancelled():
             raise JobCancelled()
         return _output(ctx, params, images, seed, time.perf_counter() - started)
@@ -398,13 +406,14 @@ def check_i1_weights(layout: WeightsLayout, variant: Variant, *, also: tuple[Wei
         raise WeightsError(
             f"{directory / 'model_index.json'} not found: put the diffusers folder of {variant.repository} there"
         )
-    problem = diffusers_folder_problem(directory)
+    problem = diffusers_folder_problem(directory, supplied=("text_encoder_4", "tokenizer_4"))
     if problem is not None:
         raise WeightsError(problem)
     llama = layout.directory(LLAMA_DIRECTORY)
     if not (llama / "config.json").is_file():
         raise WeightsError(
-            f"{llama}/config.json not found: HiDream-I1 needs meta-llama/Llama-3.1-8B-Instruct "
+            misnamed_folder(layout.root, LLAMA_DIRECTORY, ("Meta-Llama-3.1-8B-Instruct",))  # HiDream's scripts' name
+            or f"{llama}/config.json not found: HiDream-I1 needs meta-llama/Llama-3.1-8B-Instruct "
             "(transformers layout) in that directory"
         )
     problem = folder_weights_problem(llama)

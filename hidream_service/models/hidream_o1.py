@@ -20,6 +20,7 @@ from hidream_service.inference.sources import WeightSource
 from hidream_service.inference.weights import WeightsError, WeightsLayout
 from hidream_service.models.base import InputError, JobCancelled, RunContext, Runner, StrictInput
 from hidream_service.models.family import Endpoint, ModelFamily, Task
+from hidream_service.models.loras import RefusesLoras
 from hidream_service.models.running import MAX_SEED, image_result, seed_for, step_reporter
 from hidream_service.models.sizes import MAX_IMAGE_URL_LENGTH, ImageSize, ImageSizeName, requested_size, too_elongated
 
@@ -48,7 +49,12 @@ MAX_REFERENCES = 10
 DEFAULT_SIZE = ImageSize(width=2048, height=2048)
 
 
-class _O1InputBase(StrictInput):
+class _O1InputBase(RefusesLoras):
+    lora_refusal = (
+        "HiDream-O1 takes no LoRAs: it is a Qwen3-VL network, not the HiDream transformer LoRAs are made for; "
+        "use a HiDream-I1 or HiDream-E1 endpoint"
+    )
+
     prompt: str = Field(
         min_length=1, max_length=10_000, description="What to draw, how to edit, or what to do with the subjects."
     )

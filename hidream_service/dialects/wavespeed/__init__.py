@@ -25,6 +25,7 @@ from hidream_service.dialects.common import compact_json, image_urls, nsfw_flags
 from hidream_service.jobs.model import Job, JobStatus
 from hidream_service.models.base import StrictInput
 from hidream_service.models.family import Endpoint, Task
+from hidream_service.models.loras import MAX_LORAS, LoraWeight
 from hidream_service.signing_keys import SigningKeys
 from webhooks.outbox import Delivery, OutboxMessage
 from webhooks.signing import wavespeed_sign_headers
@@ -77,6 +78,8 @@ class _WaveSpeedOptions(StrictInput):
     enable_base64_output: bool = False
     enable_safety_checker: bool = True
     enable_sync_mode: bool = False
+    # WaveSpeed's LoRA models take them as fal's do; a model without LoRAs answers 400 naming the field.
+    loras: list[LoraWeight] | None = Field(default=None, max_length=MAX_LORAS, description="[{path, scale}]")
 
     def _fal_options(self) -> dict[str, Any]:
         fal: dict[str, Any] = {
@@ -86,6 +89,8 @@ class _WaveSpeedOptions(StrictInput):
         }
         if self.seed != -1:
             fal["seed"] = self.seed
+        if self.loras is not None:
+            fal["loras"] = [lora.model_dump(exclude_none=True) for lora in self.loras]
         return fal
 
 
