@@ -393,8 +393,10 @@ PREVIEW_ARGS = {"prompt": "a lighthouse at dusk", "num_inference_steps": 32, "im
 
 def previews(quick: bool, workdir: Path) -> dict[str, Any]:
     """Tiny I1 jobs on a server that renders no previews, one at the default (every 4 steps) and one
-    at every step (the worst case), in turn, one job at a time: what previews cost a job."""
-    runs = 2 if quick else 15
+    at every step (the worst case), in turn, one job at a time: what previews cost a job. The cost is
+    the median of each round's ratio to that round's job without previews, so that the machine's
+    drift over the run cancels out."""
+    runs = 2 if quick else 30
     weights = workdir / "tiny"
     every = {"off": "0", "default": "4", "every_step": "1"}
     spent: dict[str, list[float]] = {label: [] for label in every}
@@ -414,12 +416,15 @@ def previews(quick: bool, workdir: Path) -> dict[str, Any]:
                 arrived = server.receiver.wait(key, timeout=300)
                 if n > 0:  # the first job of each loads the pipeline
                     spent[label].append((arrived - started) * 1000)
-    off = statistics.median(spent["off"])
+    def cost(label: str) -> float:
+        ratios = [on / off for on, off in zip(spent[label], spent["off"], strict=True)]
+        return round(statistics.median(ratios) - 1, 4)
+
     return {
         "steps": PREVIEW_ARGS["num_inference_steps"],
         **{f"{label}_ms": summary(values) for label, values in spent.items()},
-        "cost_default": round(statistics.median(spent["default"]) / off - 1, 4),
-        "cost_every_step": round(statistics.median(spent["every_step"]) / off - 1, 4),
+        "cost_default": cost("default"),
+        "cost_every_step": cost("every_step"),
     }
 
 
