@@ -416,6 +416,7 @@ def previews(quick: bool, workdir: Path) -> dict[str, Any]:
                 arrived = server.receiver.wait(key, timeout=300)
                 if n > 0:  # the first job of each loads the pipeline
                     spent[label].append((arrived - started) * 1000)
+
     def cost(label: str) -> float:
         ratios = [on / off for on, off in zip(spent[label], spent["off"], strict=True)]
         return round(statistics.median(ratios) - 1, 4)
