@@ -23,6 +23,7 @@ import contextlib
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,8 @@ from sqlalchemy.engine import Engine, make_url
 
 #: The Postgres channel every node listens on for the others' changes (see db/listener.py).
 CHANNEL = "hidream"
+#: How long a SQLite statement waits for another connection's write lock.
+SQLITE_BUSY_SECONDS = 30
 #: A unique key or primary key already held (an Idempotency-Key, say), from either driver.
 IntegrityError = (sqlite3.IntegrityError, psycopg.IntegrityError)
 
@@ -250,9 +253,10 @@ class Database:
         if connection is None:
             # Transactions are begun explicitly (isolation_level=None): the driver's own implicit
             # BEGIN would defer the write lock to the first write and let two writers deadlock.
-            connection = sqlite3.connect(self._sqlite_path, timeout=30, isolation_level=None, check_same_thread=False)
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute(f"PRAGMA synchronous={self._synchronous}")
+            connection = sqlite3.connect(
+                self._sqlite_path, timeout=SQLITE_BUSY_SECONDS, isolation_level=None, check_same_thread=False
+            )
+            configure_sqlite(connection, self._synchronous)
             self._local.connection = connection
             with self._lock:
                 self._opened.append(connection)
@@ -273,6 +277,24 @@ def _expanded(sql: str, values: dict[str, Any], lists: dict[str, Any]) -> tuple[
     return sql, values
 
 
+def configure_sqlite(connection: sqlite3.Connection, synchronous: str) -> None:
+    """WAL and the durability setting, on every new connection.
+
+    WAL is a property of the file, set once. Switching to it needs the file to itself, and SQLite
+    answers "database is locked" at once rather than waiting out the busy timeout, so processes
+    opening a new data dir together (a server and its workers, two nodes) retry here.
+    """
+    deadline = time.monotonic() + SQLITE_BUSY_SECONDS
+    while connection.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+    connection.execute(f"PRAGMA synchronous={synchronous}")
+
+
 def _sqlite_engine(url: str, synchronous: str, pool_size: int) -> Engine:
     path = make_url(url).database
     if path and path != ":memory:":
@@ -282,7 +304,7 @@ def _sqlite_engine(url: str, synchronous: str, pool_size: int) -> Engine:
         pool_size=pool_size,
         max_overflow=2 * pool_size,
         pool_use_lifo=True,  # the connection used last is reused: its page and schema caches are warm
-        connect_args={"timeout": 30, "check_same_thread": False},
+        connect_args={"timeout": SQLITE_BUSY_SECONDS, "check_same_thread": False},
     )
 
     @event.listens_for(engine, "connect")
@@ -290,8 +312,7 @@ def _sqlite_engine(url: str, synchronous: str, pool_size: int) -> Engine:
         # Transactions are begun explicitly; the driver's own implicit BEGIN would defer the write
         # lock to the first write and let two writers deadlock.
         dbapi_connection.isolation_level = None
-        dbapi_connection.execute("PRAGMA journal_mode=WAL")
-        dbapi_connection.execute(f"PRAGMA synchronous={synchronous}")
+        configure_sqlite(dbapi_connection, synchronous)
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Connection) -> None:
