@@ -39,6 +39,7 @@ APP_NAME = "hidream-service"
 PYTHON_VERSION = "3.11"
 WEIGHTS_DIR = "/weights"
 OUTPUTS_DIR = "/outputs"
+LORAS_DIR = "/loras"
 
 # ## What a deploy is told (read here at `modal deploy`, and handed to every container as is)
 #
@@ -207,6 +208,11 @@ outputs_mount: dict[str, Any] = {
     )
 }
 weights_read_only = {WEIGHTS_DIR: weights_volume.with_mount_options(read_only=True)}
+# LoRA files by content: the web container stores what it checked at submit (HIDREAM_LORA_CACHE_BYTES
+# bounds it); GPU containers only read.
+loras_volume = modal.Volume.from_name("hidream-loras", create_if_missing=True, version=2)
+loras_mount = {LORAS_DIR: loras_volume}
+loras_read_only = {LORAS_DIR: loras_volume.with_mount_options(read_only=True)}
 service_secrets = [service_secret, database_secret]
 
 app = modal.App(APP_NAME)
@@ -233,6 +239,8 @@ def modal_handles() -> Any:
         dispatch=dispatch,
         call_from_id=modal.FunctionCall.from_id,
         send_webhooks=send_webhooks.spawn,
+        loras_dir=Path(LORAS_DIR),
+        loras=loras_volume,
     )
 
 
@@ -276,7 +284,7 @@ def call_holder() -> str:
     image=web_image,
     env=SERVICE_ENV,
     secrets=service_secrets,
-    volumes=outputs_mount,
+    volumes={**outputs_mount, **loras_mount},
     timeout=WEB_TIMEOUT_SECONDS,
     scaledown_window=WEB_SCALEDOWN_WINDOW_SECONDS,
     max_containers=MAX_WEB_CONTAINERS,
@@ -298,7 +306,7 @@ GPU_CLASS_OPTIONS: dict[str, Any] = {
     "image": gpu_image,
     "env": GPU_ENV,
     "secrets": service_secrets,
-    "volumes": {**weights_read_only, **outputs_mount},
+    "volumes": {**weights_read_only, **outputs_mount, **loras_read_only},
     "cpu": GPU_CPU_CORES,
     "memory": GPU_MEMORY_MIB,
     "timeout": JOB_TIMEOUT_SECONDS,
@@ -317,6 +325,7 @@ def prepare_model(model: str) -> tuple[str, Any]:
     runners, with the pipeline preloaded when the GPU snapshot is on (it goes into the snapshot)."""
     from hidream_service.inference.weights import resolve_weights
     from hidream_service.jobs.worker import Runners
+    from hidream_service.modal_backend.deployment import lora_cache
     from hidream_service.models.registry import DEFAULT_REGISTRY
 
     settings = container_settings()
@@ -324,7 +333,7 @@ def prepare_model(model: str) -> tuple[str, Any]:
     assert layout is not None, "HIDREAM_WEIGHTS is set for the GPU class"
     DEFAULT_REGISTRY.check_weights(layout, model)
     endpoint_id = DEFAULT_REGISTRY.endpoint_for_model(model).id
-    runners = Runners(settings, DEFAULT_REGISTRY)
+    runners = Runners(settings, DEFAULT_REGISTRY, lora_cache=lora_cache(settings, modal_handles()))
     if GPU_SNAPSHOT:  # the GPU is visible now
         runners.preload(endpoint_id)
     return endpoint_id, runners

@@ -78,6 +78,7 @@ def create_app(
                 deliverer=opened.deliverer,
                 store_call=opened.store_call,
                 metrics=opened.metrics,
+                lora_cache=opened.lora_cache,
                 image_inputs=ImageInputs(
                     image_client,  # image URLs go through the same address guard as webhooks
                     opened.storage,

@@ -156,6 +156,8 @@ class StandInModal:
 
     def __init__(self, tmp_path: Path, database_url: str, *, latency: float = 0.0, **settings: Any) -> None:
         self.outputs = VolumeServer(tmp_path / "outputs-volume")
+        self.loras = VolumeServer(tmp_path / "loras-volume")
+        self.lora_mounts: list[VolumeMount] = []
         self.spawner = Spawner(latency=latency)
         self.mounts: list[VolumeMount] = []
         self.latency = latency
@@ -176,18 +178,22 @@ class StandInModal:
         return Settings(**self._settings)
 
     def handles(self) -> Any:
-        """The handles of a new container (each gets its own view of the Volume)."""
+        """The handles of a new container (each gets its own view of each Volume)."""
         from hidream_service.modal_backend.deployment import ModalHandles
 
         mount = self.outputs.mount()
         mount.latency = self.latency
         self.mounts.append(mount)
+        loras = self.loras.mount()
+        self.lora_mounts.append(loras)
         return ModalHandles(
             outputs_dir=mount.path,
             outputs=mount,
             dispatch=lambda endpoint, job_id: self.spawner.spawn(endpoint.family.name, job_id),
             call_from_id=self.spawner.from_id,
             send_webhooks=lambda: self.spawner.spawn("send_webhooks"),
+            loras_dir=loras.path,
+            loras=loras,
         )
 
     def deployment(self) -> Any:

@@ -88,7 +88,9 @@ class LoraInputs:
     hub_fetch: HubFetch
 
     @classmethod
-    def for_settings(cls, settings: Settings, image_inputs: ImageInputs, storage: OutputStorage) -> LoraInputs:
+    def for_settings(
+        cls, settings: Settings, image_inputs: ImageInputs, storage: OutputStorage, cache: LoraCache | None = None
+    ) -> LoraInputs:
         download = dataclasses.replace(
             image_inputs,
             max_bytes=settings.max_lora_bytes,
@@ -96,7 +98,8 @@ class LoraInputs:
             noun="LoRA",
             unreachable=UNREACHABLE,
         )
-        cache = LoraCache(settings.lora_cache_path, settings.lora_cache_bytes)
+        if cache is None:
+            cache = LoraCache(settings.lora_cache_path, settings.lora_cache_bytes)
         return cls(download, storage, cache, settings.lora_hub, hub_download)
 
     async def prepare(self, path: str, *, own_hosts: set[str], target: TransformerShape, pinned: str | None) -> str:

@@ -12,6 +12,7 @@ from fastapi import Request
 from hidream_service.api.auth import ApiKeys
 from hidream_service.api.image_fetch import ImageInputs
 from hidream_service.config import Settings
+from hidream_service.inference.lora_cache import LoraCache
 from hidream_service.jobs.events import JobEvents
 from hidream_service.jobs.protocols import Executor
 from hidream_service.jobs.service import JobService
@@ -56,6 +57,7 @@ class Runtime:
     deliverer: Deliverer  # replays by hand; the embedded runtime also runs its delivery loop
     store_call: StoreCall = field(default=asyncio.to_thread)
     metrics: Metrics | None = None  # None where this runtime collects none (GET /metrics is then a 404)
+    lora_cache: LoraCache | None = None  # None: a LoraCache on HIDREAM_LORA_CACHE_DIR, shared as a directory
 
 
 @dataclass
@@ -75,6 +77,7 @@ class AppState:
     image_inputs: ImageInputs
     store_call: StoreCall = field(default=asyncio.to_thread)
     metrics: Metrics | None = None
+    lora_cache: LoraCache | None = None
 
 
 def app_state(request: Request) -> AppState:

@@ -223,7 +223,7 @@ async def prepare_loras(
     model = endpoint.input_model
     if not issubclass(model, TakesLoras) or not job_input.get("loras"):
         return job_input
-    inputs = LoraInputs.for_settings(state.settings, state.image_inputs, state.storage)
+    inputs = LoraInputs.for_settings(state.settings, state.image_inputs, state.storage, cache=state.lora_cache)
     own_hosts = {request.url.netloc, urllib.parse.urlsplit(base_url(state, request)).netloc}
     prepared = []
     for index, lora in enumerate(job_input["loras"]):

@@ -5,11 +5,11 @@ workers read it from here and never from the network.
     <directory>/sources/<sha256 of source>     the digest a source (URL, hub reference) gave
 
 The directory must be the same for the API and the workers (HIDREAM_LORA_CACHE_DIR): by default
-under the data dir; with several nodes, on the mount they share; on Modal, on a Volume. A byte budget
-bounds it: the least recently used files go first (a use is a file's mtime, touched on each store,
-lookup and load), never the one just stored. A source seen before is not fetched again while its
-file is here: a URL is taken to keep its content, as a cache of the web would (change the URL to
-fetch anew).
+under the data dir; with several nodes, on the mount they share; on Modal, a Volume (VolumeLoraCache
+in modal_backend/storage.py). A byte budget bounds it: the least recently used files go first (a use
+is a file's mtime, touched on each store, lookup and load), never the one just stored. A source seen
+before is not fetched again while its file is here: a URL is taken to keep its content, as a cache
+of the web would (change the URL to fetch anew).
 """
 
 from __future__ import annotations
@@ -35,11 +35,12 @@ def digest_of(data: bytes) -> str:
 
 
 class LoraCache:
-    def __init__(self, directory: Path, budget_bytes: int) -> None:
+    def __init__(self, directory: Path, budget_bytes: int, *, lock_file: Path | None = None) -> None:
         self.directory = directory
         self.budget_bytes = budget_bytes
         self._files = directory / "files"
         self._sources = directory / "sources"
+        self._lock_file = lock_file or directory / ".lock"
 
     def path_of(self, digest: str) -> Path:
         if DIGEST.match(digest) is None:
@@ -48,11 +49,16 @@ class LoraCache:
 
     def find(self, digest: str) -> Path | None:
         """The file with this digest, marked as used now; None if it is not (or no longer) here."""
+        return self._find_here(digest)
+
+    def _find_here(self, digest: str) -> Path | None:
         path = self.path_of(digest)
         try:
             os.utime(path)
         except FileNotFoundError:
             return None
+        except OSError:  # a read-only mount: found, but its use cannot be marked
+            return path if path.is_file() else None
         return path
 
     def digest_of_source(self, source: str) -> str | None:
@@ -70,7 +76,7 @@ class LoraCache:
         leave if the budget is exceeded."""
         digest = digest_of(data)
         with self._locked():
-            if self.find(digest) is None:
+            if self._find_here(digest) is None:
                 _write_atomically(self.path_of(digest), data)
             if source is not None:
                 _write_atomically(self._sources / _source_name(source), digest.encode())
@@ -111,7 +117,8 @@ class LoraCache:
         """One writer at a time across the API's threads and every process sharing the directory."""
         self._files.mkdir(parents=True, exist_ok=True)
         self._sources.mkdir(parents=True, exist_ok=True)
-        with open(self.directory / ".lock", "w") as handle:
+        self._lock_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(self._lock_file, "w") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
                 yield

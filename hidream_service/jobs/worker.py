@@ -40,6 +40,7 @@ from hidream_service.safety import SafetyChecker
 from hidream_service.storage import LocalOutputStorage, OutputStorage, load_stored_image
 
 if TYPE_CHECKING:
+    from hidream_service.inference.lora_cache import LoraCache
     from hidream_service.inference.pipelines import PipelineCache
 
 log = logging.getLogger(__name__)
@@ -278,11 +279,16 @@ class Runners:
     asks for its model."""
 
     def __init__(
-        self, settings: Settings, registry: Registry, on_report: Callable[[Report], None] = lambda report: None
+        self,
+        settings: Settings,
+        registry: Registry,
+        on_report: Callable[[Report], None] = lambda report: None,
+        lora_cache: LoraCache | None = None,  # None: a LoraCache on HIDREAM_LORA_CACHE_DIR
     ) -> None:
         self.settings = settings
         self.registry = registry
         self.on_report = on_report
+        self.lora_cache = lora_cache
         self._runners: dict[str, Runner] = {}
         self._pipelines: PipelineCache | None = None
 
@@ -325,7 +331,7 @@ class Runners:
             from hidream_service.inference.lora_cache import LoraCache
             from hidream_service.inference.loras import RequestLoras
 
-            lora_files = LoraCache(self.settings.lora_cache_path, self.settings.lora_cache_bytes)
+            lora_files = self.lora_cache or LoraCache(self.settings.lora_cache_path, self.settings.lora_cache_bytes)
             self._pipelines.loras = RequestLoras(lora_files, self.settings.max_loaded_loras)
         return self._pipelines
 

@@ -40,7 +40,7 @@ from hidream_service.jobs.store import SqlJobStore
 from hidream_service.jobs.worker import Runners, Worker
 from hidream_service.modal_backend.calls import SpawnedCalls
 from hidream_service.modal_backend.executor import CallState, Dispatch, FunctionCallHandle, SpawnExecutor
-from hidream_service.modal_backend.storage import BucketOutputStorage, Volume, VolumeOutputStorage
+from hidream_service.modal_backend.storage import BucketOutputStorage, Volume, VolumeLoraCache, VolumeOutputStorage
 from hidream_service.models.registry import DEFAULT_REGISTRY, Registry
 from hidream_service.retention import RetentionSweep, Swept
 from hidream_service.runtime import build_deliverer, job_service, store_runner, webhook_client
@@ -67,6 +67,8 @@ class ModalHandles:
     dispatch: Dispatch
     call_from_id: Callable[[str], FunctionCallHandle]
     send_webhooks: Callable[[], object]  # starts the CPU function that sends what is due
+    loras_dir: Path | None = None  # where the LoRA files' Volume is mounted
+    loras: Volume | None = None  # None: the LoRA cache is HIDREAM_LORA_CACHE_DIR, as on one machine
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,16 @@ class SweepReport:
     cancels_escalated: int = 0
     files_expired: int = 0
     webhook_attempts: int = 0
+
+
+def lora_cache(settings: Settings, handles: ModalHandles) -> VolumeLoraCache | None:
+    """The LoRA cache every container shares through the Volume; files a job container fetches
+    stay on its own disk, under the data dir."""
+    if handles.loras is None or handles.loras_dir is None:
+        return None
+    return VolumeLoraCache(
+        handles.loras_dir, settings.lora_cache_bytes, handles.loras, settings.data_dir / "loras-fetched"
+    )
 
 
 def container_node_id() -> str:
@@ -117,6 +129,7 @@ class ModalDeployment:
             else VolumeOutputStorage(handles.outputs_dir, handles.outputs)
         )
         self.keys = SigningKeys.for_settings(settings, self.db)
+        self.lora_cache = lora_cache(settings, handles)
         self._wake_sender = _Coalesced(self._start_sender, SENDER_WAKE_INTERVAL_SECONDS)
 
     def close(self) -> None:
@@ -179,6 +192,7 @@ class ModalDeployment:
                 outbox=self.outbox,
                 deliverer=deliverer,
                 store_call=store_call,
+                lora_cache=self.lora_cache,
             )
         finally:
             await deliverer.abandon_in_flight()  # replays still sending: not made, as at any shutdown
@@ -190,7 +204,7 @@ class ModalDeployment:
 
     def runners(self) -> Runners:
         """What a job container runs jobs with: this deployment's families."""
-        return Runners(self.settings, self.registry)
+        return Runners(self.settings, self.registry, lora_cache=self.lora_cache)
 
     def job_worker(self, name: str, runners: Runners) -> tuple[JobService, Worker]:
         service = self.service()

@@ -1,4 +1,5 @@
-"""Outputs on a modal.Volume mounted in every container, served by the web container.
+"""Outputs on a modal.Volume mounted in every container, served by the web container; LoRA files on
+another, the same way (VolumeLoraCache, at the end).
 
 A Volume shows a container other containers' files only after they `commit()`; a reader would have
 to `reload()` its whole view to see them, and a reload fails while any file of it is open. So:
@@ -20,6 +21,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol
 
+from hidream_service.inference.lora_cache import LoraCache, digest_of
 from hidream_service.storage import LocalOutputStorage
 
 
@@ -61,3 +63,37 @@ class BucketOutputStorage(LocalOutputStorage):
             raise ValueError(f"bad storage key {key!r}")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
+
+
+class VolumeLoraCache(LoraCache):
+    """The LoRA cache on a Volume, shared as outputs are: the web container stores each file it
+    checked at submit and commits it before the job exists; a job container that does not see a
+    file in its view (stored after it mounted the Volume, which it mounts read-only) fetches that
+    one file from the Volume's server into a local directory, and loads it from there.
+
+    The lock that orders writers is a local file: the writers are one container's threads, and a
+    Volume's file system need not support locks.
+    """
+
+    def __init__(self, directory: Path, budget_bytes: int, volume: Volume, local_dir: Path) -> None:
+        super().__init__(directory, budget_bytes, lock_file=local_dir / "volume.lock")
+        self._volume = volume
+        self._fetched = LoraCache(local_dir, budget_bytes)
+
+    def store(self, data: bytes, source: str | None = None) -> str:
+        digest = super().store(data, source)
+        self._volume.commit()  # the file, and any the budget removed
+        return digest
+
+    def find(self, digest: str) -> Path | None:
+        found = self._find_here(digest) or self._fetched.find(digest)
+        if found is not None:
+            return found
+        try:
+            data = b"".join(self._volume.read_file(self.path_of(digest).relative_to(self.directory).as_posix()))
+        except (FileNotFoundError, IsADirectoryError):
+            return None  # removed by the budget since the job was submitted
+        if digest_of(data) != digest:
+            return None
+        self._fetched.store(data)
+        return self._fetched.find(digest)

@@ -31,6 +31,7 @@ from hidream_service.modal_backend.executor import run_spawned_job
 from hidream_service.models.base import RunContext
 from hidream_service.models.running import seed_for
 from tests.integration.harness import WebhookReceiver, wait_until
+from tests.lora_files import FileHost, layer_shapes, lora_file
 from tests.modal_stand_ins import CALLS_ON_AN_EVENT_LOOP, VOLUMES_ARE_STAND_INS, StandInModal
 
 pytestmark = VOLUMES_ARE_STAND_INS
@@ -205,6 +206,39 @@ def test_compatible_queued_jobs_run_as_one_batch_and_their_own_calls_are_cancell
         assert [status(client, job_id, "fal-ai/hidream-i1-fast") for job_id in jobs] == ["COMPLETED"] * 3
         assert not first.cancelled
         assert all(call.cancelled and not call.terminate_containers for call in mates)  # no container starts
+
+
+def test_a_lora_stored_by_web_after_the_gpu_container_started_is_fetched_by_it_and_applied(
+    containers: Containers, modal_stand_in: StandInModal, receiver: WebhookReceiver, tiny_weights: Path
+) -> None:
+    modal_stand_in._settings["weights"] = str(tiny_weights)
+    host = FileHost()
+    lora = host.add(
+        "/style.safetensors", lora_file(layer_shapes(tiny_weights / "HiDream-I1-Full" / "transformer"), seed=1)
+    )
+    app, body = "fal-ai/hidream-i1-fast", {"prompt": "a lighthouse", "seed": 3, "num_inference_steps": 2}
+    gpu = modal_app.HiDreamModel(model="fast")
+    try:
+        with TestClient(containers.run("web", modal_app.web.local)) as client:
+            plain = submit(client, receiver, app=app, **body)
+            assert containers.run("gpu", gpu.run.local, plain) is True  # the GPU container is up now
+
+            styled = submit(client, receiver, app=app, **body, loras=[{"path": lora, "scale": 1.0}])
+            assert containers.run("gpu", gpu.run.local, styled) is True
+
+            assert [status(client, job_id, app) for job_id in (plain, styled)] == ["COMPLETED"] * 2
+            images = [
+                client.get(client.get(f"/{app}/requests/{job_id}").json()["images"][0]["url"]).content
+                for job_id in (plain, styled)
+            ]
+    finally:
+        host.close()
+    assert images[0] != images[1]  # the LoRA changed the image
+    assert host.gets["/style.safetensors"] == 1
+    views = modal_stand_in.lora_mounts  # the web container's first, then the GPU container's
+    assert [view.files_read for view in views].count(1) == 1 and views[0].files_read == 0
+    assert sum(view.files_read + view.reloads for view in views) == 1  # that one file, from the Volume's server
+    assert len(list((modal_stand_in.loras.committed / "files").iterdir())) == 1  # web committed it
 
 
 # -- the sweeper -------------------------------------------------------------------------------

@@ -74,6 +74,7 @@ def test_the_gpu_class_asks_for_80gb_gpus_in_order_with_volumes_secrets_and_time
     assert {path: (v.name, v.read_only) for path, v in info.volumes.items()} == {
         "/weights": ("hidream-weights", True),
         "/outputs": ("hidream-outputs", False),
+        "/loras": ("hidream-loras", True),  # stored by the web container; read here
     }
     assert named_secrets(info) == SERVICE_SECRETS
     assert info.timeout == modal_app.JOB_TIMEOUT_SECONDS and info.startup_timeout == modal_app.STARTUP_TIMEOUT_SECONDS
@@ -153,7 +154,13 @@ def test_the_web_endpoint_is_an_asgi_app_on_the_cpu_without_the_weights() -> Non
 
     assert info.gpus == [] and info.web_info is not None
     assert info.concurrency_info is not None and info.concurrency_info.max_inputs == 100
-    assert set(info.volumes) == {"/outputs"}  # which endpoints exist is HIDREAM_MODELS, not what a mount holds
+    # Which endpoints exist is HIDREAM_MODELS, not what a mount holds; LoRAs are checked and stored here.
+    assert {path: (v.name, v.read_only) for path, v in info.volumes.items()} == {
+        "/outputs": ("hidream-outputs", False),
+        "/loras": ("hidream-loras", False),
+    }
+    handles = modal_app.modal_handles()
+    assert (handles.loras_dir, handles.loras) == (Path(modal_app.LORAS_DIR), modal_app.loras_volume)
     assert named_secrets(info) == SERVICE_SECRETS
 
 
@@ -172,7 +179,7 @@ def test_outputs_go_to_a_v2_volume_or_to_the_bucket_named_at_deploy() -> None:
     )
 
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == ["[] ['/outputs']", "o1"]
+    assert done.stdout.splitlines() == ["['/loras'] ['/outputs']", "o1"]
 
 
 def test_webhooks_go_out_from_cpu_functions_and_a_periodic_sweeper() -> None:
