@@ -20,8 +20,8 @@ from tests.integration.harness import ServerProcess
 
 @pytest.fixture(scope="module")
 def fuzzed(tmp_path_factory: pytest.TempPathFactory, tiny_weights: Path) -> Iterator[ServerProcess]:
-    # Synchronous calls give up after 2 s (504), so that generated jobs queueing up cannot stall the run.
-    env = {"HIDREAM_SYNC_TIMEOUT_SECONDS": "2"}
+    # Synchronous calls give up after 0.5 s (504), so that generated jobs queueing up cannot stall the run.
+    env = {"HIDREAM_SYNC_TIMEOUT_SECONDS": "0.5"}
     with ServerProcess(tmp_path_factory.mktemp("fuzz"), weights=str(tiny_weights), env=env) as running:
         yield running
 
