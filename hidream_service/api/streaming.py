@@ -18,9 +18,8 @@ from typing import Any
 from fastapi.responses import StreamingResponse
 
 from hidream_service.api.state import AppState
-from hidream_service.api.submission import watched_job
+from hidream_service.api.submission import cancel_unheard, watched_job
 from hidream_service.jobs.model import Job, LogLine, Preview
-from hidream_service.logs import bind_job
 
 log = logging.getLogger(__name__)
 
@@ -85,19 +84,18 @@ async def run_updates(
                 ended = ended or (update is not None and update.ended)
                 yield update
     finally:
-        if not ended and job.webhook_url is None:
+        if not ended:
             _cancel_abandoned(state, job)
 
 
 def _cancel_abandoned(state: AppState, job: Job) -> None:
+    """The cancel runs as a task of its own: the stream closing here may be torn down with its request."""
+
     async def cancel() -> None:
         try:
-            await state.store_call(state.service.cancel, job.id, job.owner)
+            await cancel_unheard(state, job, "streaming")
         except Exception:
             log.exception("could not cancel %s after its stream was abandoned", job.id)
-            return
-        bind_job(job.id, job.endpoint, job.dialect)
-        log.info("cancelled %s: its streaming caller disconnected", job.id)
 
     with contextlib.suppress(RuntimeError):  # no running loop: the server is shutting down
         task = asyncio.get_running_loop().create_task(cancel())

@@ -263,11 +263,18 @@ async def until_terminal(
                 return job
             await watch.changed_since(version, min(remaining, 1.0))
             if request is not None and await request.is_disconnected():
-                if job.webhook_url is None:
-                    await state.store_call(state.service.cancel, job_id, owner)
-                    bind_job(job.id, job.endpoint, job.dialect)
-                    log.info("cancelled %s: its synchronous caller disconnected", job_id)
+                await cancel_unheard(state, job, "synchronous")
                 return job
+
+
+async def cancel_unheard(state: AppState, job: Job, caller: str) -> None:
+    """Cancel a job whose only caller (a synchronous or a streamed run) hung up before it ended,
+    unless it has a webhook: then someone still hears how it ends."""
+    if job.webhook_url is not None:
+        return
+    await state.store_call(state.service.cancel, job.id, job.owner)
+    bind_job(job.id, job.endpoint, job.dialect)
+    log.info("cancelled %s: its %s caller disconnected", job.id, caller)
 
 
 async def watched_job(
