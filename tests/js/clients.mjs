@@ -24,6 +24,10 @@ import path from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { deflateSync } from "node:zlib";
 
+// Node.js 18 (Debian bookworm's) has no global File, which openai's uploads need; its error says to
+// set it so. Node.js 20 and later have it.
+globalThis.File ??= (await import("node:buffer")).File;
+
 const SERVER = (process.env.HIDREAM_SERVER_URL ?? "").replace(/\/+$/, "");
 if (!SERVER) {
   console.error("set HIDREAM_SERVER_URL to the server's base URL, e.g. http://127.0.0.1:8000");
