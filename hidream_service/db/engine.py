@@ -287,7 +287,9 @@ def configure_sqlite(connection: sqlite3.Connection, synchronous: str) -> None:
     deadline = time.monotonic() + SQLITE_BUSY_SECONDS
     while connection.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
         try:
+            # Answers the mode in force: an in-memory database stays "memory", and that is final.
             connection.execute("PRAGMA journal_mode=WAL")
+            break
         except sqlite3.OperationalError as exc:
             if "locked" not in str(exc) or time.monotonic() > deadline:
                 raise

@@ -8,7 +8,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
-from hidream_service.db.engine import Database
+from hidream_service.db.engine import Database, configure_sqlite
 from hidream_service.db.schema import LATEST, migrate
 
 
@@ -23,3 +23,11 @@ def test_a_new_data_dir_opened_during_another_s_write_waits_for_it(tmp_path: Pat
 
     assert applied[-1] == LATEST
     assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+def test_an_in_memory_database_opens_without_wal() -> None:
+    connection = sqlite3.connect(":memory:", isolation_level=None)
+
+    configure_sqlite(connection, "NORMAL")  # returns: memory databases cannot switch, and need not
+
+    assert connection.execute("PRAGMA journal_mode").fetchone() == ("memory",)
