@@ -240,8 +240,8 @@ class Settings(BaseSettings):
     lora_cache_dir: Path | None = Field(
         default=None,
         description="Where LoRA files are kept, by content, for the workers to load: the API and every worker "
-        "must see the same directory (with several nodes, a shared mount such as one beside the outputs; on "
-        "Modal, a Volume). Unset: loras/ in the data dir.",
+        "must see the same directory (with several nodes, a shared mount such as one beside the outputs). "
+        "Unset: loras/ in the data dir. Not read on Modal, whose LoRA cache is the hidream-loras Volume.",
     )
     lora_cache_bytes: int = Field(
         default=20 << 30,

@@ -21,6 +21,8 @@ from typing import Any
 
 import pytest
 
+READ_CHUNK_BYTES = 1 << 16
+
 
 class VolumeServer:
     """The committed contents of one Volume, shared by the containers that mount it."""
@@ -49,18 +51,23 @@ class VolumeMount:
     latency: float = 0.0
 
     def __post_init__(self) -> None:
-        self.seen = _files(self.path)  # what this view held when it last synced: its removals since count
+        self.seen = _files(self.path)  # what this view held when it last synced: its changes since count
 
     def commit(self) -> None:
-        """Publish this view's new files and its removals (others' new files are left alone)."""
+        """Publish what this view changed since it last synced: files written, files removed. Files
+        others changed are left alone (a file another container removed stays removed)."""
         round_trip("Volume.commit", self.latency)
         self.commits += 1
-        for removed in self.seen - _files(self.path):
+        now = _files(self.path)
+        for removed in self.seen.keys() - now.keys():
             (self.server.committed / removed).unlink(missing_ok=True)
             with contextlib.suppress(OSError):  # a directory it emptied goes too
                 (self.server.committed / removed).parent.rmdir()
-        shutil.copytree(self.path, self.server.committed, dirs_exist_ok=True)
-        self.seen = _files(self.path)
+        for written in [name for name, version in now.items() if self.seen.get(name) != version]:
+            target = self.server.committed / written
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(self.path / written, target)
+        self.seen = now
 
     def reload(self) -> None:
         round_trip("Volume.reload", self.latency)
@@ -76,7 +83,19 @@ class VolumeMount:
         source = self.server.committed / path
         if not source.is_file():
             raise FileNotFoundError(path)
-        yield source.read_bytes()
+        data = source.read_bytes()
+        for start in range(0, max(len(data), 1), READ_CHUNK_BYTES):  # in chunks, as Modal sends it
+            yield data[start : start + READ_CHUNK_BYTES]
+
+    def listdir(self, path: str) -> list[str]:
+        """What the Volume's server holds at `path`: that file, or a directory's entries."""
+        round_trip("Volume.listdir", self.latency)
+        found = self.server.committed / path
+        if found.is_file():
+            return [path]
+        if found.is_dir():
+            return sorted(entry.name for entry in found.iterdir())
+        raise FileNotFoundError(path)  # Modal raises its NotFoundError
 
 
 #: Stand-in calls made on a thread that runs an event loop: each one would stall that loop.
@@ -98,8 +117,13 @@ class InputCancelled(Exception):
     """What a cancelled call's `get` raises."""
 
 
-def _files(root: Path) -> set[str]:
-    return {path.relative_to(root).as_posix() for path in root.rglob("*") if path.is_file()}
+def _files(root: Path) -> dict[str, tuple[int, int]]:
+    """Each file under `root` and its version (modification time and size)."""
+    return {
+        path.relative_to(root).as_posix(): (path.stat().st_mtime_ns, path.stat().st_size)
+        for path in root.rglob("*")
+        if path.is_file()
+    }
 
 
 @dataclass

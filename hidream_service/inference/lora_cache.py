@@ -21,7 +21,7 @@ import logging
 import os
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -82,6 +82,26 @@ class LoraCache:
                 _write_atomically(self._sources / _source_name(source), digest.encode())
             self._evict(keep=digest)
         return digest
+
+    def keep_chunks(self, chunks: Iterable[bytes], digest: str) -> Path | None:
+        """Keep a file that arrives in chunks (written as they come, never whole in memory) if its
+        content has `digest`; where it is now, or None."""
+        self._files.mkdir(parents=True, exist_ok=True)
+        temporary = self._files / f".{uuid.uuid4().hex}.tmp"
+        hasher = hashlib.sha256()
+        try:
+            with open(temporary, "wb") as out:
+                for chunk in chunks:
+                    hasher.update(chunk)
+                    out.write(chunk)
+            if hasher.hexdigest() != digest:
+                return None
+            with self._locked():
+                os.replace(temporary, self.path_of(digest))
+                self._evict(keep=digest)
+        finally:
+            temporary.unlink(missing_ok=True)
+        return self.path_of(digest)
 
     def size_bytes(self) -> int:
         return sum(size for _, _, size in self._entries())

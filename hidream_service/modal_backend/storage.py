@@ -34,6 +34,8 @@ class Volume(Protocol):
 
     def read_file(self, path: str) -> Iterable[bytes]: ...
 
+    def listdir(self, path: str) -> Iterable[object]: ...
+
 
 class VolumeOutputStorage(LocalOutputStorage):
     def __init__(self, root: Path, volume: Volume) -> None:
@@ -66,13 +68,19 @@ class BucketOutputStorage(LocalOutputStorage):
 
 
 class VolumeLoraCache(LoraCache):
-    """The LoRA cache on a Volume, shared as outputs are: the web container stores each file it
-    checked at submit and commits it before the job exists; a job container that does not see a
-    file in its view (stored after it mounted the Volume, which it mounts read-only) fetches that
-    one file from the Volume's server into a local directory, and loads it from there.
+    """The LoRA cache on a Volume. A web container stores each file it checked at submit and commits
+    it before the job exists; a job container that does not see a file in its view (stored after it
+    mounted the Volume, which it mounts read-only) fetches that one file from the Volume's server,
+    chunk by chunk, into a directory on its own disk, and loads it from there.
 
-    The lock that orders writers is a local file: the writers are one container's threads, and a
-    Volume's file system need not support locks.
+    Several web containers share the Volume, each through its own view, so a file that one of them
+    removed for its budget may still be in another's view. A web container therefore trusts a file
+    in its view only while the Volume still lists it (one listing per LoRA at submit); otherwise it
+    fetches the file again, and its store writes and commits it anew. That also mends a store whose
+    commit failed.
+
+    The lock that orders writers is a local file: a Volume's file system need not support locks,
+    and each container writes only its own view.
     """
 
     def __init__(self, directory: Path, budget_bytes: int, volume: Volume, local_dir: Path) -> None:
@@ -80,20 +88,38 @@ class VolumeLoraCache(LoraCache):
         self._volume = volume
         self._fetched = LoraCache(local_dir, budget_bytes)
 
+    # -- a web container, at submit
+
+    def digest_of_source(self, source: str) -> str | None:
+        digest = super().digest_of_source(source)
+        if digest is not None and not self._on_volume(digest):
+            return None  # gone from the Volume since this view was mounted: fetch it again
+        return digest
+
     def store(self, data: bytes, source: str | None = None) -> str:
-        digest = super().store(data, source)
+        digest = digest_of(data)
+        if self._find_here(digest) is not None and not self._on_volume(digest):
+            self.path_of(digest).unlink(missing_ok=True)  # a stale copy: write it anew, for the commit to carry
+        super().store(data, source)
         self._volume.commit()  # the file, and any the budget removed
         return digest
+
+    def _on_volume(self, digest: str) -> bool:
+        try:
+            return bool(list(self._volume.listdir(self._on_volume_path(digest))))
+        except Exception:  # not there (Modal raises NotFoundError), or no answer: storing again is safe
+            return False
+
+    # -- a job container, at run
 
     def find(self, digest: str) -> Path | None:
         found = self._find_here(digest) or self._fetched.find(digest)
         if found is not None:
             return found
         try:
-            data = b"".join(self._volume.read_file(self.path_of(digest).relative_to(self.directory).as_posix()))
+            return self._fetched.keep_chunks(self._volume.read_file(self._on_volume_path(digest)), digest)
         except (FileNotFoundError, IsADirectoryError):
-            return None  # removed by the budget since the job was submitted
-        if digest_of(data) != digest:
-            return None
-        self._fetched.store(data)
-        return self._fetched.find(digest)
+            return None  # removed for the budget since the job was submitted
+
+    def _on_volume_path(self, digest: str) -> str:
+        return self.path_of(digest).relative_to(self.directory).as_posix()

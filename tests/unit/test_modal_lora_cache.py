@@ -18,21 +18,22 @@ from tests.modal_stand_ins import VolumeMount, VolumeServer
 BUDGET = 1000
 
 
-def cache(mount: VolumeMount, local: Path) -> VolumeLoraCache:
-    return VolumeLoraCache(mount.path, BUDGET, mount, local)
+def cache(mount: VolumeMount, local: Path, budget: int = BUDGET) -> VolumeLoraCache:
+    return VolumeLoraCache(mount.path, budget, mount, local)
 
 
 def test_a_file_stored_by_web_after_a_job_container_started_reaches_it_once(tmp_path: Path) -> None:
     server = VolumeServer(tmp_path / "volume")
     job_view = server.mount()  # mounted before the file exists: it cannot see it in its view
     web_view = server.mount()
-    web, job = cache(web_view, tmp_path / "web-local"), cache(job_view, tmp_path / "job-local")
+    web, job = cache(web_view, tmp_path / "web-local"), cache(job_view, tmp_path / "job-local", budget=1 << 20)
+    content = bytes(range(256)) * 800  # several chunks of the server's answer
 
-    digest = web.store(b"lora one", source="https://example.com/one.safetensors")
+    digest = web.store(content, source="https://example.com/one.safetensors")
 
     assert web_view.commits == 1 and web.find(digest) == web_view.path / "files" / f"{digest}.safetensors"
     found = job.find(digest)
-    assert found is not None and found.read_bytes() == b"lora one"
+    assert found is not None and found.read_bytes() == content
     assert found.is_relative_to(tmp_path / "job-local")  # its own disk, not the read-only view
     assert job.find(digest) == found and job_view.files_read == 1  # fetched once
     assert job_view.reloads == 0
@@ -71,3 +72,22 @@ def test_a_read_only_view_finds_its_files_without_marking_them(tmp_path: Path, m
     assert job.find(digest) == job_view.path / "files" / f"{digest}.safetensors"
     assert job_view.files_read == 0
     assert job.find(digest_of(b"never stored")) is None
+
+
+def test_a_file_another_web_container_removed_is_fetched_and_stored_again(tmp_path: Path) -> None:
+    server = VolumeServer(tmp_path / "volume")
+    source = "https://example.com/one.safetensors"
+    first = cache(server.mount(), tmp_path / "first-local")
+    one = first.store(b"1" * 600, source=source)
+    second = cache(server.mount(), tmp_path / "second-local")  # its view holds `one`
+    assert second.digest_of_source(source) == one  # on the Volume: trusted
+
+    os.utime(first.path_of(one), (1, 1))
+    first.store(b"2" * 600)  # the first container's budget removes `one`, and commits that
+    assert not (server.committed / "files" / f"{one}.safetensors").exists()
+
+    assert second.digest_of_source(source) is None  # still in its view, gone from the Volume
+    assert second.store(b"1" * 600, source=source) == one  # fetched again: the store publishes it anew
+    assert (server.committed / "files" / f"{one}.safetensors").read_bytes() == b"1" * 600
+    found = cache(server.mount(), tmp_path / "job-local").find(one)
+    assert found is not None and found.read_bytes() == b"1" * 600
