@@ -264,7 +264,7 @@ def test_hostile_inputs_on_every_route_make_no_5xx(fuzzed: ServerProcess) -> Non
             except httpx.HTTPError as exc:
                 failures.append(f"{request['method']} {request['url'][:120]}: {type(exc).__name__}: {exc}")
                 continue
-            # 504: a synchronous call outlasted its wait (2 s here); the job itself goes on.
+            # 504: a synchronous call outlasted its wait (0.5 s here); the job itself goes on.
             if response.status_code >= 500 and response.status_code != 504:
                 failures.append(
                     f"{request['method']} {request['url'][:120]}: {response.status_code} {response.text[:200]}"
