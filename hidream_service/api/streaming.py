@@ -31,7 +31,7 @@ _cancels: set[asyncio.Task[Any]] = set()  # cancels of abandoned runs, until the
 
 @dataclass(frozen=True)
 class JobUpdate:
-    """The job as it stands, and what changed since the previous update."""
+    """The job as it stands (its `logs`: only the new lines), and what changed since the previous update."""
 
     job: Job
     new_logs: list[LogLine]
@@ -48,7 +48,6 @@ async def job_updates(
 ) -> AsyncGenerator[JobUpdate | None, None]:
     """The job now, then one update per change until it has ended; None after `keepalive` seconds
     without one. Each log line and preview is given once."""
-    logs_given = 0
     preview_step = 0
     progress = None
     async with contextlib.aclosing(
@@ -58,8 +57,7 @@ async def job_updates(
             if job is None:
                 yield None
                 continue
-            new_logs = job.logs[logs_given:]
-            logs_given = max(logs_given, len(job.logs))
+            new_logs = list(job.logs or ())  # watched_job reads only the new lines
             preview = job.preview if job.preview is not None and job.preview.step > preview_step else None
             if preview is not None:
                 preview_step = preview.step

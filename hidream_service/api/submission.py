@@ -281,15 +281,20 @@ async def watched_job(
     state: AppState, job_id: str, owner: str, *, with_logs: bool, keepalive: float, with_preview: bool = False
 ) -> AsyncGenerator[Job | None, None]:
     """The job now, then each time it changes, until it has ended (or is gone); None when nothing
-    changed for `keepalive` seconds (a stream's cue for a keep-alive). What a status stream reads."""
+    changed for `keepalive` seconds (a stream's cue for a keep-alive). What a status stream reads.
+
+    With logs, each job carries only the lines new since the one before: a read fetches those alone,
+    however long the log has grown."""
+    logs_read = 0
     with state.events.watching(job_id) as watch:
         while True:
             version = watch.version
             job = await state.store_call(
-                state.service.get, job_id, owner, with_logs=with_logs, with_preview=with_preview
+                state.service.get, job_id, owner, with_logs=with_logs, with_preview=with_preview, logs_after=logs_read
             )
             if job is None:
                 return
+            logs_read += len(job.logs or ())
             watch.read(queued=job.status is JobStatus.IN_QUEUE)
             yield job
             if job.status.is_terminal():

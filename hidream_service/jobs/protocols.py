@@ -47,9 +47,12 @@ class JobStore(Protocol):
     def find_by_idempotency_key(self, owner: str, key: str) -> tuple[Job, str] | None:
         """The job holding this key and the fingerprint of the request that created it."""
 
-    def get(self, job_id: str, *, with_logs: bool = False, with_preview: bool = False) -> Job | None:
+    def get(
+        self, job_id: str, *, with_logs: bool = False, with_preview: bool = False, logs_after: int = 0
+    ) -> Job | None:
         """The job with its queue position while queued (jobs that lease before it, in the fair order),
-        and its latest preview while running when asked for."""
+        and its latest preview while running when asked for. With logs, `logs_after` leaves out the
+        first lines (those a stream has already given)."""
 
     def logs(self, job_id: str) -> list[LogLine]: ...
 

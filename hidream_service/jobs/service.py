@@ -142,9 +142,11 @@ class JobService:
             raise IdempotencyKeyReused(request.idempotency_key)
         return self.store.get(job.id)
 
-    def get(self, job_id: str, owner: str, *, with_logs: bool = False, with_preview: bool = False) -> Job | None:
+    def get(
+        self, job_id: str, owner: str, *, with_logs: bool = False, with_preview: bool = False, logs_after: int = 0
+    ) -> Job | None:
         """The job, or None when it does not exist or belongs to another API key."""
-        job = self.store.get(job_id, with_logs=with_logs, with_preview=with_preview)
+        job = self.store.get(job_id, with_logs=with_logs, with_preview=with_preview, logs_after=logs_after)
         if job is None or job.owner != owner:
             return None
         return job

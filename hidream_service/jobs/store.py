@@ -38,6 +38,8 @@ _NEXT_OWNER = (
 )
 #: Postgres advisory-lock space (two-key form) in which one owner's submits take turns ("hdrq").
 _SUBMIT_LOCK_SPACE = 0x68647271
+#: A LIMIT that takes every row (a read that skips rows with OFFSET must name one).
+_NO_LIMIT = 1 << 62
 
 _LEASED = (
     "status = 'IN_PROGRESS', lease_token = :token, lease_expires_at = :expires, attempts = attempts + 1,"
@@ -163,7 +165,9 @@ class SqlJobStore:
 
     # -- reads ----------------------------------------------------------------------------------
 
-    def get(self, job_id: str, *, with_logs: bool = False, with_preview: bool = False) -> Job | None:
+    def get(
+        self, job_id: str, *, with_logs: bool = False, with_preview: bool = False, logs_after: int = 0
+    ) -> Job | None:
         if not storable(job_id):
             return None  # no job can have this id (a caller's URL said `%00`)
         with self.db.read() as tx:
@@ -173,7 +177,7 @@ class SqlJobStore:
             position = None
             if row["status"] == JobStatus.IN_QUEUE.value:
                 position = _queue_position(tx, row["owner"], row["seq"])
-            logs = _logs(tx, job_id) if with_logs else None
+            logs = _logs(tx, job_id, after=logs_after) if with_logs else None
             preview = _preview(tx, job_id) if with_preview and row["status"] == JobStatus.IN_PROGRESS.value else None
         return job_from_row(row, queue_position=position, logs=logs, preview=preview)
 
@@ -427,8 +431,14 @@ def _queue_position(tx: Tx, owner: str, seq: int) -> int:
     return fair_position(owners, owner)
 
 
-def _logs(tx: Tx, job_id: str) -> list[LogLine]:
-    rows = tx.rows("SELECT timestamp, level, message FROM job_logs WHERE job_id = :id ORDER BY seq", {"id": job_id})
+def _logs(tx: Tx, job_id: str, after: int = 0) -> list[LogLine]:
+    """The job's log lines in order, less its first `after` (what a stream has already given)."""
+    sql = "SELECT timestamp, level, message FROM job_logs WHERE job_id = :id ORDER BY seq"
+    params: dict[str, object] = {"id": job_id}
+    if after > 0:  # no LIMIT ALL on SQLite, and no OFFSET without a LIMIT
+        sql += " LIMIT :all OFFSET :after"
+        params.update(all=_NO_LIMIT, after=after)
+    rows = tx.rows(sql, params)
     return [LogLine(row["timestamp"], row["level"], row["message"]) for row in rows]
 
 

@@ -120,3 +120,36 @@ def test_a_queued_job_s_stream_hears_the_queue_move(url: str) -> None:
 
     assert (first["queue_position"], moved["queue_position"]) == (1, 0)
     assert seconds < 5  # the wake-up, not a keep-alive re-read
+
+
+def test_a_stream_reads_only_the_log_lines_it_has_not_given(url: str, app: FastAPI) -> None:
+    service = app.state.hidream.service
+    (job_id,) = submit(url, 1)
+    lease = service.lease_next("test")
+    assert lease is not None and lease.job.id == job_id
+    service.record(lease, [LogLine(time.time(), "INFO", f"line {n}") for n in range(3)], None)
+    store = service.store
+    asked: list[int] = []
+    read = store.get
+
+    def recording(job_id: str, **options: Any) -> Any:
+        asked.append(options.get("logs_after", 0))
+        return read(job_id, **options)
+
+    async def watch_two_events() -> tuple[dict[str, Any], dict[str, Any]]:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            request = client.build_request("GET", f"/hidream/noop/requests/{job_id}/status/stream?logs=1")
+            response = await client.send(request, stream=True)
+            lines = response.aiter_lines()
+            first = await next_event(lines)
+            store.get = recording  # from here: the reads that follow a change
+            service.record(lease, [LogLine(time.time(), "INFO", "line 3")], None)
+            second = await asyncio.wait_for(next_event(lines), 10)
+            await response.aclose()
+            return first, second
+
+    first, second = asyncio.run(watch_two_events())
+
+    assert [line["message"] for line in first["logs"]] == ["line 0", "line 1", "line 2"]
+    assert [line["message"] for line in second["logs"]] == ["line 3"]
+    assert asked == [3]  # one read, past the three lines already sent

@@ -269,6 +269,10 @@ def test_logs_are_kept_in_order(service: JobService) -> None:
         ("INFO", "step 2/2"),
         ("WARNING", "done"),
     ]
+    after_two = service.get(job.id, "", with_logs=True, logs_after=2)  # what a stream that gave two reads
+    assert after_two is not None and [line.message for line in after_two.logs] == ["done"]
+    past_the_end = service.get(job.id, "", with_logs=True, logs_after=3)
+    assert past_the_end is not None and past_the_end.logs == []
 
 
 def test_the_last_lines_are_written_with_the_ending_and_reach_its_webhook(
