@@ -75,13 +75,16 @@ class LoraCache:
         """Keep `data` (already checked) and remember `source` gave it; its digest. Older files
         leave if the budget is exceeded."""
         digest = digest_of(data)
+        self._keep(digest, data, source)
+        return digest
+
+    def _keep(self, digest: str, data: bytes, source: str | None) -> None:
         with self._locked():
             if self._find_here(digest) is None:
                 _write_atomically(self.path_of(digest), data)
             if source is not None:
                 _write_atomically(self._sources / _source_name(source), digest.encode())
             self._evict(keep=digest)
-        return digest
 
     def keep_chunks(self, chunks: Iterable[bytes], digest: str) -> Path | None:
         """Keep a file that arrives in chunks (written as they come, never whole in memory) if its

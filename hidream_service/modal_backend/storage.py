@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol
 
-from hidream_service.inference.lora_cache import LoraCache, digest_of
+from hidream_service.inference.lora_cache import LoraCache
 from hidream_service.storage import LocalOutputStorage
 
 
@@ -96,13 +96,11 @@ class VolumeLoraCache(LoraCache):
             return None  # gone from the Volume since this view was mounted: fetch it again
         return digest
 
-    def store(self, data: bytes, source: str | None = None) -> str:
-        digest = digest_of(data)
+    def _keep(self, digest: str, data: bytes, source: str | None) -> None:
         if self._find_here(digest) is not None and not self._on_volume(digest):
             self.path_of(digest).unlink(missing_ok=True)  # a stale copy: write it anew, for the commit to carry
-        super().store(data, source)
+        super()._keep(digest, data, source)
         self._volume.commit()  # the file, and any the budget removed
-        return digest
 
     def _on_volume(self, digest: str) -> bool:
         try:
